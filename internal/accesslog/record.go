@@ -1,0 +1,61 @@
+// Package accesslog defines the JSON access-log record that the proxy writes, one object per HTTP
+// request or tunnel, and the writer that puts records on stdout or in a size-rotated file. Readers of
+// the log (logstats) use the same Record type and field names, so writer and readers cannot drift apart.
+package accesslog
+
+import "time"
+
+// Field names of a record. Timestamp, Client, Method, Host, Port, Path and Status are a contract with
+// users and tools and must keep these names.
+const (
+	FieldTimestamp  = "timestamp"
+	FieldRequestID  = "request_id"
+	FieldClient     = "client"
+	FieldSession    = "session"
+	FieldProvider   = "provider"
+	FieldMethod     = "method"
+	FieldHost       = "host"
+	FieldPort       = "port"
+	FieldPath       = "path"
+	FieldStatus     = "status"
+	FieldDecision   = "decision"
+	FieldMode       = "mode"
+	FieldRule       = "rule"
+	FieldReason     = "reason"
+	FieldUpstream   = "upstream"
+	FieldBytesIn    = "bytes_in"
+	FieldBytesOut   = "bytes_out"
+	FieldDurationMS = "duration_ms"
+	FieldError      = "error"
+)
+
+// Decision values.
+const (
+	DecisionAllow = "allow"
+	DecisionDeny  = "deny"
+)
+
+// Record is one access-log line. BytesOut counts bytes sent from the client towards the target and
+// BytesIn bytes received from the target for the client (request and response bodies for plain HTTP,
+// raw tunnel bytes for CONNECT and SOCKS5).
+type Record struct {
+	Timestamp  time.Time `json:"timestamp"`
+	RequestID  string    `json:"request_id,omitempty"`
+	Client     string    `json:"client"`
+	Session    string    `json:"session,omitempty"`
+	Provider   string    `json:"provider,omitempty"`
+	Method     string    `json:"method"`
+	Host       string    `json:"host"`
+	Port       int       `json:"port"`
+	Path       string    `json:"path,omitempty"`
+	Status     int       `json:"status"`
+	Decision   string    `json:"decision"`
+	Mode       string    `json:"mode"`
+	Rule       string    `json:"rule,omitempty"`
+	Reason     string    `json:"reason,omitempty"`
+	Upstream   string    `json:"upstream,omitempty"`
+	BytesIn    int64     `json:"bytes_in"`
+	BytesOut   int64     `json:"bytes_out"`
+	DurationMS float64   `json:"duration_ms"`
+	Error      string    `json:"error,omitempty"`
+}

@@ -1,0 +1,199 @@
+// Package dial opens upstream connections. A Dialer is the only thing in swarm-proxy that connects
+// to a target: the Direct dialer resolves a name once, checks every address against the policy and
+// dials only checked addresses, so DNS rebinding cannot slip past; the tunnel package provides a
+// Dialer that asks a provider to do the same on another machine.
+package dial
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+)
+
+// Request is what a front end asks a Dialer for.
+type Request struct {
+	Target  policy.Target
+	ID      string // request id, for logs on both ends of a tunnel
+	Session string // broker session, "" in proxy mode
+	Client  string // client address, for logs
+}
+
+// Dialer opens a connection to a request's target.
+type Dialer interface {
+	Dial(ctx context.Context, req *Request) (net.Conn, error)
+}
+
+// Kind classifies dial failures; front ends turn kinds into status codes in one place.
+type Kind int
+
+// Kinds of failure.
+const (
+	KindInternal    Kind = iota // a bug or resource problem in swarm-proxy itself
+	KindDenied                  // the policy refused the target (403)
+	KindResolve                 // the name did not resolve (502)
+	KindRefused                 // the target refused or reset the connection (502)
+	KindUnreachable             // no route, or another network error (502)
+	KindTimeout                 // the target did not answer in time (504)
+	KindNoProvider              // broker: no provider serves the session (502)
+)
+
+var kindNames = [...]string{"internal", "denied", "resolve", "refused", "unreachable", "timeout", "no_provider"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("kind(%d)", int(k))
+}
+
+// Error is a failed dial with its kind and a reason fit for the user.
+type Error struct {
+	Kind     Kind
+	Target   policy.Target
+	Decision *policy.Decision // set for KindDenied
+	Reason   string
+	Err      error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("dial %s: %s: %v", e.Target, e.Reason, e.Err)
+	}
+	return fmt.Sprintf("dial %s: %s", e.Target, e.Reason)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Denied returns the error for a target the policy refused.
+func Denied(t policy.Target, d policy.Decision) *Error {
+	return &Error{Kind: KindDenied, Target: t, Decision: &d, Reason: d.Reason}
+}
+
+// Classify wraps a network error from dialing t in an *Error of the right kind.
+func Classify(t policy.Target, err error) *Error {
+	var de *Error
+	if errors.As(err, &de) {
+		return de
+	}
+	var dnsErr *net.DNSError
+	switch {
+	case errors.As(err, &dnsErr):
+		reason := "the name did not resolve"
+		if dnsErr.IsNotFound {
+			reason = "no such host"
+		} else if dnsErr.IsTimeout {
+			reason = "DNS lookup timed out"
+		}
+		return &Error{Kind: KindResolve, Target: t, Reason: reason, Err: err}
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err):
+		return &Error{Kind: KindTimeout, Target: t, Reason: "the target did not answer in time", Err: err}
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return &Error{Kind: KindRefused, Target: t, Reason: "connection refused by the target", Err: err}
+	case errors.Is(err, syscall.ECONNRESET):
+		return &Error{Kind: KindRefused, Target: t, Reason: "connection reset by the target", Err: err}
+	case errors.Is(err, context.Canceled):
+		return &Error{Kind: KindUnreachable, Target: t, Reason: "the client went away", Err: err}
+	default:
+		return &Error{Kind: KindUnreachable, Target: t, Reason: "the target is unreachable", Err: err}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Resolver looks up the addresses of a name.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// DefaultTimeout bounds resolving and connecting when Direct.Timeout is zero.
+const DefaultTimeout = 10 * time.Second
+
+// Direct dials targets from this machine under a policy.
+type Direct struct {
+	// Policy returns the policy in force; it is called once per dial.
+	Policy func() *policy.Policy
+	// Resolver resolves names; nil means net.DefaultResolver.
+	Resolver Resolver
+	// DialContext connects to a checked address; nil means a net.Dialer with TCP keepalives.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Timeout bounds resolving plus connecting; zero means DefaultTimeout.
+	Timeout time.Duration
+	// Observe, when set, is told how long each successful connect took.
+	Observe func(time.Duration)
+}
+
+// Dial resolves the target once, checks every address against the policy and dials the checked
+// addresses in order until one answers.
+func (d *Direct) Dial(ctx context.Context, req *Request) (net.Conn, error) {
+	t := req.Target
+	pol := d.Policy()
+	dec := pol.Decide(t, nil)
+	if !dec.Allow {
+		return nil, Denied(t, dec)
+	}
+	timeout := d.Timeout
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	addrs, err := d.resolve(ctx, t)
+	if err != nil {
+		return nil, Classify(t, err)
+	}
+	dec = pol.Decide(t, addrs)
+	if !dec.Allow {
+		return nil, Denied(t, dec)
+	}
+	dialFn := d.DialContext
+	if dialFn == nil {
+		dialFn = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
+	}
+	start := time.Now()
+	var firstErr error
+	for _, a := range dec.Addrs {
+		c, err := dialFn(ctx, "tcp", netip.AddrPortFrom(a, uint16(t.Port)).String())
+		if err == nil {
+			if d.Observe != nil {
+				d.Observe(time.Since(start))
+			}
+			return c, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, Classify(t, firstErr)
+}
+
+func (d *Direct) resolve(ctx context.Context, t policy.Target) ([]netip.Addr, error) {
+	if a, ok := t.Addr(); ok {
+		return []netip.Addr{a}, nil
+	}
+	r := d.Resolver
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	addrs, err := r.LookupNetIP(ctx, "ip", t.Host)
+	if err != nil {
+		return nil, err
+	}
+	if len(addrs) == 0 {
+		return nil, &net.DNSError{Err: "no addresses", Name: t.Host, IsNotFound: true}
+	}
+	return addrs, nil
+}

@@ -1,0 +1,223 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// File is the on-disk format of policy.yaml. It is converted into a Policy by Parse, which validates
+// it and reports every problem with its line number.
+type File struct {
+	Version int        `yaml:"version,omitempty"`
+	Mode    string     `yaml:"mode"`
+	Allow   []RuleSpec `yaml:"allow,omitempty"`
+	Deny    []RuleSpec `yaml:"deny,omitempty"`
+}
+
+// RuleSpec is one entry of allow or deny: exactly one of Host and CIDR, optionally limited to Ports.
+// Host is an exact name, "*.example.com" (subdomains of example.com at any depth, not example.com
+// itself) or "*" (any host). CIDR is a prefix or a single address.
+type RuleSpec struct {
+	Name    string `yaml:"name,omitempty"`
+	Comment string `yaml:"comment,omitempty"`
+	Host    string `yaml:"host,omitempty"`
+	CIDR    string `yaml:"cidr,omitempty"`
+	Ports   []int  `yaml:"ports,omitempty,flow"`
+}
+
+// CurrentVersion is the newest file format version this build reads.
+const CurrentVersion = 1
+
+// ErrInvalid is wrapped by every validation error that Parse returns.
+var ErrInvalid = errors.New("invalid policy")
+
+// Load reads and parses a policy file.
+func Load(path string) (*Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load policy: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse parses and validates a policy file. name is used in error messages and reasons. All problems
+// are reported at once, each as "name:line: problem".
+func Parse(name string, data []byte) (*Policy, error) {
+	var f File
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: %s: the file is empty; it needs at least \"mode: enforce\" or \"mode: discovery\"", ErrInvalid, name)
+		}
+		return nil, fmt.Errorf("%w: %s: %s", ErrInvalid, name, yamlMessage(err))
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("%w: %s: %s", ErrInvalid, name, yamlMessage(err))
+	}
+	lines := ruleLines(&doc)
+
+	p := &Policy{Source: name}
+	type problemAt struct {
+		line int
+		msg  string
+	}
+	var problems []problemAt
+	problem := func(line int, format string, args ...any) {
+		problems = append(problems, problemAt{line, fmt.Sprintf(format, args...)})
+	}
+	if f.Version != 0 && f.Version != CurrentVersion {
+		problem(lines.key["version"], "version %d is not supported (this build reads version %d)", f.Version, CurrentVersion)
+	}
+	switch Mode(f.Mode) {
+	case Enforce, Discovery:
+		p.Mode = Mode(f.Mode)
+	case "":
+		problem(1, "mode is missing: set \"mode: enforce\" or \"mode: discovery\"")
+	default:
+		problem(lines.key["mode"], "mode %q is not valid: use enforce or discovery", f.Mode)
+	}
+	for _, list := range []string{"allow", "deny"} {
+		specs := f.Allow
+		if list == "deny" {
+			specs = f.Deny
+		}
+		for i, spec := range specs {
+			line := lines.at(list, i)
+			r, err := spec.rule(list, i+1, line)
+			if err != nil {
+				problem(line, "%s#%d: %s", list, i+1, strings.ReplaceAll(err.Error(), "\n", "; "))
+				continue
+			}
+			if list == "allow" {
+				p.Allow = append(p.Allow, r)
+			} else {
+				p.Deny = append(p.Deny, r)
+			}
+		}
+	}
+	if len(problems) > 0 {
+		slices.SortStableFunc(problems, func(a, b problemAt) int { return a.line - b.line })
+		msgs := make([]string, len(problems))
+		for i, pr := range problems {
+			msgs[i] = fmt.Sprintf("%s:%d: %s", name, pr.line, pr.msg)
+		}
+		return nil, fmt.Errorf("%w:\n%s", ErrInvalid, strings.Join(msgs, "\n"))
+	}
+	return p, nil
+}
+
+func (s RuleSpec) rule(list string, index, line int) (Rule, error) {
+	r := Rule{List: list, Index: index, Line: line, Name: s.Name, Comment: s.Comment}
+	var errs []error
+	switch {
+	case s.Host == "" && s.CIDR == "":
+		errs = append(errs, errors.New("a rule needs host or cidr"))
+	case s.Host != "" && s.CIDR != "":
+		errs = append(errs, errors.New("a rule takes host or cidr, not both: split it into two rules"))
+	case s.Host != "":
+		h, err := normalizePattern(s.Host)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		r.Host = h
+	default:
+		pfx, err := parseCIDR(s.CIDR)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		r.Prefix = pfx
+	}
+	for _, port := range s.Ports {
+		if port < 1 || port > 65535 {
+			errs = append(errs, fmt.Errorf("port %d is not from 1 to 65535", port))
+		}
+	}
+	r.Ports = s.Ports
+	return r, errors.Join(errs...)
+}
+
+func normalizePattern(host string) (string, error) {
+	if host == "*" {
+		return "*", nil
+	}
+	rest, wild := strings.CutPrefix(host, "*.")
+	if strings.Contains(rest, "*") {
+		return "", fmt.Errorf("host %q: a wildcard is only allowed as a leading \"*.\" (\"*.example.com\") or as \"*\"", host)
+	}
+	n, err := NormalizeHost(rest)
+	if err != nil {
+		return "", fmt.Errorf("host %q: %v", host, errors.Unwrap(err))
+	}
+	if wild {
+		if _, isIP := (Target{Host: n}).Addr(); isIP {
+			return "", fmt.Errorf("host %q: wildcards apply to names, not addresses: use cidr", host)
+		}
+		return "*." + n, nil
+	}
+	return n, nil
+}
+
+func parseCIDR(s string) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("cidr %q is not an address or prefix like 10.0.0.0/8", s)
+	}
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("cidr %q has host bits set: did you mean %s?", s, p.Masked())
+	}
+	return p, nil
+}
+
+// lineIndex remembers where things are in the YAML document, for error messages.
+type lineIndex struct {
+	key   map[string]int
+	rules map[string][]int
+}
+
+func (l lineIndex) at(list string, i int) int {
+	if i < len(l.rules[list]) {
+		return l.rules[list][i]
+	}
+	return l.key[list]
+}
+
+func ruleLines(doc *yaml.Node) lineIndex {
+	l := lineIndex{key: map[string]int{}, rules: map[string][]int{}}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return l
+	}
+	m := doc.Content[0]
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		l.key[k.Value] = k.Line
+		if v.Kind == yaml.SequenceNode {
+			for _, item := range v.Content {
+				l.rules[k.Value] = append(l.rules[k.Value], item.Line)
+			}
+		}
+	}
+	return l
+}
+
+// yamlMessage turns yaml.v3's "yaml: line 3: ..." into "3: ...", so messages read file:line: problem.
+func yamlMessage(err error) string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		return strings.Join(te.Errors, "; ")
+	}
+	return strings.TrimPrefix(err.Error(), "yaml: ")
+}

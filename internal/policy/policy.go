@@ -1,0 +1,292 @@
+// Package policy decides whether a target may be dialed. A Policy is loaded from policy.yaml
+// (validated with line numbers) and is a pure function of a target and its resolved addresses: no I/O
+// happens while matching. Every Decision names the rule that decided and a human reason.
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync/atomic"
+)
+
+// Mode is how a policy treats targets that no allow rule names.
+type Mode string
+
+// Modes.
+const (
+	// Discovery allows everything that is not denied, so operators can learn what agents use.
+	Discovery Mode = "discovery"
+	// Enforce allows only what an allow rule matches.
+	Enforce Mode = "enforce"
+)
+
+// Policy is a validated, immutable policy.
+type Policy struct {
+	Mode   Mode
+	Allow  []Rule
+	Deny   []Rule
+	Source string // file the policy came from, or "" for a built-in policy
+}
+
+// Rule is one validated allow or deny entry.
+type Rule struct {
+	List    string // "allow" or "deny"
+	Index   int    // 1-based position in its list
+	Line    int    // line in the policy file, 0 for built-in rules
+	Name    string
+	Comment string
+	Host    string       // normalised name, "*.suffix" or "*"; empty for cidr rules
+	Prefix  netip.Prefix // valid for cidr rules
+	Ports   []int        // empty: any port
+}
+
+// ID names the rule in logs and headers: its name when it has one, else list#index.
+func (r *Rule) ID() string {
+	if r == nil {
+		return ""
+	}
+	if r.Name != "" {
+		return r.Name
+	}
+	return fmt.Sprintf("%s#%d", r.List, r.Index)
+}
+
+// Describe says what the rule matches and where it is written.
+func (r *Rule) Describe(source string) string {
+	var what string
+	if r.Host != "" {
+		what = "host " + r.Host
+	} else {
+		what = "cidr " + r.Prefix.String()
+	}
+	if len(r.Ports) > 0 {
+		what += fmt.Sprintf(", ports %v", r.Ports)
+	}
+	if source != "" && r.Line > 0 {
+		what += fmt.Sprintf(", %s line %d", source, r.Line)
+	}
+	return fmt.Sprintf("%s (%s)", r.ID(), what)
+}
+
+// MatchesHost reports whether the rule's host pattern matches the normalised host h.
+func (r *Rule) MatchesHost(h string) bool {
+	switch {
+	case r.Host == "":
+		return false
+	case r.Host == "*":
+		return true
+	case strings.HasPrefix(r.Host, "*."):
+		return strings.HasSuffix(h, r.Host[1:])
+	default:
+		return r.Host == h
+	}
+}
+
+// MatchesPort reports whether the rule applies to port.
+func (r *Rule) MatchesPort(port int) bool { return len(r.Ports) == 0 || slices.Contains(r.Ports, port) }
+
+func (r *Rule) matchesAddr(a netip.Addr, port int) bool {
+	return r.Prefix.IsValid() && r.Prefix.Contains(a) && r.MatchesPort(port)
+}
+
+// Code is the machine-readable kind of a decision, used in headers, logs and metrics.
+type Code string
+
+// Decision codes.
+const (
+	CodeAllowedByRule Code = "allowed_by_rule"
+	CodeDiscovery     Code = "discovery"
+	CodeDeniedByRule  Code = "denied_by_rule"
+	CodeNoRule        Code = "no_rule_matched"
+	CodeSpecialAddr   Code = "private_address"
+)
+
+// Decision is the outcome of Decide.
+type Decision struct {
+	Allow  bool
+	Code   Code
+	Rule   *Rule        // the rule that decided; nil when none did
+	Reason string       // one human sentence
+	Fix    string       // what to change to get the other outcome; empty when allowed
+	Addrs  []netip.Addr // when addresses were given: those that may be dialed
+}
+
+// RuleID is the deciding rule's ID, or "".
+func (d Decision) RuleID() string { return d.Rule.ID() }
+
+// Decide decides whether target t may be dialed at addrs.
+//
+// Call it twice: first with nil addrs, before resolving a name, so that a host that no address could
+// rescue is refused without a DNS lookup; then with every resolved address. The second decision lists
+// in Addrs the addresses that passed; dial only those. An IP-literal target is checked fully on the
+// first call.
+func (p *Policy) Decide(t Target, addrs []netip.Addr) Decision {
+	if lit, ok := t.Addr(); ok && addrs == nil {
+		addrs = []netip.Addr{lit}
+	}
+	for i := range p.Deny {
+		r := &p.Deny[i]
+		if r.MatchesHost(t.Host) && r.MatchesPort(t.Port) {
+			return p.deny(CodeDeniedByRule, r, t, fmt.Sprintf("denied by rule %s", r.Describe(p.Source)))
+		}
+	}
+	var hostRule *Rule
+	for i := range p.Allow {
+		if r := &p.Allow[i]; r.MatchesHost(t.Host) && r.MatchesPort(t.Port) {
+			hostRule = r
+			break
+		}
+	}
+	if addrs == nil {
+		if p.Mode == Enforce && hostRule == nil && !p.hasCIDRAllowFor(t.Port) {
+			return p.noRule(t)
+		}
+		return p.allow(hostRule, nil)
+	}
+
+	var ok []netip.Addr
+	var first Decision
+	var rule *Rule
+	for _, a := range addrs {
+		a = a.Unmap()
+		d, r := p.decideAddr(t, a, hostRule)
+		if !d.Allow {
+			if first.Code == "" {
+				first = d
+			}
+			continue
+		}
+		if rule == nil {
+			rule = r
+		}
+		ok = append(ok, a)
+	}
+	if len(ok) == 0 {
+		return first
+	}
+	d := p.allow(rule, ok)
+	return d
+}
+
+// decideAddr checks one resolved address; it returns the decision and the allow rule that permits it.
+func (p *Policy) decideAddr(t Target, a netip.Addr, hostRule *Rule) (Decision, *Rule) {
+	for i := range p.Deny {
+		if r := &p.Deny[i]; r.matchesAddr(a, t.Port) {
+			return p.deny(CodeDeniedByRule, r, t, fmt.Sprintf("%s is denied by rule %s", a, r.Describe(p.Source))), nil
+		}
+	}
+	var cidrRule *Rule
+	for i := range p.Allow {
+		if r := &p.Allow[i]; r.matchesAddr(a, t.Port) {
+			cidrRule = r
+			break
+		}
+	}
+	if kind := SpecialKind(a); kind != "" && cidrRule == nil {
+		d := p.deny(CodeSpecialAddr, nil, t, fmt.Sprintf("%s resolves to %s, a %s address, which is refused unless an allow rule with a cidr covers it", t.Host, a, kind))
+		if t.Host == a.String() {
+			d.Reason = fmt.Sprintf("%s is a %s address, which is refused unless an allow rule with a cidr covers it", a, kind)
+		}
+		d.Fix = fmt.Sprintf("if this destination is intended, add to allow in %s:  - cidr: %s/%d\n     ports: [%d]", p.sourceName(), a, a.BitLen(), t.Port)
+		return d, nil
+	}
+	switch {
+	case cidrRule != nil:
+		return Decision{Allow: true}, cidrRule
+	case hostRule != nil || p.Mode == Discovery:
+		return Decision{Allow: true}, hostRule
+	default:
+		return p.noRule(t), nil
+	}
+}
+
+func (p *Policy) hasCIDRAllowFor(port int) bool {
+	for i := range p.Allow {
+		if r := &p.Allow[i]; r.Prefix.IsValid() && r.MatchesPort(port) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Policy) allow(r *Rule, addrs []netip.Addr) Decision {
+	if r != nil {
+		return Decision{Allow: true, Code: CodeAllowedByRule, Rule: r, Reason: "allowed by rule " + r.Describe(p.Source), Addrs: addrs}
+	}
+	return Decision{Allow: true, Code: CodeDiscovery, Reason: "discovery mode allows what is not denied", Addrs: addrs}
+}
+
+func (p *Policy) noRule(t Target) Decision {
+	d := p.deny(CodeNoRule, nil, t, fmt.Sprintf("no allow rule matches %s (mode: enforce)", t))
+	d.Fix = fmt.Sprintf("to allow it, add to allow in %s:  - host: %s\n     ports: [%d]", p.sourceName(), t.Host, t.Port)
+	if _, isIP := t.Addr(); isIP {
+		d.Fix = fmt.Sprintf("to allow it, add to allow in %s:  - cidr: %s\n     ports: [%d]", p.sourceName(), t.Host, t.Port)
+	}
+	return d
+}
+
+func (p *Policy) deny(code Code, r *Rule, t Target, reason string) Decision {
+	d := Decision{Code: code, Rule: r, Reason: reason}
+	if r != nil {
+		d.Fix = fmt.Sprintf("remove or narrow rule %s in %s if %s should be reachable", r.ID(), p.sourceName(), t)
+	}
+	return d
+}
+
+func (p *Policy) sourceName() string {
+	if p.Source == "" {
+		return "a policy file (start the proxy with --policy FILE)"
+	}
+	return p.Source
+}
+
+// Default is the policy in force when no file is given: discovery mode, no rules, so every public
+// destination is allowed and logged while private and metadata addresses stay refused.
+func Default() *Policy { return &Policy{Mode: Discovery} }
+
+// Target sets for a provider's --allow-targets.
+const (
+	TargetsAny      = "any"
+	TargetsPublic   = "public"
+	TargetsLoopback = "loopback"
+)
+
+// ForTargets returns the built-in policy for a provider's --allow-targets value: "public" refuses
+// private and special addresses (the proxy's SSRF rules), "loopback" allows only the machine's own
+// loopback services, "any" allows every address.
+func ForTargets(name string) (*Policy, error) {
+	cidrs := func(list ...string) []Rule {
+		rules := make([]Rule, len(list))
+		for i, c := range list {
+			rules[i] = Rule{List: "allow", Index: i + 1, Name: "allow-targets-" + name, Prefix: netip.MustParsePrefix(c)}
+		}
+		return rules
+	}
+	switch name {
+	case TargetsPublic:
+		return Default(), nil
+	case TargetsAny:
+		return &Policy{Mode: Discovery, Allow: cidrs("0.0.0.0/0", "::/0")}, nil
+	case TargetsLoopback:
+		return &Policy{Mode: Enforce, Allow: cidrs("127.0.0.0/8", "::1/128")}, nil
+	}
+	return nil, fmt.Errorf("allow-targets %q: want any, public or loopback", name)
+}
+
+// Holder holds the policy in force and swaps it atomically on reload.
+type Holder struct{ p atomic.Pointer[Policy] }
+
+// NewHolder returns a holder with p in force.
+func NewHolder(p *Policy) *Holder {
+	h := &Holder{}
+	h.p.Store(p)
+	return h
+}
+
+// Load returns the policy in force.
+func (h *Holder) Load() *Policy { return h.p.Load() }
+
+// Store puts p in force.
+func (h *Holder) Store(p *Policy) { h.p.Store(p) }

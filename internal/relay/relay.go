@@ -1,0 +1,169 @@
+// Package relay copies bytes both ways between two connections, carries half-close, counts bytes,
+// and ends both sides when either fails.
+package relay
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// Result is what a finished relay moved and why it ended.
+type Result struct {
+	// AToB and BToA count bytes written to b and to a.
+	AToB, BToA int64
+	// Err is the first error of either direction other than a clean end of stream, or nil.
+	Err error
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+// Pipe copies a→b and b→a until both directions have ended. When one side finishes writing (EOF),
+// the other side's write half is closed so it sees EOF too and can still answer (half-close). When a
+// direction fails, both connections are aborted, with a TCP reset where possible, so that neither
+// peer mistakes a broken transfer for a complete one. Pipe closes both connections before returning.
+//
+// idle, when non-zero, ends the relay once neither direction has moved a byte for that long.
+func Pipe(a, b net.Conn, idle time.Duration) Result {
+	var (
+		res   Result
+		once  sync.Once
+		wg    sync.WaitGroup
+		abort = func(err error) {
+			once.Do(func() {
+				res.Err = err
+				Abort(a)
+				Abort(b)
+			})
+		}
+	)
+	var tracker *idleTracker
+	if idle > 0 {
+		tracker = newIdleTracker(idle, a, b)
+		defer tracker.stop()
+	}
+	wg.Add(2)
+	go func() { defer wg.Done(); res.AToB = copyHalf(b, a, tracker, abort) }()
+	go func() { defer wg.Done(); res.BToA = copyHalf(a, b, tracker, abort) }()
+	wg.Wait()
+	a.Close()
+	b.Close()
+	if tracker != nil && tracker.fired() && res.Err == nil {
+		res.Err = ErrIdle
+	}
+	return res
+}
+
+// ErrIdle is the Result.Err of a relay ended by its idle timeout.
+var ErrIdle = errors.New("relay idle timeout")
+
+// copyHalf copies src to dst, then half-closes dst. It is a named function so goroutine dumps show
+// what each relay goroutine is doing.
+func copyHalf(dst, src net.Conn, tracker *idleTracker, abort func(error)) int64 {
+	var n int64
+	var err error
+	if tracker == nil {
+		// Plain io.Copy keeps the splice(2) fast path between two *net.TCPConn.
+		n, err = io.Copy(dst, src)
+	} else {
+		n, err = copyTracked(dst, src, tracker)
+	}
+	if err != nil {
+		abort(err)
+		return n
+	}
+	if cw, ok := dst.(closeWriter); ok {
+		if cwErr := cw.CloseWrite(); cwErr != nil && !isClosed(cwErr) {
+			abort(cwErr)
+		}
+	} else {
+		dst.Close()
+	}
+	return n
+}
+
+func copyTracked(dst, src net.Conn, tracker *idleTracker) (int64, error) {
+	bufp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bufp)
+	buf := *bufp
+	var n int64
+	for {
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			tracker.touch()
+			nw, werr := dst.Write(buf[:nr])
+			n += int64(nw)
+			if werr != nil {
+				return n, werr
+			}
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// Abort closes c so that its peer sees a failure: a TCP connection is reset (SO_LINGER 0), a
+// multiplexed stream is reset when it supports it.
+func Abort(c net.Conn) {
+	switch c := c.(type) {
+	case *net.TCPConn:
+		c.SetLinger(0)
+	case interface{ Reset() error }:
+		c.Reset()
+		return
+	}
+	c.Close()
+}
+
+func isClosed(err error) bool { return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) }
+
+// idleTracker ends a relay when no byte has moved for a while.
+type idleTracker struct {
+	mu    sync.Mutex
+	last  time.Time
+	idle  time.Duration
+	timer *time.Timer
+	fire  bool
+	conns [2]net.Conn
+}
+
+func newIdleTracker(idle time.Duration, a, b net.Conn) *idleTracker {
+	t := &idleTracker{last: time.Now(), idle: idle, conns: [2]net.Conn{a, b}}
+	t.timer = time.AfterFunc(idle, t.check)
+	return t
+}
+
+func (t *idleTracker) touch() {
+	t.mu.Lock()
+	t.last = time.Now()
+	t.mu.Unlock()
+}
+
+func (t *idleTracker) check() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if wait := t.idle - time.Since(t.last); wait > 0 {
+		t.timer.Reset(wait)
+		return
+	}
+	t.fire = true
+	t.conns[0].Close()
+	t.conns[1].Close()
+}
+
+func (t *idleTracker) fired() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.fire
+}
+
+func (t *idleTracker) stop() { t.timer.Stop() }
