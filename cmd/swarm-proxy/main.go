@@ -1,0 +1,21 @@
+// Command swarm-proxy is an egress gateway for AI agents and CI workers in sandboxes.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/cli"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := cli.Run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "swarm-proxy:", err)
+		os.Exit(cli.ExitCode(err))
+	}
+}
