@@ -1,17 +1,261 @@
 package cli
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/admin"
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+	"github.com/swarm-proxy/swarm-proxy/internal/proxy"
 )
 
-// newProxyCmd is being written (issue 2).
+// frontendFlags are the flags shared by every command that runs the proxy front end (proxy, broker).
+type frontendFlags struct {
+	listen            string
+	adminListen       string
+	policyFile        string
+	logFile           string
+	logMaxSizeMB      int
+	logMaxBackups     int
+	allowClients      []string
+	shutdownTimeout   time.Duration
+	dialTimeout       time.Duration
+	upstreamTimeout   time.Duration
+	idleTimeout       time.Duration
+	tunnelIdleTimeout time.Duration
+	policyPoll        time.Duration
+	logLevel          string
+}
+
+func (f *frontendFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "address for proxy clients (HTTP forward and CONNECT)")
+	fs.StringVar(&f.adminListen, "admin-listen", "127.0.0.1:9090", "address for /healthz, /readyz and /metrics (empty disables)")
+	fs.StringVar(&f.policyFile, "policy", "", "policy.yaml; without it: discovery mode, private and metadata addresses refused")
+	fs.StringVar(&f.logFile, "log-file", "", "access log file, rotated by size (default: stdout)")
+	fs.IntVar(&f.logMaxSizeMB, "log-max-size", accesslog.DefaultRotation.MaxSizeMB, "rotate the access log at this many MB")
+	fs.IntVar(&f.logMaxBackups, "log-max-backups", accesslog.DefaultRotation.MaxBackups, "rotated access logs to keep (gzip-compressed)")
+	fs.StringSliceVar(&f.allowClients, "allow-clients", nil, "client CIDRs that may use the proxy (default: loopback and private ranges)")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM/SIGINT, how long in-flight requests and tunnels may finish")
+	fs.DurationVar(&f.dialTimeout, "dial-timeout", dial.DefaultTimeout, "bound on resolving and connecting to a target")
+	fs.DurationVar(&f.upstreamTimeout, "upstream-timeout", proxy.DefaultUpstreamTimeout, "how long a target may take to send response headers")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", proxy.DefaultIdleTimeout, "close kept-alive client connections idle this long")
+	fs.DurationVar(&f.tunnelIdleTimeout, "tunnel-idle-timeout", 0, "end tunnels that moved no byte this long (0: never)")
+	fs.DurationVar(&f.policyPoll, "policy-poll", 2*time.Second, "how often to check the policy file for changes (0: only on SIGHUP)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "operational log level on stderr: debug, info, warn, error")
+}
+
+func (f *frontendFlags) validate() error {
+	var errs []error
+	if f.listen == "" {
+		errs = append(errs, errors.New("--listen must not be empty"))
+	}
+	for _, c := range f.allowClients {
+		if _, err := netip.ParsePrefix(c); err != nil {
+			errs = append(errs, fmt.Errorf("--allow-clients: %q is not a CIDR like 10.0.0.0/8", c))
+		}
+	}
+	if f.shutdownTimeout < 0 || f.dialTimeout <= 0 || f.upstreamTimeout <= 0 {
+		errs = append(errs, errors.New("timeouts must be positive"))
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("--log-level: %q is not debug, info, warn or error", f.logLevel))
+	}
+	return errors.Join(errs...)
+}
+
 func newProxyCmd() *cobra.Command {
-	return &cobra.Command{
+	var f frontendFlags
+	cmd := &cobra.Command{
 		Use:   "proxy",
-		Short: "Run the egress proxy",
-		Args:  noArgs,
-		RunE:  func(*cobra.Command, []string) error { return errors.New("not yet") },
+		Short: "Run the egress proxy (HTTP forward and CONNECT) with a policy and a JSON access log",
+		Long: `Run the egress proxy. Agents use it through HTTP_PROXY/HTTPS_PROXY. Every request and tunnel is
+decided by the policy (discovery: log everything, block only what is denied; enforce: allow only
+what an allow rule names) and written as one JSON line to the access log.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.validate(); err != nil {
+				return err
+			}
+			return runFrontend(cmd.Context(), cmd, &f, func(rt *runtime) (dial.Dialer, proxy.Authenticator, error) {
+				return &dial.Direct{Policy: rt.policy.Load, Timeout: f.dialTimeout, Observe: rt.metrics.ObserveDial}, nil, nil
+			})
+		},
+	}
+	f.register(cmd.Flags())
+	return cmd
+}
+
+// runtime is what a front-end command has built before it chooses its dialer.
+type runtime struct {
+	logger   *slog.Logger
+	policy   *policy.Holder
+	registry *prometheus.Registry
+	metrics  *proxy.Metrics
+	// ready, when set by the command, reports extra readiness conditions (e.g. a provider connected).
+	ready func() error
+	// onShutdown, when set, runs after the proxy listener stopped.
+	onShutdown func(context.Context)
+}
+
+// runFrontend runs the proxy front end until ctx ends: policy with reload, access log, admin
+// endpoints, graceful shutdown. build supplies the dialer and authenticator.
+func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, build func(*runtime) (dial.Dialer, proxy.Authenticator, error)) error {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(f.logLevel))
+	logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
+
+	pol := policy.Default()
+	if f.policyFile != "" {
+		p, err := policy.Load(f.policyFile)
+		if err != nil {
+			return err
+		}
+		pol = p
+	}
+	rt := &runtime{logger: logger, policy: policy.NewHolder(pol), registry: admin.NewRegistry()}
+	rt.metrics = proxy.NewMetrics(rt.registry)
+
+	var logw *accesslog.Writer
+	if f.logFile == "" {
+		logw = accesslog.NewWriter(cmd.OutOrStdout())
+	} else {
+		w, err := accesslog.OpenFile(f.logFile, accesslog.Rotation{MaxSizeMB: f.logMaxSizeMB, MaxBackups: f.logMaxBackups, Compress: true})
+		if err != nil {
+			return err
+		}
+		logw = w
+	}
+	defer logw.Close()
+
+	dialer, auth, err := build(rt)
+	if err != nil {
+		return err
+	}
+	var allow []netip.Prefix
+	for _, c := range f.allowClients {
+		allow = append(allow, netip.MustParsePrefix(c))
+	}
+	srv := &proxy.Server{
+		Policy: rt.policy, Dialer: dialer, Auth: auth, Log: logw, Metrics: rt.metrics, Logger: logger,
+		AllowClients: allow, UpstreamTimeout: f.upstreamTimeout, IdleTimeout: f.idleTimeout,
+		TunnelIdleTimeout: f.tunnelIdleTimeout,
+	}
+
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("proxy listen: %w", err)
+	}
+	var adminSrv *http.Server
+	adminAddr := ""
+	if f.adminListen != "" {
+		aln, err := net.Listen("tcp", f.adminListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("admin listen: %w", err)
+		}
+		adminAddr = aln.Addr().String()
+		ready := func() error {
+			if rt.ready != nil {
+				return rt.ready()
+			}
+			return nil
+		}
+		adminSrv = &http.Server{Handler: admin.Handler(rt.registry, ready), ReadHeaderTimeout: 5 * time.Second}
+		go adminSrv.Serve(aln)
+	}
+
+	reloadCtx, stopReload := context.WithCancel(ctx)
+	defer stopReload()
+	if f.policyFile != "" {
+		go watchPolicy(reloadCtx, f.policyFile, f.policyPoll, rt.policy, srv.PolicyChanged, logger)
+	}
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	logger.Info("proxy listening", "addr", ln.Addr().String(), "admin", adminAddr, "mode", pol.Mode, "policy", orBuiltIn(f.policyFile))
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("proxy serve: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down", "timeout", f.shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
+	defer cancel()
+	err = srv.Shutdown(sctx)
+	if rt.onShutdown != nil {
+		rt.onShutdown(sctx)
+	}
+	if adminSrv != nil {
+		adminSrv.Shutdown(sctx)
+	}
+	if err != nil {
+		logger.Warn("shutdown timeout reached: open tunnels were aborted", "err", err)
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+func orBuiltIn(file string) string {
+	if file == "" {
+		return "(built-in discovery default)"
+	}
+	return file
+}
+
+// watchPolicy reloads the policy on SIGHUP and when the file's content changes. A file that does
+// not load is reported and the policy in force stays.
+func watchPolicy(ctx context.Context, path string, poll time.Duration, h *policy.Holder, changed func(), logger *slog.Logger) {
+	hup := notifyHangup()
+	defer stopHangup(hup)
+	last, _ := os.ReadFile(path)
+	var tick <-chan time.Time
+	if poll > 0 {
+		t := time.NewTicker(poll)
+		defer t.Stop()
+		tick = t.C
+	}
+	reload := func(why string) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			logger.Error("policy reload failed; keeping the policy in force", "file", path, "trigger", why, "err", err)
+			return
+		}
+		if why == "file changed" && string(data) == string(last) {
+			return
+		}
+		last = data
+		p, err := policy.Parse(path, data)
+		if err != nil {
+			logger.Error("policy reload rejected; keeping the policy in force", "file", path, "trigger", why, "err", err)
+			return
+		}
+		h.Store(p)
+		changed()
+		logger.Info("policy reloaded", "file", path, "trigger", why, "mode", p.Mode, "allow", len(p.Allow), "deny", len(p.Deny))
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			reload("SIGHUP")
+		case <-tick:
+			reload("file changed")
+		}
 	}
 }

@@ -23,6 +23,9 @@ type Request struct {
 	ID      string // request id, for logs on both ends of a tunnel
 	Session string // broker session, "" in proxy mode
 	Client  string // client address, for logs
+	// Decision is the policy decision that admitted the request. The front end sets it from the
+	// name-stage decision; a Dialer that checks resolved addresses replaces it with the final one.
+	Decision policy.Decision
 }
 
 // Dialer opens a connection to a request's target.
@@ -156,6 +159,7 @@ func (d *Direct) Dial(ctx context.Context, req *Request) (net.Conn, error) {
 	if !dec.Allow {
 		return nil, Denied(t, dec)
 	}
+	req.Decision = dec
 	dialFn := d.DialContext
 	if dialFn == nil {
 		dialFn = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext

@@ -111,6 +111,9 @@ type Decision struct {
 	Reason string       // one human sentence
 	Fix    string       // what to change to get the other outcome; empty when allowed
 	Addrs  []netip.Addr // when addresses were given: those that may be dialed
+	// Pending marks a name-stage allow in enforce mode that no host rule made: only an allow cidr
+	// rule covering the resolved addresses can admit the target, so whoever resolves must decide again.
+	Pending bool
 }
 
 // RuleID is the deciding rule's ID, or "".
@@ -140,8 +143,12 @@ func (p *Policy) Decide(t Target, addrs []netip.Addr) Decision {
 		}
 	}
 	if addrs == nil {
-		if p.Mode == Enforce && hostRule == nil && !p.hasCIDRAllowFor(t.Port) {
-			return p.noRule(t)
+		if p.Mode == Enforce && hostRule == nil {
+			if !p.hasCIDRAllowFor(t.Port) {
+				return p.noRule(t)
+			}
+			return Decision{Allow: true, Pending: true, Code: CodeAllowedByRule,
+				Reason: fmt.Sprintf("%s is allowed only if its addresses fall in an allow cidr rule", t.Host)}
 		}
 		return p.allow(hostRule, nil)
 	}

@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+)
+
+// Headers set on responses the proxy itself writes.
+const (
+	HeaderDecision  = "X-Swarm-Proxy-Decision"
+	HeaderError     = "X-Swarm-Proxy-Error"
+	HeaderRequestID = "X-Swarm-Proxy-Request-Id"
+)
+
+// Failure is why a request got no upstream, in a form every front end can report: an HTTP status,
+// a machine-readable kind, a human reason and what to change.
+type Failure struct {
+	Status   int
+	Kind     string    // e.g. no_rule_matched, private_address, client_not_allowed, timeout
+	DialKind dial.Kind // for front ends with their own reply codes (SOCKS5)
+	Denied   bool      // refused by policy, client check or authentication
+	Rule     string    // the deciding rule, for policy refusals
+	Reason   string
+	Fix      string
+}
+
+// FailureOf turns an error from Server.Dial into a Failure. This is the one place where dial
+// failures become statuses.
+func FailureOf(err error) *Failure {
+	var de *dial.Error
+	if !errors.As(err, &de) {
+		return &Failure{Status: http.StatusBadGateway, Kind: "internal", Reason: err.Error()}
+	}
+	f := &Failure{DialKind: de.Kind, Kind: de.Kind.String(), Reason: de.Reason}
+	switch de.Kind {
+	case dial.KindDenied:
+		f.Status, f.Denied = http.StatusForbidden, true
+		if de.Decision != nil {
+			f.Kind, f.Rule, f.Fix = string(de.Decision.Code), de.Decision.RuleID(), de.Decision.Fix
+		}
+	case dial.KindTimeout:
+		f.Status = http.StatusGatewayTimeout
+	default:
+		f.Status = http.StatusBadGateway
+	}
+	if de.Err != nil && de.Kind != dial.KindDenied {
+		f.Reason = fmt.Sprintf("%s (%v)", de.Reason, rootCause(de.Err))
+	}
+	return f
+}
+
+// rootCause strips Go's "dial tcp 1.2.3.4:80: connect:" prefixes down to the system error text.
+func rootCause(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
+}
+
+func clientNotAllowed(client string) *Failure {
+	return &Failure{Status: http.StatusForbidden, Kind: "client_not_allowed", Denied: true,
+		Reason: fmt.Sprintf("client %s is not in --allow-clients", client),
+		Fix:    "start the proxy with --allow-clients including this client's address"}
+}
+
+func badRequest(reason string) *Failure {
+	return &Failure{Status: http.StatusBadRequest, Kind: "bad_request", Reason: reason}
+}
+
+// writeFailure answers an HTTP client with f: the status, the decision or error header (curl hides
+// CONNECT response bodies, so the header carries the reason too) and a short plain-text body.
+func writeFailure(w http.ResponseWriter, r *http.Request, req *Request, f *Failure) {
+	if r.Body != nil && r.ContentLength != 0 {
+		// Read a bounded part of the body so the client sees this response instead of a reset.
+		io.CopyN(io.Discard, r.Body, discardLimit)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set(HeaderRequestID, req.ID)
+	if f.Denied {
+		h.Set(HeaderDecision, headerValue("deny", f))
+	} else {
+		h.Set(HeaderError, headerValue(f.Kind, f))
+	}
+	if f.Status == http.StatusBadRequest || f.Status == http.StatusProxyAuthRequired {
+		h.Set("Connection", "close")
+	}
+	if f.Status == http.StatusProxyAuthRequired {
+		h.Set("Proxy-Authenticate", `Basic realm="swarm-proxy"`)
+	}
+	w.WriteHeader(f.Status)
+	io.WriteString(w, f.Body(req))
+}
+
+func headerValue(first string, f *Failure) string {
+	v := first + "; code=" + f.Kind
+	if f.Rule != "" {
+		v += "; rule=" + f.Rule
+	}
+	return v + "; reason=" + strconv.Quote(f.Reason)
+}
+
+// Body is the plain-text explanation shown to the user.
+func (f *Failure) Body(req *Request) string {
+	var b strings.Builder
+	verb := "could not reach"
+	switch {
+	case f.Denied:
+		verb = "blocked"
+	case f.Status == http.StatusBadRequest:
+		verb = "rejected a malformed request for"
+	}
+	target := req.Target.String()
+	if req.Target.Host == "" {
+		target = "the request"
+	}
+	fmt.Fprintf(&b, "swarm-proxy %s %s\nreason: %s\n", verb, target, f.Reason)
+	if f.Fix != "" {
+		fmt.Fprintf(&b, "fix: %s\n", f.Fix)
+	}
+	fmt.Fprintf(&b, "request id: %s\n", req.ID)
+	return b.String()
+}

@@ -1,0 +1,279 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/http/httputil"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+)
+
+// forwarders holds one upstream transport per session, so that kept-alive upstream connections,
+// which belong to the session that dialed them, are never reused by another session.
+type forwarders struct {
+	s         *Server
+	mu        sync.Mutex
+	bySession map[string]*httputil.ReverseProxy
+	transport map[string]*http.Transport
+}
+
+func newForwarders(s *Server) *forwarders {
+	return &forwarders{s: s, bySession: map[string]*httputil.ReverseProxy{}, transport: map[string]*http.Transport{}}
+}
+
+func (f *forwarders) get(session string) *httputil.ReverseProxy {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if rp, ok := f.bySession[session]; ok {
+		return rp
+	}
+	t := &http.Transport{
+		Proxy:                 nil, // never chain to the proxy of the proxy's own environment
+		DialContext:           f.s.dialForTransport,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: orDefault(f.s.UpstreamTimeout, DefaultUpstreamTimeout),
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true, // pass Accept-Encoding and bodies through untouched
+	}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.User = nil // never forward (or log) credentials from the URL
+			pr.Out.Header.Add("Via", "1.1 swarm-proxy")
+		},
+		Transport:    t,
+		BufferPool:   bufferPool{},
+		ErrorHandler: f.s.forwardError,
+		ErrorLog:     nil,
+	}
+	f.bySession[session] = rp
+	f.transport[session] = t
+	return rp
+}
+
+func (f *forwarders) closeIdle() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, t := range f.transport {
+		t.CloseIdleConnections()
+	}
+}
+
+type bufferPool struct{}
+
+var forwardBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *forwardBufs.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { forwardBufs.Put(&b) }
+
+type forwardKey struct{}
+
+// forwardState is what one forwarded request shares between the handler and the transport hooks.
+type forwardState struct {
+	req     *Request
+	failure *Failure
+	conn    atomic.Pointer[decidedConn] // the upstream connection that served the request
+}
+
+// decidedConn remembers the policy decision under which an upstream connection was dialed.
+type decidedConn struct {
+	net.Conn
+	decision policy.Decision
+}
+
+func (s *Server) dialForTransport(ctx context.Context, network, addr string) (net.Conn, error) {
+	st, _ := ctx.Value(forwardKey{}).(*forwardState)
+	if st == nil {
+		return nil, errors.New("forward: dial without a request")
+	}
+	t, err := policy.ParseTarget(addr, 0)
+	if err != nil {
+		return nil, err
+	}
+	dreq := &dial.Request{Target: t, ID: st.req.ID, Session: st.req.Session, Client: st.req.Client.Addr().String(),
+		Decision: s.Policy.Load().Decide(t, nil)}
+	c, err := s.Dialer.Dial(ctx, dreq)
+	if err != nil {
+		return nil, err
+	}
+	return &decidedConn{Conn: c, decision: dreq.Decision}, nil
+}
+
+// forward relays a plain-HTTP request (and, after a 101, the upgraded connection).
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
+	pol := s.Policy.Load()
+	d := pol.Decide(req.Target, nil)
+	if !d.Allow {
+		s.fail(w, r, req, FailureOf(dial.Denied(req.Target, d)))
+		return
+	}
+	req.dial = &dial.Request{Target: req.Target, Decision: d}
+
+	st := &forwardState{req: req}
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		c := info.Conn
+		if tc, ok := c.(*tls.Conn); ok {
+			c = tc.NetConn()
+		}
+		if dc, ok := c.(*decidedConn); ok {
+			st.conn.Store(dc)
+		}
+	}}
+	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), forwardKey{}, st), trace)
+	body := &countingReader{r: r.Body}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = body
+	}
+	cw := &countingWriter{ResponseWriter: w, s: s}
+	s.forwarders.get(req.Session).ServeHTTP(cw, r.WithContext(ctx))
+
+	rec := s.record(req)
+	rec.Status = cw.status
+	if rec.Status == 0 {
+		rec.Status = http.StatusOK
+	}
+	rec.BytesOut = body.n.Load() + cw.upOut.Load()
+	rec.BytesIn = cw.n.Load() + cw.upIn.Load()
+	if dc := st.conn.Load(); dc != nil {
+		rec.Rule = dc.decision.RuleID()
+		rec.Reason = dc.decision.Reason
+		rec.Upstream = upstreamAddr(dc.Conn)
+		if pc, ok := dc.Conn.(providerConn); ok {
+			rec.Provider = pc.Provider()
+		}
+	}
+	if f := st.failure; f != nil {
+		rec.Error = f.Kind
+		rec.Reason = f.Reason
+		if f.Denied {
+			rec.Decision = accesslog.DecisionDeny
+			rec.Rule = f.Rule
+		}
+	}
+	s.finish(req, rec)
+}
+
+// forwardError is the ReverseProxy's error handler: it maps the failure and answers the client.
+func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error) {
+	st, _ := r.Context().Value(forwardKey{}).(*forwardState)
+	f := s.forwardFailure(r, err)
+	if st != nil {
+		st.failure = f
+		if cw, ok := w.(*countingWriter); ok && cw.status != 0 {
+			return // the response had begun; the connection is closed by the server
+		}
+		writeFailure(w, r, st.req, f)
+	}
+}
+
+func (s *Server) forwardFailure(r *http.Request, err error) *Failure {
+	var de *dial.Error
+	switch {
+	case errors.As(err, &de):
+		return FailureOf(de)
+	case r.Context().Err() != nil:
+		return &Failure{Status: 499, Kind: "client_closed", Reason: "the client closed the request before the response was complete"}
+	case isTimeout(err):
+		return &Failure{Status: http.StatusGatewayTimeout, Kind: dial.KindTimeout.String(),
+			Reason: fmt.Sprintf("the target did not send response headers within %s", orDefault(s.UpstreamTimeout, DefaultUpstreamTimeout))}
+	default:
+		return &Failure{Status: http.StatusBadGateway, Kind: "upstream", Reason: "upstream error: " + rootCause(err).Error()}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
+
+type countingReader struct {
+	r io.ReadCloser
+	n atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *countingReader) Close() error { return c.r.Close() }
+
+// countingWriter records the status and counts response bytes, including those of an upgraded
+// (101) connection, which it tracks as a tunnel.
+type countingWriter struct {
+	http.ResponseWriter
+	s      *Server
+	status int
+	n      atomic.Int64
+	upIn   atomic.Int64
+	upOut  atomic.Int64
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	if c.status == 0 || c.status < 200 {
+		c.status = code
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	n, err := c.ResponseWriter.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+func (c *countingWriter) Flush() { http.NewResponseController(c.ResponseWriter).Flush() }
+
+// Hijack hands the client connection to ReverseProxy after a 101 and counts what crosses it.
+func (c *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(c.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	c.s.Metrics.tunnelDelta(1)
+	return &countingConn{Conn: conn, in: &c.upIn, out: &c.upOut, done: func() { c.s.Metrics.tunnelDelta(-1) }}, brw, nil
+}
+
+type countingConn struct {
+	net.Conn
+	in, out *atomic.Int64
+	once    sync.Once
+	done    func()
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Close() error {
+	c.once.Do(c.done)
+	return c.Conn.Close()
+}

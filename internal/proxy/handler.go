@@ -1,0 +1,231 @@
+package proxy
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+	"github.com/swarm-proxy/swarm-proxy/internal/relay"
+)
+
+// ServeHTTP is the HTTP front end: it identifies the client, parses the target and hands the
+// request to the CONNECT or the forwarding path.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	client, _ := netip.ParseAddrPort(r.RemoteAddr)
+	req := s.NewRequest(client, r.Method)
+	if f := s.admit(r, req); f != nil {
+		s.fail(w, r, req, f)
+		return
+	}
+	if r.Method == http.MethodConnect {
+		s.serveConnect(w, r, req)
+		return
+	}
+	s.forward(w, r, req)
+}
+
+// admit runs the checks every request passes before its target is considered: client address,
+// credentials, and a well-formed proxy request.
+func (s *Server) admit(r *http.Request, req *Request) *Failure {
+	if !s.ClientAllowed(req.Client.Addr()) {
+		return clientNotAllowed(req.Client.Addr().String())
+	}
+	if s.Auth != nil {
+		user, pass, err := proxyCredentials(r.Header.Get("Proxy-Authorization"))
+		if err == nil {
+			req.Session, err = s.Auth.Authenticate(user, pass)
+		}
+		if err != nil {
+			return &Failure{Status: http.StatusProxyAuthRequired, Kind: "auth", Denied: true, Reason: err.Error(),
+				Fix: "send the session ticket as proxy credentials: --proxy-user SESSION_ID:TOKEN, or http://SESSION_ID:TOKEN@broker:port in HTTP_PROXY"}
+		}
+	}
+	var err error
+	if r.Method == http.MethodConnect {
+		req.Target, err = policy.ParseTarget(r.Host, 0)
+		if err != nil {
+			return badRequest(fmt.Sprintf("CONNECT needs host:port: %v", err))
+		}
+		return nil
+	}
+	if !r.URL.IsAbs() || r.URL.Host == "" {
+		return badRequest("not a proxy request: the request line must carry an absolute URL (GET http://host/path); point HTTP_PROXY at this address instead of requesting it directly")
+	}
+	port, ok := defaultPorts[strings.ToLower(r.URL.Scheme)]
+	if !ok {
+		return badRequest(fmt.Sprintf("scheme %q is not supported: use http or https", r.URL.Scheme))
+	}
+	req.Target, err = policy.ParseTarget(r.URL.Host, port)
+	if err != nil {
+		return badRequest(err.Error())
+	}
+	req.Path = r.URL.Path
+	return nil
+}
+
+var defaultPorts = map[string]int{"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+// errCredentials reports unusable Proxy-Authorization headers.
+type errCredentials string
+
+func (e errCredentials) Error() string { return string(e) }
+
+func proxyCredentials(h string) (user, pass string, err error) {
+	if h == "" {
+		return "", "", ErrNoCredentials
+	}
+	scheme, val, _ := strings.Cut(h, " ")
+	if !strings.EqualFold(scheme, "Basic") {
+		return "", "", errCredentials("proxy credentials must use the Basic scheme")
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(val))
+	if err != nil {
+		return "", "", errCredentials("proxy credentials are not valid base64")
+	}
+	user, pass, ok := strings.Cut(string(raw), ":")
+	if !ok {
+		return "", "", errCredentials("proxy credentials must be session_id:token")
+	}
+	return user, pass, nil
+}
+
+// fail answers the client with f and logs it.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, req *Request, f *Failure) {
+	writeFailure(w, r, req, f)
+	s.LogFailure(req, f)
+	level := s.Logger.Debug
+	if !f.Denied && f.Status != http.StatusBadRequest {
+		level = s.Logger.Info
+	}
+	level("request failed", "id", req.ID, "client", req.Client.Addr(), "target", req.Target, "status", f.Status, "kind", f.Kind, "reason", f.Reason)
+}
+
+// serveConnect dials the target and, only once it is connected, answers 200 and relays raw bytes.
+func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, req *Request) {
+	// Track the tunnel before the connection is hijacked: from then on http.Server no longer waits
+	// for it, and Shutdown must.
+	t := &tunnel{}
+	if !s.track(t) {
+		s.fail(w, r, req, &Failure{Status: http.StatusServiceUnavailable, Kind: "shutting_down", Reason: "the proxy is shutting down"})
+		return
+	}
+	defer s.untrack(t)
+	upstream, err := s.Dial(r.Context(), req)
+	if err != nil {
+		s.fail(w, r, req, FailureOf(err))
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		upstream.Close()
+		s.fail(w, r, req, &Failure{Status: http.StatusInternalServerError, Kind: "internal", Reason: "cannot take over the connection: " + err.Error()})
+		return
+	}
+	rec := s.record(req)
+	rec.Status = http.StatusOK
+	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		relay.Abort(conn)
+		upstream.Close()
+		rec.Error = "client went away before the tunnel opened"
+		s.finish(req, rec)
+		return
+	}
+	// Bytes the client sent right after the CONNECT (say, a TLS ClientHello) may sit in the
+	// server's read buffer: pass them on first, so the relay can use the raw connections.
+	if n := brw.Reader.Buffered(); n > 0 {
+		early, _ := brw.Reader.Peek(n)
+		m, err := upstream.Write(early)
+		rec.BytesOut += int64(m)
+		if err != nil {
+			relay.Abort(conn)
+			upstream.Close()
+			rec.Error = "upstream write failed: " + err.Error()
+			s.finish(req, rec)
+			return
+		}
+	}
+	s.relay(t, req, rec, conn, upstream)
+}
+
+// Relay runs an established tunnel between client and upstream until both directions end, then
+// writes its access-log record with status. Front ends call it after answering their client.
+func (s *Server) Relay(req *Request, status int, client, upstream net.Conn) {
+	rec := s.record(req)
+	rec.Status = status
+	t := &tunnel{}
+	if !s.track(t) {
+		relay.Abort(client)
+		upstream.Close()
+		rec.Error = "the proxy is shutting down"
+		s.finish(req, rec)
+		return
+	}
+	defer s.untrack(t)
+	s.relay(t, req, rec, client, upstream)
+}
+
+type providerConn interface{ Provider() string }
+
+func (s *Server) relay(t *tunnel, req *Request, rec *accesslog.Record, client, upstream net.Conn) {
+	rec.Upstream = upstreamAddr(upstream)
+	if pc, ok := upstream.(providerConn); ok {
+		rec.Provider = pc.Provider()
+	}
+	s.mu.Lock()
+	t.client, t.upstream = client, upstream
+	s.mu.Unlock()
+	s.Metrics.tunnelDelta(1)
+	defer s.Metrics.tunnelDelta(-1)
+	res := relay.Pipe(client, upstream, s.TunnelIdleTimeout)
+	rec.BytesOut += res.AToB
+	rec.BytesIn += res.BToA
+	if res.Err != nil {
+		rec.Error = res.Err.Error()
+	}
+	s.finish(req, rec)
+}
+
+func upstreamAddr(c net.Conn) string {
+	if _, ok := c.(providerConn); ok {
+		return "" // the provider dials; its address is in the provider field
+	}
+	if a := c.RemoteAddr(); a != nil {
+		return a.String()
+	}
+	return ""
+}
+
+// tunnel is an open relay, tracked so Shutdown can wait for it and abort it when time runs out.
+// Its connections are set (under Server.mu) once they exist.
+type tunnel struct{ client, upstream net.Conn }
+
+func (t *tunnel) abort() {
+	if t.client != nil {
+		relay.Abort(t.client)
+		relay.Abort(t.upstream)
+	}
+}
+
+// track registers a tunnel; it refuses new ones once shutdown has begun.
+func (s *Server) track(t *tunnel) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.tunnels[t] = struct{}{}
+	s.tunnelWG.Add(1)
+	return true
+}
+
+func (s *Server) untrack(t *tunnel) {
+	s.mu.Lock()
+	delete(s.tunnels, t)
+	s.mu.Unlock()
+	s.tunnelWG.Done()
+}
