@@ -35,6 +35,7 @@ type frontendFlags struct {
 	dialTimeout       time.Duration
 	upstreamTimeout   time.Duration
 	idleTimeout       time.Duration
+	headerTimeout     time.Duration
 	tunnelIdleTimeout time.Duration
 	policyPoll        time.Duration
 	logLevel          string
@@ -52,6 +53,7 @@ func (f *frontendFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.dialTimeout, "dial-timeout", dial.DefaultTimeout, "bound on resolving and connecting to a target")
 	fs.DurationVar(&f.upstreamTimeout, "upstream-timeout", proxy.DefaultUpstreamTimeout, "how long a target may take to send response headers")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", proxy.DefaultIdleTimeout, "close kept-alive client connections idle this long")
+	fs.DurationVar(&f.headerTimeout, "read-header-timeout", proxy.DefaultReadHeaderTimeout, "how long a client may take to send request headers")
 	fs.DurationVar(&f.tunnelIdleTimeout, "tunnel-idle-timeout", 0, "end tunnels that moved no byte this long (0: never)")
 	fs.DurationVar(&f.policyPoll, "policy-poll", 2*time.Second, "how often to check the policy file for changes (0: only on SIGHUP)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "operational log level on stderr: debug, info, warn, error")
@@ -152,7 +154,7 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 	srv := &proxy.Server{
 		Policy: rt.policy, Dialer: dialer, Auth: auth, Log: logw, Metrics: rt.metrics, Logger: logger,
 		AllowClients: allow, UpstreamTimeout: f.upstreamTimeout, IdleTimeout: f.idleTimeout,
-		TunnelIdleTimeout: f.tunnelIdleTimeout,
+		TunnelIdleTimeout: f.tunnelIdleTimeout, ReadHeaderTimeout: f.headerTimeout,
 	}
 
 	ln, err := net.Listen("tcp", f.listen)
