@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -58,11 +59,11 @@ func Parse(name string, data []byte) (*Policy, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%w: %s: the file is empty; it needs at least \"mode: enforce\" or \"mode: discovery\"", ErrInvalid, name)
 		}
-		return nil, fmt.Errorf("%w: %s: %s", ErrInvalid, name, yamlMessage(err))
+		return nil, fmt.Errorf("%w:\n%s", ErrInvalid, yamlMessage(name, err))
 	}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, fmt.Errorf("%w: %s: %s", ErrInvalid, name, yamlMessage(err))
+		return nil, fmt.Errorf("%w:\n%s", ErrInvalid, yamlMessage(name, err))
 	}
 	lines := ruleLines(&doc)
 
@@ -213,11 +214,22 @@ func ruleLines(doc *yaml.Node) lineIndex {
 	return l
 }
 
-// yamlMessage turns yaml.v3's "yaml: line 3: ..." into "3: ...", so messages read file:line: problem.
-func yamlMessage(err error) string {
+var yamlLineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): `)
+
+// yamlMessage turns yaml.v3's "yaml: line 3: problem" into "name:3: problem", so that every message
+// reads file:line: problem.
+func yamlMessage(name string, err error) string {
+	msgs := []string{err.Error()}
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
-		return strings.Join(te.Errors, "; ")
+		msgs = te.Errors
 	}
-	return strings.TrimPrefix(err.Error(), "yaml: ")
+	for i, m := range msgs {
+		if loc := yamlLineRE.FindStringSubmatch(m); loc != nil {
+			msgs[i] = fmt.Sprintf("%s:%s: %s", name, loc[1], m[len(loc[0]):])
+		} else {
+			msgs[i] = fmt.Sprintf("%s: %s", name, strings.TrimPrefix(m, "yaml: "))
+		}
+	}
+	return strings.Join(msgs, "\n")
 }

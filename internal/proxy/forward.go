@@ -250,6 +250,8 @@ func (c *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// ReverseProxy hijacks only to relay an upgraded connection, after writing the 101 itself.
+	c.status = http.StatusSwitchingProtocols
 	c.s.Metrics.tunnelDelta(1)
 	return &countingConn{Conn: conn, in: &c.upIn, out: &c.upOut, done: func() { c.s.Metrics.tunnelDelta(-1) }}, brw, nil
 }

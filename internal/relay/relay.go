@@ -51,7 +51,7 @@ func Pipe(a, b net.Conn, idle time.Duration) Result {
 	wg.Wait()
 	a.Close()
 	b.Close()
-	if tracker != nil && tracker.fired() && res.Err == nil {
+	if tracker != nil && tracker.fired() {
 		res.Err = ErrIdle
 	}
 	return res

@@ -1,0 +1,364 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+)
+
+// recordingDialer stands in for the network: it records every address the proxy tries to reach and
+// connects only to addresses in allowed (loopback test servers); anything else is a test failure
+// that never leaves the machine.
+type recordingDialer struct {
+	mu      sync.Mutex
+	dialed  []string
+	allowed map[string]bool
+}
+
+func (d *recordingDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	d.dialed = append(d.dialed, addr)
+	d.mu.Unlock()
+	if !d.allowed[addr] {
+		return nil, fmt.Errorf("recording dialer: %s is not a test server", addr)
+	}
+	var nd net.Dialer
+	return nd.DialContext(ctx, network, addr)
+}
+
+func (d *recordingDialer) Dialed() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.dialed...)
+}
+
+// fakeResolver answers from a table; unknown names do not exist.
+type fakeResolver map[string][]string
+
+func (r fakeResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	list, ok := r[host]
+	if !ok {
+		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+	}
+	var out []netip.Addr
+	for _, s := range list {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out, nil
+}
+
+type testProxy struct {
+	addr   string
+	dialer *recordingDialer
+	log    *bytes.Buffer
+	logMu  *sync.Mutex
+	srv    *Server
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func startProxy(t *testing.T, policySrc string, resolver fakeResolver, allowedAddrs []string, configure ...func(*Server)) *testProxy {
+	t.Helper()
+	pol, err := policy.Parse("policy.yaml", []byte(policySrc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd := &recordingDialer{allowed: map[string]bool{}}
+	for _, a := range allowedAddrs {
+		rd.allowed[a] = true
+	}
+	holder := policy.NewHolder(pol)
+	tp := &testProxy{dialer: rd, log: &bytes.Buffer{}, logMu: &sync.Mutex{}}
+	tp.srv = &Server{
+		Policy: holder,
+		Dialer: &dial.Direct{Policy: holder.Load, Resolver: resolver, DialContext: rd.DialContext, Timeout: 2 * time.Second},
+		Log:    accesslog.NewWriter(lockedWriter{tp.logMu, tp.log}),
+	}
+	for _, c := range configure {
+		c(tp.srv)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.addr = ln.Addr().String()
+	done := make(chan error, 1)
+	go func() { done <- tp.srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		tp.srv.Shutdown(ctx)
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return tp
+}
+
+func (tp *testProxy) records(t *testing.T) []string {
+	tp.logMu.Lock()
+	defer tp.logMu.Unlock()
+	return strings.Split(strings.TrimSpace(tp.log.String()), "\n")
+}
+
+// roundTrip writes a raw request to the proxy and reads one response.
+func roundTrip(t *testing.T, conn net.Conn, br *bufio.Reader, raw string) (*http.Response, string) {
+	t.Helper()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, string(body)
+}
+
+func dialProxy(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, bufio.NewReader(c)
+}
+
+// TestSSRFNeverDials checks refusals with a recording dialer: if the policy were wrong, the dial
+// would be recorded (and refused by the dialer), never sent to the network.
+func TestSSRFNeverDials(t *testing.T) {
+	resolver := fakeResolver{
+		"rebind.example":   {"127.0.0.1"},
+		"metadata.example": {"169.254.169.254"},
+		"mixed.example":    {"10.0.0.7", "fd00:ec2::254"},
+	}
+	tp := startProxy(t, "mode: discovery\n", resolver, nil)
+	tests := []struct{ name, request, wantCode string }{
+		{"name resolving to loopback", "GET http://rebind.example/ HTTP/1.1\r\nHost: rebind.example\r\n\r\n", "private_address"},
+		{"metadata literal", "GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n", "private_address"},
+		{"metadata by name via CONNECT", "CONNECT metadata.example:80 HTTP/1.1\r\nHost: metadata.example:80\r\n\r\n", "private_address"},
+		{"ipv6 metadata literal", "CONNECT [fd00:ec2::254]:80 HTTP/1.1\r\nHost: [fd00:ec2::254]:80\r\n\r\n", "private_address"},
+		{"private and ULA addresses", "GET http://mixed.example/ HTTP/1.1\r\nHost: mixed.example\r\n\r\n", "private_address"},
+		{"loopback literal", "GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n", "private_address"},
+		{"unspecified literal", "CONNECT 0.0.0.0:22 HTTP/1.1\r\nHost: 0.0.0.0:22\r\n\r\n", "private_address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, br := dialProxy(t, tp.addr)
+			resp, body := roundTrip(t, c, br, tt.request)
+			if resp.StatusCode != http.StatusForbidden {
+				t.Fatalf("status %d, want 403; body:\n%s", resp.StatusCode, body)
+			}
+			if h := resp.Header.Get(HeaderDecision); !strings.Contains(h, "code="+tt.wantCode) {
+				t.Errorf("%s = %q, want code=%s", HeaderDecision, h, tt.wantCode)
+			}
+			if !strings.Contains(body, "which is refused unless an allow rule with a cidr covers it") || !strings.Contains(body, "fix: ") {
+				t.Errorf("body does not explain the refusal:\n%s", body)
+			}
+		})
+	}
+	if d := tp.dialer.Dialed(); len(d) != 0 {
+		t.Fatalf("the proxy tried to connect to %v", d)
+	}
+}
+
+func TestDialFailures(t *testing.T) {
+	// A listener that accepts and never answers, and a port with nothing listening.
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	closedAddr := closed.Addr().String()
+	closed.Close()
+
+	tp := startProxy(t, "mode: discovery\nallow:\n  - cidr: 127.0.0.0/8\n", fakeResolver{"silent.test": {"127.0.0.1"}},
+		[]string{silent.Addr().String(), closedAddr}, func(s *Server) { s.UpstreamTimeout = 300 * time.Millisecond })
+	silentPort := silent.Addr().(*net.TCPAddr).Port
+	tests := []struct {
+		name, request string
+		status        int
+		wantErr       string
+	}{
+		{"unknown name", "GET http://nowhere.test/ HTTP/1.1\r\nHost: nowhere.test\r\n\r\n", 502, "no such host"},
+		{"refused", fmt.Sprintf("GET http://%s/ HTTP/1.1\r\nHost: x\r\n\r\n", closedAddr), 502, "connection refused"},
+		{"refused via CONNECT", fmt.Sprintf("CONNECT %s HTTP/1.1\r\nHost: x\r\n\r\n", closedAddr), 502, "connection refused"},
+		{"no response headers", fmt.Sprintf("GET http://silent.test:%d/ HTTP/1.1\r\nHost: x\r\n\r\n", silentPort), 504, "did not send response headers"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, br := dialProxy(t, tp.addr)
+			resp, body := roundTrip(t, c, br, tt.request)
+			if resp.StatusCode != tt.status || !strings.Contains(body, tt.wantErr) || resp.Header.Get(HeaderError) == "" {
+				t.Fatalf("status %d %s=%q body:\n%s\nwant %d and %q", resp.StatusCode, HeaderError, resp.Header.Get(HeaderError), body, tt.status, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestUpgradeRelaysBothWays runs a WebSocket-style upgrade through the proxy: after the 101, bytes
+// flow both ways until the client closes.
+func TestUpgradeRelaysBothWays(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" {
+			http.Error(w, "want upgrade", 400)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		io.Copy(conn, brw)
+	}))
+	defer up.Close()
+	upAddr := up.Listener.Addr().String()
+	tp := startProxy(t, "mode: enforce\nallow:\n  - cidr: 127.0.0.1/32\n", nil, []string{upAddr})
+
+	c, br := dialProxy(t, tp.addr)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET http://%s/ws HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n", upAddr, upAddr)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	for _, msg := range []string{"hello", "second message"} {
+		io.WriteString(c, msg)
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(br, got); err != nil || string(got) != msg {
+			t.Fatalf("echo %q: got %q, %v", msg, got, err)
+		}
+	}
+	c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(strings.Join(tp.records(t), "\n"), `"status":101`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no 101 record in %v", tp.records(t))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	rec := tp.records(t)[0]
+	if !strings.Contains(rec, `"bytes_in":19`) || !strings.Contains(rec, `"bytes_out":19`) {
+		t.Errorf("upgraded bytes not counted: %s", rec)
+	}
+}
+
+// TestKeepAliveDecidesEachRequest sends an allowed, a blocked and another allowed request on one
+// client connection: each is decided and logged on its own and the connection stays usable.
+func TestKeepAliveDecidesEachRequest(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "hello %s", r.URL.Path)
+	}))
+	defer up.Close()
+	upAddr := up.Listener.Addr().String()
+	pol := fmt.Sprintf("mode: enforce\nallow:\n  - cidr: 127.0.0.1/32\n    ports: [%d]\n", up.Listener.Addr().(*net.TCPAddr).Port)
+	tp := startProxy(t, pol, nil, []string{upAddr})
+	c, br := dialProxy(t, tp.addr)
+	resp, body := roundTrip(t, c, br, fmt.Sprintf("GET http://%s/a HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr))
+	if resp.StatusCode != 200 || body != "hello /a" {
+		t.Fatalf("first: %d %q", resp.StatusCode, body)
+	}
+	resp, body = roundTrip(t, c, br, "POST http://blocked.test/upload HTTP/1.1\r\nHost: blocked.test\r\nContent-Length: 5\r\n\r\nhello")
+	if resp.StatusCode != 403 || !strings.Contains(body, "no allow rule matches blocked.test:80") {
+		t.Fatalf("second: %d %q", resp.StatusCode, body)
+	}
+	resp, body = roundTrip(t, c, br, fmt.Sprintf("PUT http://%s/c HTTP/1.1\r\nHost: %s\r\nContent-Length: 3\r\n\r\nabc", upAddr, upAddr))
+	if resp.StatusCode != 200 || body != "hello /c" {
+		t.Fatalf("third: %d %q", resp.StatusCode, body)
+	}
+	recs := tp.records(t)
+	if len(recs) != 3 || !strings.Contains(recs[1], `"decision":"deny"`) || !strings.Contains(recs[2], `"bytes_out":3`) {
+		t.Fatalf("records:\n%s", strings.Join(recs, "\n"))
+	}
+}
+
+func TestRefusedBodyIsDrainedSoClientSees403(t *testing.T) {
+	tp := startProxy(t, "mode: enforce\n", nil, nil)
+	c, br := dialProxy(t, tp.addr)
+	body := strings.Repeat("x", 100<<10)
+	resp, text := roundTrip(t, c, br, fmt.Sprintf("POST http://blocked.test/ HTTP/1.1\r\nHost: blocked.test\r\nContent-Length: %d\r\n\r\n%s", len(body), body))
+	if resp.StatusCode != 403 || !strings.Contains(text, "swarm-proxy blocked blocked.test:80") {
+		t.Fatalf("%d %q", resp.StatusCode, text)
+	}
+}
+
+func TestClientNotAllowed(t *testing.T) {
+	tp := startProxy(t, "mode: discovery\n", nil, nil, func(s *Server) {
+		s.AllowClients = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	})
+	c, br := dialProxy(t, tp.addr)
+	resp, body := roundTrip(t, c, br, "GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n")
+	if resp.StatusCode != 403 || !strings.Contains(body, "client 127.0.0.1 is not in --allow-clients") {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if d := tp.dialer.Dialed(); len(d) != 0 {
+		t.Fatalf("dialed %v for a refused client", d)
+	}
+}
+
+type staticAuth struct{}
+
+func (staticAuth) Authenticate(user, pass string) (string, error) {
+	if user == "s1" && pass == "good" {
+		return "s1", nil
+	}
+	return "", errors.New("wrong token for session " + user)
+}
+
+func TestProxyAuthentication(t *testing.T) {
+	tp := startProxy(t, "mode: enforce\n", nil, nil, func(s *Server) { s.Auth = staticAuth{} })
+	tests := []struct{ name, header, want string }{
+		{"missing", "", "proxy credentials required"},
+		{"wrong", "Proxy-Authorization: Basic czE6YmFk\r\n", "wrong token for session s1"},
+		{"not basic", "Proxy-Authorization: Bearer x\r\n", "must use the Basic scheme"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, br := dialProxy(t, tp.addr)
+			resp, body := roundTrip(t, c, br, "CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n"+tt.header+"\r\n")
+			if resp.StatusCode != http.StatusProxyAuthRequired || resp.Header.Get("Proxy-Authenticate") == "" || !strings.Contains(body, tt.want) {
+				t.Fatalf("%d %v %q", resp.StatusCode, resp.Header, body)
+			}
+		})
+	}
+	c, br := dialProxy(t, tp.addr)
+	resp, _ := roundTrip(t, c, br, "CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\nProxy-Authorization: Basic czE6Z29vZA==\r\n\r\n")
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("good credentials: status %d, want the policy's 403", resp.StatusCode)
+	}
+	recs := tp.records(t)
+	if last := recs[len(recs)-1]; !strings.Contains(last, `"session":"s1"`) || strings.Contains(last, "good") {
+		t.Fatalf("record lacks the session or leaks the token: %s", last)
+	}
+}

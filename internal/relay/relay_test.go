@@ -1,0 +1,110 @@
+package relay
+
+import (
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (client, server *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-accepted
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+func runPipe(a, b net.Conn, idle time.Duration) <-chan Result {
+	done := make(chan Result, 1)
+	go func() { done <- Pipe(a, b, idle) }()
+	return done
+}
+
+func wait(t *testing.T, done <-chan Result) Result {
+	t.Helper()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("relay did not finish")
+		return Result{}
+	}
+}
+
+// TestHalfClose: the client shuts its write side, the server reads to EOF and only then answers;
+// the answer must still reach the client.
+func TestHalfClose(t *testing.T) {
+	for _, idle := range []time.Duration{0, time.Minute} {
+		client, proxyA := tcpPair(t)
+		proxyB, server := tcpPair(t)
+		done := runPipe(proxyA, proxyB, idle)
+
+		client.Write([]byte("question"))
+		client.CloseWrite()
+		got, err := io.ReadAll(server)
+		if err != nil || string(got) != "question" {
+			t.Fatalf("server read %q, %v", got, err)
+		}
+		server.Write([]byte("answer"))
+		server.Close()
+		ans, err := io.ReadAll(client)
+		if err != nil || string(ans) != "answer" {
+			t.Fatalf("client read %q, %v", ans, err)
+		}
+		r := wait(t, done)
+		if r.Err != nil || r.AToB != 8 || r.BToA != 6 {
+			t.Fatalf("idle %v: result %+v", idle, r)
+		}
+	}
+}
+
+// TestFailureResetsPeer: when the upstream side is reset mid-transfer, the client must see a reset,
+// not a clean EOF that would make a truncated transfer look complete.
+func TestFailureResetsPeer(t *testing.T) {
+	client, proxyA := tcpPair(t)
+	proxyB, server := tcpPair(t)
+	done := runPipe(proxyA, proxyB, 0)
+
+	server.Write([]byte("partial"))
+	buf := make([]byte, 7)
+	if _, err := io.ReadFull(client, buf); err != nil {
+		t.Fatal(err)
+	}
+	server.SetLinger(0)
+	server.Close() // RST towards the relay
+
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := io.ReadAll(client)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read error %v, want connection reset", err)
+	}
+	if r := wait(t, done); r.Err == nil {
+		t.Fatal("relay result has no error")
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	_, proxyA := tcpPair(t)
+	proxyB, _ := tcpPair(t)
+	r := wait(t, runPipe(proxyA, proxyB, 50*time.Millisecond))
+	if !errors.Is(r.Err, ErrIdle) {
+		t.Fatalf("err = %v, want ErrIdle", r.Err)
+	}
+}
