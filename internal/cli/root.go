@@ -50,6 +50,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newProxyCmd(),
 		newPolicyCmd(),
+		newEnvCmd(), newFirewallCmd(), newDoctorCmd(), newHealthCmd(),
 	)
 	return root
 }

@@ -1,0 +1,57 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/agentenv"
+)
+
+func newEnvCmd() *cobra.Command {
+	var (
+		cfg        agentenv.Config
+		ticketFile string
+		format     string
+	)
+	cmd := &cobra.Command{
+		Use:   "env",
+		Short: "Print the environment variables that route an agent's tools through the proxy",
+		Long: `Print HTTP_PROXY, HTTPS_PROXY, ALL_PROXY (with --socks), their lowercase twins, NO_PROXY and
+NODE_USE_ENV_PROXY=1, quoted for the chosen format. With --ticket (broker mode) the session id and token
+from "swarm-proxy ticket --json" go in the proxy URLs as percent-encoded user and password.
+
+  eval "$(swarm-proxy env --proxy http://proxy:8080)"          # sh, bash, zsh
+  swarm-proxy env --format fish | source                        # fish
+  swarm-proxy env --format dockerfile >> Dockerfile
+  swarm-proxy env --format compose                              # an environment: block for compose.yaml`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if ticketFile != "" {
+				t, err := agentenv.LoadTicket(ticketFile, time.Now())
+				if err != nil {
+					return fmt.Errorf("env: %w", err)
+				}
+				cfg.Ticket = t
+			}
+			vars, err := agentenv.Vars(cfg)
+			if err != nil {
+				return err
+			}
+			return agentenv.Render(cmd.OutOrStdout(), agentenv.Format(format), vars)
+		},
+	}
+	formats := make([]string, len(agentenv.Formats))
+	for i, f := range agentenv.Formats {
+		formats[i] = string(f)
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Proxy, "proxy", agentenv.DefaultProxy, "HTTP proxy URL the agent uses")
+	f.StringVar(&cfg.SOCKS, "socks", "", "SOCKS5 proxy URL for ALL_PROXY, e.g. socks5h://proxy:1080 (unset: no ALL_PROXY)")
+	f.StringVar(&ticketFile, "ticket", "", "broker mode: ticket file from \"swarm-proxy ticket --json\"; its credentials go in the proxy URLs")
+	f.StringSliceVar(&cfg.NoProxy, "no-proxy", nil, "hosts, domains (.example.com) or CIDRs that bypass the proxy, added to "+strings.Join(agentenv.DefaultNoProxy, ","))
+	f.StringVar(&format, "format", string(agentenv.FormatSh), "output format: "+strings.Join(formats, ", "))
+	return cmd
+}

@@ -1,0 +1,70 @@
+package cli
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/spf13/cobra"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/firewall"
+)
+
+func newFirewallCmd() *cobra.Command {
+	var (
+		proxy  string
+		dns    []string
+		format string
+		apply  bool
+	)
+	cmd := &cobra.Command{
+		Use:   "firewall --proxy HOST:PORT",
+		Short: "Print (or --apply) egress rules that let the agent's namespace reach only the proxy",
+		Long: `Print the firewall rules for the agent's network namespace or container: replies to allowed
+connections, loopback, the proxy and (with --dns) DNS are allowed; everything else, IPv4 and IPv6, is
+rejected, TCP with a reset so tools fail fast. Each rule has a comment.
+
+The rules live in their own iptables chain (` + firewall.Chain + `, jumped to from OUTPUT) or nftables table
+(inet ` + firewall.Table + `), so --apply, or running the printed script, again replaces them atomically.
+A proxy given by name is resolved now; the rules hold its addresses.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if proxy == "" {
+				return fmt.Errorf("firewall: --proxy HOST:PORT is required")
+			}
+			host, port, err := firewall.ParseProxy(proxy)
+			if err != nil {
+				return err
+			}
+			addrs, err := net.DefaultResolver.LookupNetIP(cmd.Context(), "ip", host)
+			if err != nil {
+				return fmt.Errorf("firewall: resolve proxy %s: %w", host, err)
+			}
+			cfg := firewall.Config{ProxyName: host}
+			for _, a := range addrs {
+				cfg.Proxy = append(cfg.Proxy, netip.AddrPortFrom(a.Unmap(), port))
+			}
+			for _, d := range dns {
+				a, err := netip.ParseAddr(d)
+				if err != nil {
+					return fmt.Errorf("firewall: --dns %q: want an IP address: %w", d, err)
+				}
+				cfg.DNS = append(cfg.DNS, a)
+			}
+			if !apply {
+				return firewall.Render(cmd.OutOrStdout(), firewall.Format(format), cfg)
+			}
+			report, err := firewall.Apply(cmd.Context(), firewall.Format(format), cfg, nil)
+			for _, line := range report {
+				fmt.Fprintln(cmd.OutOrStdout(), line)
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&proxy, "proxy", "", "the proxy the agent may reach, HOST:PORT (required)")
+	f.StringSliceVar(&dns, "dns", nil, "DNS server addresses the agent may query on port 53 (default: none)")
+	f.StringVar(&format, "format", string(firewall.FormatIPTables), "rule syntax: iptables or nftables")
+	f.BoolVar(&apply, "apply", false, "apply the rules in the current network namespace (needs CAP_NET_ADMIN) and report what was done")
+	return cmd
+}
