@@ -1,0 +1,488 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/libp2p/go-yamux/v5"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+	"github.com/swarm-proxy/swarm-proxy/internal/ticket"
+)
+
+// ErrClosed is returned by Serve after Close.
+var ErrClosed = errors.New("tunnel broker closed")
+
+// Broker accepts provider connections and opens streams through them. It is the dial.Dialer of
+// broker mode: Dial sends a request of a session to one of that session's providers.
+type Broker struct {
+	// Auth verifies provider handshakes. Required.
+	Auth *ticket.Authority
+	// TLS, when set, makes the provider listener speak TLS.
+	TLS *tls.Config
+	// Config tunes connections; zero fields mean the defaults.
+	Config Config
+	// Logger receives operational messages; nil means slog.Default().
+	Logger *slog.Logger
+	// Metrics, when set, counts providers, streams, opens and handshakes.
+	Metrics *Metrics
+
+	initOnce sync.Once
+	cfg      Config
+	rr       atomic.Uint64
+
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	pending   map[net.Conn]struct{} // connections still in their handshake
+	sessions  map[string]*group
+	wg        sync.WaitGroup
+}
+
+// group is the providers of one session and the streams open through them.
+type group struct {
+	providers []*provider
+	streams   int
+}
+
+// provider is one connected provider.
+type provider struct {
+	id      string
+	session string
+	mux     *yamux.Session
+	active  atomic.Int64
+}
+
+func (b *Broker) init() {
+	b.initOnce.Do(func() {
+		b.cfg = b.Config.withDefaults()
+		if b.Logger == nil {
+			b.Logger = slog.Default()
+		}
+		b.listeners = map[net.Listener]struct{}{}
+		b.pending = map[net.Conn]struct{}{}
+		b.sessions = map[string]*group{}
+	})
+}
+
+// Serve accepts providers on ln until Close. It returns ErrClosed after Close.
+func (b *Broker) Serve(ln net.Listener) error {
+	b.init()
+	if b.TLS != nil {
+		ln = tls.NewListener(ln, b.TLS)
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		ln.Close()
+		return ErrClosed
+	}
+	b.listeners[ln] = struct{}{}
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.listeners, ln)
+		b.mu.Unlock()
+	}()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			b.mu.Lock()
+			closed := b.closed
+			b.mu.Unlock()
+			if closed {
+				return ErrClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
+				// Out of descriptors or similar: back off like net/http instead of spinning.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				b.Logger.Warn("provider accept failed; retrying", "err", err, "in", delay)
+				t := time.NewTimer(delay)
+				<-t.C
+				continue
+			}
+			return fmt.Errorf("tunnel accept: %w", err)
+		}
+		delay = 0
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			c.Close()
+			return ErrClosed
+		}
+		b.pending[c] = struct{}{}
+		b.wg.Add(1)
+		b.mu.Unlock()
+		go b.handle(c)
+	}
+}
+
+// handle runs one provider connection: handshake, then the multiplexer until the connection ends.
+func (b *Broker) handle(c net.Conn) {
+	defer b.wg.Done()
+	remote := c.RemoteAddr().String()
+	session, id, expiry, err := b.handshake(c)
+	b.mu.Lock()
+	delete(b.pending, c)
+	closed := b.closed
+	b.mu.Unlock()
+	if err != nil {
+		c.Close()
+		var ae *AuthError
+		if errors.As(err, &ae) {
+			b.Metrics.handshake(ae.Code)
+			b.Logger.Warn("provider refused", "remote", remote, "session", session, "code", ae.Code, "reason", ae.Reason)
+		} else {
+			b.Metrics.handshake("error")
+			b.Logger.Info("provider handshake failed", "remote", remote, "err", err)
+		}
+		return
+	}
+	if closed {
+		c.Close()
+		return
+	}
+	budget := &memoryBudget{limit: b.cfg.WindowBudget}
+	mux, err := yamux.Client(c, b.cfg.yamuxConfig(b.Logger), budget.newSpan)
+	if err != nil {
+		c.Close()
+		b.Logger.Error("provider multiplexer failed", "remote", remote, "err", err)
+		return
+	}
+	p := &provider{id: id, session: session, mux: mux}
+	if !b.register(p) {
+		mux.Close()
+		return
+	}
+	b.Metrics.handshake("ok")
+	b.Logger.Info("provider connected", "session", session, "provider", p.id, "expires", expiry.Format(time.RFC3339))
+	expire := time.AfterFunc(time.Until(expiry), func() {
+		b.Logger.Info("provider ticket expired; disconnecting it", "session", session, "provider", p.id)
+		mux.Close()
+	})
+	<-mux.CloseChan()
+	expire.Stop()
+	b.unregister(p)
+	b.Logger.Info("provider disconnected", "session", session, "provider", p.id, "streams_open", p.active.Load())
+}
+
+// handshake sends the hello with a fresh nonce and checks the provider's proof. Refusals are
+// answered on the connection and returned as *AuthError.
+func (b *Broker) handshake(c net.Conn) (session, id string, expiry time.Time, err error) {
+	c.SetDeadline(time.Now().Add(b.cfg.HandshakeTimeout))
+	nonce := make([]byte, nonceLen)
+	rand.Read(nonce)
+	if err := writeFrame(c, hello{Version: Version, Nonce: nonce}.String()); err != nil {
+		return "", "", time.Time{}, fmt.Errorf("send hello: %w", err)
+	}
+	s, err := readFrame(c)
+	if err != nil {
+		return "", "", time.Time{}, fmt.Errorf("read auth: %w", err)
+	}
+	refuse := func(code, reason string) (string, string, time.Time, error) {
+		writeFrame(c, "ERR "+code+" "+reason)
+		return session, "", time.Time{}, &AuthError{Code: code, Reason: reason}
+	}
+	a, err := parseAuth(s)
+	if err != nil {
+		return refuse(RefuseMalformed, err.Error())
+	}
+	session = a.Session
+	if a.Version != Version {
+		return refuse(RefuseVersion, fmt.Sprintf("this broker speaks tunnel protocol version %d, not %d", Version, a.Version))
+	}
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return refuse(RefuseShutdown, "the broker is shutting down")
+	}
+	expiry, err = b.Auth.VerifyProof(a.Session, a.Public, challenge(Version, nonce, a.Session), a.Proof)
+	if err != nil {
+		code := RefuseInvalid
+		switch {
+		case errors.Is(err, ticket.ErrExpired):
+			code = RefuseExpired
+		case errors.Is(err, ticket.ErrWrongSession):
+			code = RefuseSession
+		case errors.Is(err, ticket.ErrMalformed):
+			code = RefuseMalformed
+		}
+		return refuse(code, err.Error())
+	}
+	id = c.RemoteAddr().String() + "/" + shortID()
+	if err := writeFrame(c, "OK "+id); err != nil {
+		return session, "", time.Time{}, fmt.Errorf("send ok: %w", err)
+	}
+	c.SetDeadline(time.Time{})
+	return session, id, expiry, nil
+}
+
+func shortID() string {
+	var b [3]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func (b *Broker) register(p *provider) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return false
+	}
+	g := b.sessions[p.session]
+	if g == nil {
+		g = &group{}
+		b.sessions[p.session] = g
+	}
+	g.providers = append(g.providers, p)
+	b.Metrics.providerDelta(p.session, 1)
+	return true
+}
+
+func (b *Broker) unregister(p *provider) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	g := b.sessions[p.session]
+	if g == nil {
+		return
+	}
+	for i, q := range g.providers {
+		if q == p {
+			g.providers = append(g.providers[:i:i], g.providers[i+1:]...)
+			b.Metrics.providerDelta(p.session, -1)
+			break
+		}
+	}
+	b.maybeForget(p.session, g)
+}
+
+// maybeForget drops an empty group. b.mu must be held.
+func (b *Broker) maybeForget(session string, g *group) {
+	if len(g.providers) == 0 && g.streams == 0 && b.sessions[session] == g {
+		delete(b.sessions, session)
+		b.Metrics.forget(session)
+	}
+}
+
+// Providers returns the ids of the providers connected for session.
+func (b *Broker) Providers(session string) []string {
+	b.init()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var ids []string
+	if g := b.sessions[session]; g != nil {
+		for _, p := range g.providers {
+			ids = append(ids, p.id)
+		}
+	}
+	return ids
+}
+
+// Close stops accepting providers, disconnects every provider (their streams fail) and waits for
+// the connection goroutines. It is idempotent.
+func (b *Broker) Close() error {
+	b.init()
+	b.mu.Lock()
+	b.closed = true
+	var muxes []*yamux.Session
+	for ln := range b.listeners {
+		ln.Close()
+	}
+	for c := range b.pending {
+		c.Close()
+	}
+	for _, g := range b.sessions {
+		for _, p := range g.providers {
+			muxes = append(muxes, p.mux)
+		}
+	}
+	b.mu.Unlock()
+	for _, m := range muxes {
+		m.Close()
+	}
+	b.wg.Wait()
+	return nil
+}
+
+// acquire picks the provider of session with the fewest open streams (round robin among equals)
+// and counts a stream against the session's cap.
+func (b *Broker) acquire(req *dial.Request, skip map[*provider]bool) (*provider, *group, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	g := b.sessions[req.Session]
+	var live []*provider
+	if g != nil {
+		for _, p := range g.providers {
+			if !skip[p] && !p.mux.IsClosed() {
+				live = append(live, p)
+			}
+		}
+	}
+	if len(live) == 0 {
+		return nil, nil, &dial.Error{Kind: dial.KindNoProvider, Target: req.Target,
+			Reason: fmt.Sprintf("no provider is connected for session %s", orNone(req.Session))}
+	}
+	if g.streams >= b.cfg.MaxStreams {
+		return nil, nil, &dial.Error{Kind: dial.KindUnreachable, Target: req.Target,
+			Reason: fmt.Sprintf("session %s already has %d streams open, the most it may have", req.Session, g.streams)}
+	}
+	start := int(b.rr.Add(1) % uint64(len(live)))
+	best := live[start]
+	for i := 1; i < len(live); i++ {
+		if p := live[(start+i)%len(live)]; p.active.Load() < best.active.Load() {
+			best = p
+		}
+	}
+	best.active.Add(1)
+	g.streams++
+	b.Metrics.streamDelta(req.Session, 1)
+	return best, g, nil
+}
+
+func (b *Broker) release(p *provider, g *group) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	p.active.Add(-1)
+	g.streams--
+	b.Metrics.streamDelta(p.session, -1)
+	b.maybeForget(p.session, g)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return `"" (no session: the request carried no ticket)`
+	}
+	return s
+}
+
+// Dial opens a stream to a provider of req.Session and asks it to connect to req.Target. It returns
+// once the provider has connected, or a *dial.Error: KindNoProvider when no provider serves the
+// session, KindTimeout when the provider did not answer within Config.OpenTimeout, and the
+// provider's own kind and reason when it refused or failed to connect.
+func (b *Broker) Dial(ctx context.Context, req *dial.Request) (net.Conn, error) {
+	b.init()
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.OpenTimeout)
+	defer cancel()
+	skip := map[*provider]bool{}
+	for {
+		p, g, err := b.acquire(req, skip)
+		if err != nil {
+			if len(skip) > 0 {
+				// Every provider we tried vanished while we opened.
+				err = &dial.Error{Kind: dial.KindNoProvider, Target: req.Target,
+					Reason: fmt.Sprintf("the providers of session %s disconnected while opening the stream", req.Session)}
+			}
+			b.Metrics.open(kindName(err))
+			return nil, err
+		}
+		c, err := b.open(ctx, p, req)
+		if err == nil {
+			b.Metrics.open("ok")
+			return &Conn{Stream: c, provider: p.id, release: func() { b.release(p, g) }}, nil
+		}
+		b.release(p, g)
+		if errors.Is(err, errProviderGone) && ctx.Err() == nil {
+			skip[p] = true
+			continue
+		}
+		b.Metrics.open(kindName(err))
+		return nil, err
+	}
+}
+
+var errProviderGone = errors.New("provider connection closed")
+
+func kindName(err error) string {
+	var de *dial.Error
+	if errors.As(err, &de) {
+		return de.Kind.String()
+	}
+	return dial.KindInternal.String()
+}
+
+// open runs the open exchange on a new stream of p.
+func (b *Broker) open(ctx context.Context, p *provider, req *dial.Request) (*yamux.Stream, error) {
+	t := req.Target
+	timeoutErr := func(err error) error {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return dial.Classify(t, context.Canceled)
+		}
+		return &dial.Error{Kind: dial.KindTimeout, Target: t, Err: err,
+			Reason: fmt.Sprintf("provider %s did not answer the open within %v", p.id, b.cfg.OpenTimeout)}
+	}
+	st, err := p.mux.OpenStream(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, timeoutErr(err)
+		}
+		return nil, fmt.Errorf("%w: %w", errProviderGone, err)
+	}
+	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
+	err = writeFrame(st, openMsg{ID: req.ID, Target: t}.String())
+	var s string
+	if err == nil {
+		s, err = readFrame(st)
+	}
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		st.Reset()
+		if ctx.Err() != nil {
+			return nil, timeoutErr(err)
+		}
+		return nil, &dial.Error{Kind: dial.KindUnreachable, Target: t, Err: err,
+			Reason: fmt.Sprintf("provider %s dropped the stream before answering", p.id)}
+	}
+	r, err := parseReply(s)
+	if err != nil {
+		st.Reset()
+		return nil, &dial.Error{Kind: dial.KindInternal, Target: t, Err: err, Reason: fmt.Sprintf("provider %s sent a bad answer", p.id)}
+	}
+	if r.Status != StatusOK {
+		st.Reset()
+		return nil, &dial.Error{Kind: kindOf(r), Target: t, Reason: fmt.Sprintf("provider %s: %s", p.id, r.Reason)}
+	}
+	st.SetDeadline(time.Time{})
+	return st, nil
+}
+
+// Conn is a stream to a target through a provider. Close sends a clean end (FIN) after a complete
+// transfer; Reset makes the far side see a failure. Both release the stream's slot.
+type Conn struct {
+	*yamux.Stream
+	provider string
+	once     sync.Once
+	release  func()
+}
+
+// Provider names the provider that carries the stream (its address and a short id); the proxy logs
+// it in the provider field.
+func (c *Conn) Provider() string { return c.provider }
+
+// Close closes both directions of the stream.
+func (c *Conn) Close() error {
+	err := c.Stream.Close()
+	c.once.Do(c.release)
+	return err
+}
+
+// Reset aborts the stream; the provider resets its connection to the target.
+func (c *Conn) Reset() error {
+	err := c.Stream.Reset()
+	c.once.Do(c.release)
+	return err
+}

@@ -1,0 +1,162 @@
+// Package tunnel is the reverse egress path: a provider on a machine with egress dials out to a
+// broker and keeps one connection to it (TLS when configured); the broker multiplexes one yamux
+// stream per worker connection over it. The wire format is specified in docs/tunnel-protocol.md.
+//
+// The broker side is a dial.Dialer (Broker.Dial), so broker mode is the proxy front end with a
+// different dialer. The provider side dials targets with its own dial.Dialer and target policy.
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-yamux/v5"
+)
+
+// Defaults for Config.
+const (
+	// DefaultKeepAlive bounds how long a dead peer goes unnoticed on an idle connection.
+	DefaultKeepAlive = 15 * time.Second
+	// DefaultMaxStreams caps concurrent streams per session (broker) and per connection (provider).
+	DefaultMaxStreams = 1024
+	// DefaultMaxStreamWindow is the most a stream's receive window grows to: large enough for bulk
+	// transfers over long links (the yamux default of 256 KiB caps a stream at a few MB/s).
+	DefaultMaxStreamWindow = 16 << 20
+	// DefaultWindowBudget bounds the memory that growing receive windows may take per connection.
+	DefaultWindowBudget = 512 << 20
+	// DefaultHandshakeTimeout bounds the connection handshake and reading an open header.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultOpenTimeout is how long the broker waits for a provider to answer an open: a little
+	// more than the provider's default dial timeout, so the provider's own timeout reason wins.
+	DefaultOpenTimeout = 15 * time.Second
+)
+
+// Config tunes a tunnel connection. The zero value means every Default*.
+type Config struct {
+	KeepAlive        time.Duration
+	MaxStreams       int
+	MaxStreamWindow  uint32
+	WindowBudget     int64
+	HandshakeTimeout time.Duration
+	OpenTimeout      time.Duration // broker only
+}
+
+func (c Config) withDefaults() Config {
+	if c.KeepAlive == 0 {
+		c.KeepAlive = DefaultKeepAlive
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = DefaultMaxStreams
+	}
+	if c.MaxStreamWindow == 0 {
+		c.MaxStreamWindow = DefaultMaxStreamWindow
+	}
+	if c.WindowBudget == 0 {
+		c.WindowBudget = DefaultWindowBudget
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.OpenTimeout == 0 {
+		c.OpenTimeout = DefaultOpenTimeout
+	}
+	return c
+}
+
+// Validate reports every problem with c at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.KeepAlive < 0 || (c.KeepAlive > 0 && c.KeepAlive < 2*time.Second) {
+		errs = append(errs, fmt.Errorf("keepalive %v: want at least 2s", c.KeepAlive))
+	}
+	if c.MaxStreams < 0 {
+		errs = append(errs, fmt.Errorf("max streams %d: must not be negative", c.MaxStreams))
+	}
+	if c.MaxStreamWindow != 0 && c.MaxStreamWindow < 256<<10 {
+		errs = append(errs, fmt.Errorf("max stream window %d: want at least 256 KiB", c.MaxStreamWindow))
+	}
+	if c.WindowBudget < 0 {
+		errs = append(errs, fmt.Errorf("window budget %d: must not be negative", c.WindowBudget))
+	}
+	if c.HandshakeTimeout < 0 || c.OpenTimeout < 0 {
+		errs = append(errs, errors.New("timeouts must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// yamuxConfig builds the multiplexer settings. A keepalive ping is sent after KeepAlive/2 without
+// traffic and must be answered within KeepAlive/2, so a dead peer is noticed within KeepAlive.
+func (c Config) yamuxConfig(logger *slog.Logger) *yamux.Config {
+	y := yamux.DefaultConfig()
+	y.EnableKeepAlive = true
+	y.KeepAliveInterval = c.KeepAlive / 2
+	y.ConnectionWriteTimeout = c.KeepAlive / 2
+	y.MaxStreamWindowSize = c.MaxStreamWindow
+	y.MaxIncomingStreams = uint32(c.MaxStreams)
+	y.AcceptBacklog = max(256, c.MaxStreams)
+	y.LogOutput = &logWriter{logger: logger}
+	return y
+}
+
+// memoryBudget is a yamux MemoryManager factory shared by the streams of one connection: the initial
+// window of a new stream is always granted (streams are capped separately), window growth only while
+// the connection's total stays under the budget, so many fast streams cannot take unbounded memory.
+type memoryBudget struct {
+	limit int64
+	used  atomic.Int64
+}
+
+func (b *memoryBudget) newSpan() (yamux.MemoryManager, error) { return &span{b: b}, nil }
+
+type span struct {
+	b        *memoryBudget
+	mu       sync.Mutex
+	reserved int64
+}
+
+func (s *span) ReserveMemory(size int, prio uint8) error {
+	n := int64(size)
+	if prio < 255 && s.b.used.Load()+n > s.b.limit {
+		return errWindowBudget
+	}
+	s.b.used.Add(n)
+	s.mu.Lock()
+	s.reserved += n
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *span) ReleaseMemory(size int) {
+	n := int64(size)
+	s.mu.Lock()
+	n = min(n, s.reserved)
+	s.reserved -= n
+	s.mu.Unlock()
+	s.b.used.Add(-n)
+}
+
+func (s *span) Done() {
+	s.mu.Lock()
+	n := s.reserved
+	s.reserved = 0
+	s.mu.Unlock()
+	s.b.used.Add(-n)
+}
+
+var errWindowBudget = errors.New("tunnel window memory budget reached")
+
+// logWriter passes yamux's log lines to slog at debug level.
+type logWriter struct{ logger *slog.Logger }
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	w.logger.Debug("yamux", "msg", string(bytes.TrimSpace(p)))
+	return len(p), nil
+}
+
+var _ io.Writer = (*logWriter)(nil)

@@ -1,0 +1,286 @@
+package tunnel
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+	"github.com/swarm-proxy/swarm-proxy/internal/ticket"
+)
+
+// Version is the tunnel protocol version this package speaks (docs/tunnel-protocol.md).
+const Version = 1
+
+// MaxFrame bounds a control frame's payload.
+const MaxFrame = 4096
+
+// nonceLen is the size of the broker's handshake nonce in bytes.
+const nonceLen = 32
+
+// ErrProtocol is returned (wrapped) for frames that do not follow the protocol.
+var ErrProtocol = errors.New("tunnel protocol error")
+
+// writeFrame writes one control frame: a 2-byte big-endian length, then the text payload.
+func writeFrame(w io.Writer, payload string) error {
+	if len(payload) == 0 || len(payload) > MaxFrame {
+		return fmt.Errorf("%w: frame of %d bytes", ErrProtocol, len(payload))
+	}
+	buf := make([]byte, 2+len(payload))
+	binary.BigEndian.PutUint16(buf, uint16(len(payload)))
+	copy(buf[2:], payload)
+	_, err := w.Write(buf)
+	return err
+}
+
+// readFrame reads one control frame. It never reads past the frame, so raw bytes that follow stay
+// in the connection.
+func readFrame(r io.Reader) (string, error) {
+	var hdr [2]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return "", err
+	}
+	n := int(binary.BigEndian.Uint16(hdr[:]))
+	if n == 0 || n > MaxFrame {
+		return "", fmt.Errorf("%w: frame length %d", ErrProtocol, n)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return "", err
+	}
+	return string(buf), nil
+}
+
+// hello is the broker's first frame: "SWARM-TUNNEL <version> <nonce>".
+type hello struct {
+	Version int
+	Nonce   []byte
+}
+
+const helloWord = "SWARM-TUNNEL"
+
+func (h hello) String() string {
+	return fmt.Sprintf("%s %d %s", helloWord, h.Version, base64.RawURLEncoding.EncodeToString(h.Nonce))
+}
+
+func parseHello(s string) (hello, error) {
+	f := strings.Split(s, " ")
+	if len(f) != 3 || f[0] != helloWord {
+		return hello{}, fmt.Errorf("%w: not a swarm-proxy broker hello", ErrProtocol)
+	}
+	v, err := strconv.Atoi(f[1])
+	if err != nil || v < 1 || strconv.Itoa(v) != f[1] {
+		return hello{}, fmt.Errorf("%w: bad version %q", ErrProtocol, short(f[1]))
+	}
+	n, err := base64.RawURLEncoding.DecodeString(f[2])
+	if err != nil || len(n) < 16 || len(n) > 64 {
+		return hello{}, fmt.Errorf("%w: bad nonce", ErrProtocol)
+	}
+	return hello{Version: v, Nonce: n}, nil
+}
+
+// authMsg is the provider's answer: "AUTH <version> <session> <token-public-part> <proof>".
+type authMsg struct {
+	Version int
+	Session string
+	Public  string
+	Proof   []byte
+}
+
+func (a authMsg) String() string {
+	return fmt.Sprintf("AUTH %d %s %s %s", a.Version, a.Session, a.Public, base64.RawURLEncoding.EncodeToString(a.Proof))
+}
+
+func parseAuth(s string) (authMsg, error) {
+	f := strings.Split(s, " ")
+	if len(f) != 5 || f[0] != "AUTH" {
+		return authMsg{}, fmt.Errorf("%w: want AUTH <version> <session> <token-id> <proof>", ErrProtocol)
+	}
+	v, err := strconv.Atoi(f[1])
+	if err != nil || v < 1 || strconv.Itoa(v) != f[1] {
+		return authMsg{}, fmt.Errorf("%w: bad version %q", ErrProtocol, short(f[1]))
+	}
+	if err := ticket.ValidSession(f[2]); err != nil {
+		return authMsg{}, fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	p, err := base64.RawURLEncoding.DecodeString(f[4])
+	if err != nil || len(p) != 32 {
+		return authMsg{}, fmt.Errorf("%w: bad proof", ErrProtocol)
+	}
+	return authMsg{Version: v, Session: f[2], Public: f[3], Proof: p}, nil
+}
+
+// challenge is what the provider's proof covers: the version, the broker's nonce and the session.
+func challenge(version int, nonce []byte, session string) []byte {
+	return fmt.Appendf(nil, "swarm-tunnel %d|%s|%s", version, base64.RawURLEncoding.EncodeToString(nonce), session)
+}
+
+// Refusal codes the broker sends in "ERR <code> <reason>".
+const (
+	RefuseVersion   = "version"
+	RefuseMalformed = "malformed"
+	RefuseInvalid   = "invalid"
+	RefuseExpired   = "expired"
+	RefuseSession   = "wrong_session"
+	RefuseShutdown  = "shutting_down"
+)
+
+// openMsg is the broker's first frame on a stream: "OPEN <request-id> <host> <port>".
+type openMsg struct {
+	ID     string
+	Target policy.Target
+}
+
+func (o openMsg) String() string {
+	id := o.ID
+	if id == "" {
+		id = "-"
+	}
+	return fmt.Sprintf("OPEN %s %s %d", id, o.Target.Host, o.Target.Port)
+}
+
+func parseOpen(s string) (openMsg, error) {
+	f := strings.Split(s, " ")
+	if len(f) != 4 || f[0] != "OPEN" {
+		return openMsg{}, fmt.Errorf("%w: want OPEN <request-id> <host> <port>", ErrProtocol)
+	}
+	if !validID(f[1]) {
+		return openMsg{}, fmt.Errorf("%w: bad request id %q", ErrProtocol, short(f[1]))
+	}
+	port, err := policy.ParsePort(f[3])
+	if err != nil {
+		return openMsg{}, fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	host, err := policy.NormalizeHost(f[2])
+	if err != nil || host != f[2] {
+		return openMsg{}, fmt.Errorf("%w: host %q is not in normal form", ErrProtocol, short(f[2]))
+	}
+	id := f[1]
+	if id == "-" {
+		id = ""
+	}
+	return openMsg{ID: id, Target: policy.Target{Host: host, Port: port}}, nil
+}
+
+func validID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// Stream status codes the provider answers an OPEN with; they follow HTTP's meaning.
+const (
+	StatusOK          = 200
+	StatusDenied      = 403
+	StatusBadGateway  = 502
+	StatusUnavailable = 503
+	StatusTimeout     = 504
+)
+
+// reply is the provider's answer to an OPEN: "<status> <kind> <reason...>".
+type reply struct {
+	Status int
+	Kind   string // "ok", or a dial.Kind name (denied, resolve, refused, unreachable, timeout, internal), or "busy"
+	Reason string
+}
+
+func (r reply) String() string {
+	reason := strings.Map(func(c rune) rune {
+		if c < ' ' || c == 0x7f {
+			return ' '
+		}
+		return c
+	}, r.Reason)
+	if reason == "" {
+		reason = "-"
+	}
+	s := fmt.Sprintf("%d %s %s", r.Status, r.Kind, reason)
+	if len(s) > MaxFrame {
+		s = s[:MaxFrame]
+	}
+	return s
+}
+
+func parseReply(s string) (reply, error) {
+	f := strings.SplitN(s, " ", 3)
+	if len(f) != 3 {
+		return reply{}, fmt.Errorf("%w: want <status> <kind> <reason>", ErrProtocol)
+	}
+	st, err := strconv.Atoi(f[0])
+	if err != nil || st < 100 || st > 599 || len(f[0]) != 3 {
+		return reply{}, fmt.Errorf("%w: bad status %q", ErrProtocol, short(f[0]))
+	}
+	if !validID(f[1]) {
+		return reply{}, fmt.Errorf("%w: bad kind %q", ErrProtocol, short(f[1]))
+	}
+	return reply{Status: st, Kind: f[1], Reason: f[2]}, nil
+}
+
+// replyFor turns a provider-side dial error into the reply sent to the broker.
+func replyFor(err error) reply {
+	var de *dial.Error
+	if !errors.As(err, &de) {
+		return reply{Status: StatusBadGateway, Kind: dial.KindInternal.String(), Reason: err.Error()}
+	}
+	r := reply{Kind: de.Kind.String(), Reason: de.Reason}
+	if de.Err != nil && de.Kind != dial.KindDenied {
+		r.Reason = fmt.Sprintf("%s (%v)", de.Reason, rootCause(de.Err))
+	}
+	switch de.Kind {
+	case dial.KindDenied:
+		r.Status = StatusDenied
+	case dial.KindTimeout:
+		r.Status = StatusTimeout
+	default:
+		r.Status = StatusBadGateway
+	}
+	return r
+}
+
+// kindOf maps a reply's kind back to a dial.Kind on the broker.
+func kindOf(r reply) dial.Kind {
+	for k := dial.KindInternal; k <= dial.KindNoProvider; k++ {
+		if k.String() == r.Kind {
+			return k
+		}
+	}
+	switch r.Status {
+	case StatusDenied:
+		return dial.KindDenied
+	case StatusTimeout:
+		return dial.KindTimeout
+	}
+	return dial.KindUnreachable
+}
+
+func rootCause(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
+}
+
+func short(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
+}

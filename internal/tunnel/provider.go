@@ -1,0 +1,267 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-yamux/v5"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+	"github.com/swarm-proxy/swarm-proxy/internal/relay"
+	"github.com/swarm-proxy/swarm-proxy/internal/ticket"
+)
+
+// AuthError is a broker's refusal of a provider's handshake (or a broker this provider cannot talk
+// to). Retrying soon will not help, so the provider waits Backoff.AuthRetry before trying again.
+type AuthError struct {
+	Code   string // one of the Refuse* codes
+	Reason string
+}
+
+func (e *AuthError) Error() string {
+	return fmt.Sprintf("broker refused the provider (%s): %s", e.Code, e.Reason)
+}
+
+// Backoff is the provider's reconnect schedule: exponential from Min to Max with jitter, and
+// AuthRetry after the broker refused the ticket.
+type Backoff struct {
+	Min, Max, AuthRetry time.Duration
+}
+
+// DefaultBackoff is used for zero Backoff fields.
+var DefaultBackoff = Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second, AuthRetry: time.Minute}
+
+// Provider keeps one connection to a broker and opens the upstream connections the broker asks for.
+type Provider struct {
+	// Broker is the broker's provider address, host:port. Required.
+	Broker string
+	// TLS, when set, is used to connect to the broker; ServerName defaults to Broker's host.
+	TLS *tls.Config
+	// Credentials returns the session and token; it is called before every connection attempt, so a
+	// ticket file replaced on disk is picked up. Required.
+	Credentials func() (session, token string, err error)
+	// Dialer connects to targets; it carries the provider's own target policy. Required.
+	Dialer dial.Dialer
+	// Config tunes the connection; zero fields mean the defaults.
+	Config Config
+	// Backoff is the reconnect schedule; zero fields mean DefaultBackoff's.
+	Backoff Backoff
+	// DialContext connects to the broker; nil means a net.Dialer.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Logger receives operational messages and one line per stream; nil means slog.Default().
+	Logger *slog.Logger
+	// OnConnect, when set, is called with the id the broker gave this provider after each handshake.
+	OnConnect func(id string)
+}
+
+// Run connects to the broker and serves streams, reconnecting with backoff, until ctx ends. It
+// returns nil when ctx ends and an error only for unusable settings.
+func (p *Provider) Run(ctx context.Context) error {
+	if p.Broker == "" || p.Credentials == nil || p.Dialer == nil {
+		return errors.New("tunnel provider: Broker, Credentials and Dialer are required")
+	}
+	cfg := p.Config.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("tunnel provider: %w", err)
+	}
+	logger := p.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	bo := p.Backoff
+	if bo.Min <= 0 {
+		bo.Min = DefaultBackoff.Min
+	}
+	if bo.Max <= 0 {
+		bo.Max = DefaultBackoff.Max
+	}
+	if bo.AuthRetry <= 0 {
+		bo.AuthRetry = DefaultBackoff.AuthRetry
+	}
+	attempt := 0
+	for {
+		connected, err := p.connect(ctx, cfg, logger)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var delay time.Duration
+		var ae *AuthError
+		if errors.As(err, &ae) {
+			delay = bo.AuthRetry
+			logger.Error("broker refused this provider; check the ticket", "broker", p.Broker, "code", ae.Code, "reason", ae.Reason, "retry_in", delay)
+		} else {
+			if connected {
+				attempt = 0
+			}
+			delay = jitter(min(bo.Min<<min(attempt, 20), bo.Max))
+			attempt++
+			logger.Warn("broker connection failed; reconnecting", "broker", p.Broker, "err", err, "retry_in", delay.Round(time.Millisecond))
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// jitter spreads d over [d/2, d) so that providers cut off together do not reconnect together.
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d/2)
+}
+
+// connect runs one connection: dial, handshake, then serve streams until it ends. connected reports
+// whether the handshake succeeded.
+func (p *Provider) connect(ctx context.Context, cfg Config, logger *slog.Logger) (connected bool, err error) {
+	session, token, err := p.Credentials()
+	if err != nil {
+		return false, &AuthError{Code: "credentials", Reason: err.Error()}
+	}
+	public, err := ticket.Public(token)
+	if err != nil {
+		return false, &AuthError{Code: RefuseMalformed, Reason: fmt.Sprintf("the token of session %s: %v", session, err)}
+	}
+	dctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
+	defer cancel()
+	dialFn := p.DialContext
+	if dialFn == nil {
+		dialFn = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
+	}
+	conn, err := dialFn(dctx, "tcp", p.Broker)
+	if err != nil {
+		return false, fmt.Errorf("dial broker: %w", err)
+	}
+	if p.TLS != nil {
+		tc := p.TLS.Clone()
+		if tc.ServerName == "" {
+			host, _, _ := net.SplitHostPort(p.Broker)
+			tc.ServerName = host
+		}
+		tlsConn := tls.Client(conn, tc)
+		if err := tlsConn.HandshakeContext(dctx); err != nil {
+			conn.Close()
+			return false, fmt.Errorf("tls handshake with broker: %w", err)
+		}
+		conn = tlsConn
+	}
+	id, err := p.handshake(conn, cfg, session, public, token)
+	if err != nil {
+		conn.Close()
+		return false, err
+	}
+	budget := &memoryBudget{limit: cfg.WindowBudget}
+	mux, err := yamux.Server(conn, cfg.yamuxConfig(logger), budget.newSpan)
+	if err != nil {
+		conn.Close()
+		return false, fmt.Errorf("start multiplexer: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { mux.Close() })
+	defer stop()
+	logger.Info("connected to broker", "broker", p.Broker, "session", session, "provider", id)
+	if p.OnConnect != nil {
+		p.OnConnect(id)
+	}
+	var wg sync.WaitGroup
+	for {
+		st, err := mux.AcceptStream()
+		if err != nil {
+			mux.Close()
+			wg.Wait()
+			return true, fmt.Errorf("connection to broker lost: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.serveStream(ctx, cfg, logger, session, st)
+		}()
+	}
+}
+
+func (p *Provider) handshake(conn net.Conn, cfg Config, session, public, token string) (string, error) {
+	conn.SetDeadline(time.Now().Add(cfg.HandshakeTimeout))
+	s, err := readFrame(conn)
+	if err != nil {
+		return "", fmt.Errorf("read broker hello: %w", err)
+	}
+	h, err := parseHello(s)
+	if err != nil {
+		return "", &AuthError{Code: RefuseMalformed, Reason: fmt.Sprintf("%s does not look like a swarm-proxy broker's provider port: %v", p.Broker, err)}
+	}
+	if h.Version != Version {
+		return "", &AuthError{Code: RefuseVersion, Reason: fmt.Sprintf("the broker speaks tunnel protocol version %d, this provider %d", h.Version, Version)}
+	}
+	msg := authMsg{Version: Version, Session: session, Public: public, Proof: ticket.Proof(token, challenge(Version, h.Nonce, session))}
+	if err := writeFrame(conn, msg.String()); err != nil {
+		return "", fmt.Errorf("send auth: %w", err)
+	}
+	s, err = readFrame(conn)
+	if err != nil {
+		return "", fmt.Errorf("read broker answer: %w", err)
+	}
+	if id, ok := strings.CutPrefix(s, "OK "); ok {
+		conn.SetDeadline(time.Time{})
+		return id, nil
+	}
+	code, reason, _ := strings.Cut(strings.TrimPrefix(s, "ERR "), " ")
+	if !strings.HasPrefix(s, "ERR ") {
+		code, reason = RefuseMalformed, "unexpected broker answer "+short(s)
+	}
+	return "", &AuthError{Code: code, Reason: reason}
+}
+
+// serveStream reads one open header, dials the target under the provider's policy, answers, and
+// relays. A refusal is answered on the stream and the stream is closed.
+func (p *Provider) serveStream(ctx context.Context, cfg Config, logger *slog.Logger, session string, st *yamux.Stream) {
+	start := time.Now()
+	st.SetDeadline(time.Now().Add(cfg.HandshakeTimeout))
+	s, err := readFrame(st)
+	if err != nil {
+		st.Reset()
+		logger.Debug("stream closed before its open header", "err", err)
+		return
+	}
+	o, err := parseOpen(s)
+	if err != nil {
+		writeFrame(st, reply{Status: StatusBadGateway, Kind: dial.KindInternal.String(), Reason: err.Error()}.String())
+		st.Close()
+		logger.Warn("bad open header from broker", "err", err)
+		return
+	}
+	st.SetDeadline(time.Time{})
+	req := &dial.Request{Target: o.Target, ID: o.ID, Session: session, Client: "broker"}
+	up, err := p.Dialer.Dial(ctx, req)
+	if err != nil {
+		r := replyFor(err)
+		writeFrame(st, r.String())
+		st.Close()
+		logger.Info("open refused", "id", o.ID, "target", o.Target.String(), "status", r.Status, "kind", r.Kind, "reason", r.Reason)
+		return
+	}
+	if err := writeFrame(st, reply{Status: StatusOK, Kind: "ok", Reason: "connected to " + up.RemoteAddr().String()}.String()); err != nil {
+		relay.Abort(up)
+		st.Reset()
+		logger.Info("broker gave up on the open before the target answered", "id", o.ID, "target", o.Target.String())
+		return
+	}
+	res := relay.Pipe(st, up, 0)
+	attrs := []any{"id", o.ID, "target", o.Target.String(), "upstream", up.RemoteAddr().String(),
+		"bytes_out", res.AToB, "bytes_in", res.BToA, "duration_ms", time.Since(start).Milliseconds()}
+	if res.Err != nil {
+		logger.Info("stream failed", append(attrs, "err", res.Err)...)
+		return
+	}
+	logger.Info("stream done", attrs...)
+}
