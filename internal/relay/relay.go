@@ -122,7 +122,6 @@ func Abort(c net.Conn) {
 	c.Close()
 }
 
-
 // idleTracker ends a relay when no byte has moved for a while.
 type idleTracker struct {
 	mu    sync.Mutex
