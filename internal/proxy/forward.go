@@ -157,6 +157,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		}
 	}
 	if f := st.failure; f != nil {
+		rec.BytesIn = 0 // the proxy's own error page, not bytes from the target
 		rec.Error = f.Kind
 		rec.Reason = f.Reason
 		if f.Denied {
