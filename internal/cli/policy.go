@@ -14,7 +14,7 @@ func newPolicyCmd() *cobra.Command {
 		Short: "Check, explain, generate and replay policy files",
 		Args:  noArgs,
 	}
-	cmd.AddCommand(newPolicyCheckCmd())
+	cmd.AddCommand(newPolicyCheckCmd(), newPolicyGenerateCmd(), newPolicyReplayCmd(), newPolicyExplainCmd())
 	return cmd
 }
 

@@ -51,6 +51,7 @@ func newRootCmd() *cobra.Command {
 		newProxyCmd(),
 		newPolicyCmd(),
 		newEnvCmd(), newFirewallCmd(), newDoctorCmd(), newHealthCmd(),
+		newLogsCmd(),
 	)
 	return root
 }

@@ -1,0 +1,137 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+)
+
+// explainDefaultPort is used when HOST has no port: what HTTPS and CONNECT use.
+const explainDefaultPort = 443
+
+func newPolicyExplainCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "explain FILE HOST[:PORT]",
+		Short: "Say which rule of a policy decides a target, and why",
+		Long: `Decide HOST[:PORT] with the policy in FILE as the proxy would before dialing, and print the rule
+that decides, the reason, what to change for the other outcome, and the other rules that match.
+PORT defaults to 443. An IP address is checked as it is, including the rule that refuses private,
+loopback, link-local and metadata addresses unless an allow cidr rule covers them; a name is
+checked by its rules here, and its addresses are checked again when the proxy resolves it at dial
+time.`,
+		Example: `  swarm-proxy policy explain policy.yaml api.github.com
+  swarm-proxy policy explain policy.yaml 169.254.169.254:80`,
+		Args: exactArgs(2, "FILE HOST[:PORT]"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := policy.Load(args[0])
+			if err != nil {
+				return fmt.Errorf("policy explain: %w", err)
+			}
+			t, err := policy.ParseTarget(args[1], explainDefaultPort)
+			if err != nil {
+				return fmt.Errorf("policy explain: %w", err)
+			}
+			return explain(cmd.OutOrStdout(), p, t)
+		},
+	}
+}
+
+func explain(w io.Writer, p *policy.Policy, t policy.Target) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	line := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, a...)) }
+
+	addr, isIP := t.Addr()
+	kind := ""
+	if isIP {
+		kind = policy.SpecialKind(addr)
+		what := "an IP address, checked as it is"
+		if kind != "" {
+			what = fmt.Sprintf("an IP address: %s address", article(kind))
+		}
+		line("target", "%s (%s)", t, what)
+	} else {
+		line("target", "%s (a name: the proxy resolves it when it dials and checks every address again)", t)
+	}
+	line("policy", "%s (mode %s, %d allow and %d deny rules)", p.Source, p.Mode, len(p.Allow), len(p.Deny))
+
+	d := p.Decide(t, nil)
+	// A name that no host rule allows in enforce mode can still be admitted by an allow cidr rule
+	// once it is resolved: say so instead of a plain allow.
+	pending := d.Allow && d.Rule == nil && p.Mode == policy.Enforce && !isIP
+	switch {
+	case pending:
+		line("decision", "allow only if every address it resolves to is in an allow cidr rule, else deny")
+		for i := range p.Allow {
+			if r := &p.Allow[i]; r.Prefix.IsValid() && r.MatchesPort(t.Port) {
+				line("", "%s", r.Describe(p.Source))
+			}
+		}
+		line("reason", "no host rule allows %s (mode: enforce)", t)
+	case d.Allow:
+		line("decision", "allow")
+	default:
+		line("decision", "deny")
+	}
+	if !pending {
+		if d.Rule != nil {
+			line("rule", "%s", d.Rule.Describe(p.Source))
+			if d.Rule.Comment != "" {
+				line("comment", "%s", d.Rule.Comment)
+			}
+		} else {
+			line("rule", "none (%s)", d.Code)
+		}
+		line("reason", "%s", d.Reason)
+	}
+	if d.Fix != "" {
+		line("fix", "%s", strings.ReplaceAll(d.Fix, "\n", " "))
+	}
+	if also := otherMatches(p, t, d.Rule); len(also) > 0 {
+		line("also matches", "%s", also[0])
+		for _, a := range also[1:] {
+			line("", "%s", a)
+		}
+	}
+	switch {
+	case isIP && kind != "" && d.Allow:
+		line("note", "%s is %s address: it is allowed only because an allow cidr rule covers it", addr, article(kind))
+	case !isIP && d.Allow:
+		line("note", "if %s resolves to a private, loopback, link-local or metadata address, the proxy refuses it unless an allow cidr rule covers that address", t.Host)
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("policy explain: %w", err)
+	}
+	return nil
+}
+
+// otherMatches describes the rules that match t besides the deciding one, in file order: deny
+// rules first, because they are checked first.
+func otherMatches(p *policy.Policy, t policy.Target, decided *policy.Rule) []string {
+	addr, isIP := t.Addr()
+	var out []string
+	for _, rules := range [][]policy.Rule{p.Deny, p.Allow} {
+		for i := range rules {
+			r := &rules[i]
+			if r == decided {
+				continue
+			}
+			match := r.MatchesHost(t.Host) || isIP && r.Prefix.IsValid() && r.Prefix.Contains(addr)
+			if match && r.MatchesPort(t.Port) {
+				out = append(out, r.Describe(p.Source))
+			}
+		}
+	}
+	return out
+}
+
+func article(kind string) string {
+	if strings.ContainsRune("aeiou", rune(kind[0])) {
+		return "an " + kind
+	}
+	return "a " + kind
+}

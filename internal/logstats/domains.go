@@ -1,0 +1,195 @@
+package logstats
+
+import (
+	"cmp"
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// HostRow is one line of the domain report: everything observed for one host.
+type HostRow struct {
+	Host      string    `json:"host"`
+	Requests  int64     `json:"requests"`
+	Allowed   int64     `json:"allowed"`
+	Blocked   int64     `json:"blocked"`
+	Methods   []string  `json:"methods"`
+	Ports     []int     `json:"ports"`
+	BytesOut  int64     `json:"bytes_out"`
+	BytesIn   int64     `json:"bytes_in"`
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	Clients   []string  `json:"clients"`
+	Sessions  []string  `json:"sessions,omitempty"`
+	// PrivateRefused counts requests refused because the host is, or resolved to, a private,
+	// loopback, link-local or metadata address.
+	PrivateRefused int64 `json:"private_refused,omitempty"`
+}
+
+type hostAgg struct {
+	row      HostRow
+	methods  map[string]struct{}
+	ports    map[int]struct{}
+	clients  map[string]struct{}
+	sessions map[string]struct{}
+}
+
+// Domains aggregates entries per host. Its memory grows with the number of distinct hosts, clients
+// and sessions, not with the number of entries.
+type Domains struct {
+	hosts map[string]*hostAgg
+}
+
+// NewDomains returns an empty aggregation.
+func NewDomains() *Domains { return &Domains{hosts: make(map[string]*hostAgg)} }
+
+// Add counts e, which must name a host.
+func (d *Domains) Add(e *Entry) {
+	h := d.hosts[e.Host]
+	if h == nil {
+		h = &hostAgg{
+			row:      HostRow{Host: e.Host, FirstSeen: e.Time, LastSeen: e.Time},
+			methods:  make(map[string]struct{}, 2),
+			ports:    make(map[int]struct{}, 1),
+			clients:  make(map[string]struct{}, 1),
+			sessions: make(map[string]struct{}),
+		}
+		d.hosts[e.Host] = h
+	}
+	r := &h.row
+	r.Requests++
+	if e.Blocked() {
+		r.Blocked++
+		if e.Error == ErrorPrivateAddress {
+			r.PrivateRefused++
+		}
+	} else {
+		r.Allowed++
+	}
+	r.BytesIn += e.BytesIn
+	r.BytesOut += e.BytesOut
+	if e.Time.Before(r.FirstSeen) {
+		r.FirstSeen = e.Time
+	}
+	if e.Time.After(r.LastSeen) {
+		r.LastSeen = e.Time
+	}
+	if e.Method != "" {
+		h.methods[e.Method] = struct{}{}
+	}
+	if e.Port != 0 {
+		h.ports[e.Port] = struct{}{}
+	}
+	if e.Client != "" {
+		h.clients[e.Client] = struct{}{}
+	}
+	if e.Session != "" {
+		h.sessions[e.Session] = struct{}{}
+	}
+}
+
+// Len is the number of hosts seen.
+func (d *Domains) Len() int { return len(d.hosts) }
+
+// Rows returns one row per host, most requested first (ties by host name).
+func (d *Domains) Rows() []HostRow {
+	rows := make([]HostRow, 0, len(d.hosts))
+	for _, h := range d.hosts {
+		r := h.row
+		r.Methods = slices.Sorted(maps.Keys(h.methods))
+		r.Ports = slices.Sorted(maps.Keys(h.ports))
+		r.Clients = slices.SortedFunc(maps.Keys(h.clients), compareAddrs)
+		if len(h.sessions) > 0 {
+			r.Sessions = slices.Sorted(maps.Keys(h.sessions))
+		}
+		rows = append(rows, r)
+	}
+	slices.SortFunc(rows, func(a, b HostRow) int {
+		if c := cmp.Compare(b.Requests, a.Requests); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Host, b.Host)
+	})
+	return rows
+}
+
+// compareAddrs orders IP addresses numerically and anything else after them, by text.
+func compareAddrs(a, b string) int {
+	x, errX := netip.ParseAddr(a)
+	y, errY := netip.ParseAddr(b)
+	switch {
+	case errX == nil && errY == nil:
+		return x.Compare(y)
+	case errX == nil:
+		return -1
+	case errY == nil:
+		return 1
+	}
+	return cmp.Compare(a, b)
+}
+
+// Group keys for DomainsBy.
+const (
+	ByHost    = "host"
+	BySession = "session"
+	ByClient  = "client"
+)
+
+// Group is the domain report of one session or client.
+type Group struct {
+	Kind     string    `json:"kind"` // BySession or ByClient
+	Key      string    `json:"key"`
+	Requests int64     `json:"requests"`
+	Blocked  int64     `json:"blocked"`
+	Hosts    []HostRow `json:"hosts"`
+}
+
+// Grouped aggregates entries per session (or per client for entries without a session, with
+// BySession) or per client (ByClient), then per host.
+type Grouped struct {
+	by     string
+	groups map[groupKey]*Domains
+}
+
+type groupKey struct{ kind, key string }
+
+// NewGrouped groups by BySession or ByClient.
+func NewGrouped(by string) *Grouped { return &Grouped{by: by, groups: make(map[groupKey]*Domains)} }
+
+// Add counts e, which must name a host.
+func (g *Grouped) Add(e *Entry) {
+	k := groupKey{ByClient, e.Client}
+	if g.by == BySession && e.Session != "" {
+		k = groupKey{BySession, e.Session}
+	}
+	d := g.groups[k]
+	if d == nil {
+		d = NewDomains()
+		g.groups[k] = d
+	}
+	d.Add(e)
+}
+
+// Groups returns the groups, most requests first (ties by kind and key).
+func (g *Grouped) Groups() []Group {
+	out := make([]Group, 0, len(g.groups))
+	for k, d := range g.groups {
+		gr := Group{Kind: k.kind, Key: k.key, Hosts: d.Rows()}
+		for _, r := range gr.Hosts {
+			gr.Requests += r.Requests
+			gr.Blocked += r.Blocked
+		}
+		out = append(out, gr)
+	}
+	slices.SortFunc(out, func(a, b Group) int {
+		if c := cmp.Compare(b.Requests, a.Requests); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Kind, b.Kind); c != 0 {
+			return c
+		}
+		return compareAddrs(a.Key, b.Key)
+	})
+	return out
+}

@@ -1,0 +1,203 @@
+package logstats
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"text/tabwriter"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+)
+
+// Replayer runs recorded requests against a candidate policy. Names are judged by the policy's
+// rules alone: the proxy resolves names when it dials, so a name whose addresses turn out to be
+// private is refused then, whatever replay says.
+type Replayer struct {
+	p        *policy.Policy
+	cache    map[policy.Target]policy.Decision
+	groups   map[replayKey]*replayGroup
+	requests int64
+	denied   int64
+}
+
+type replayKey struct {
+	host  string
+	allow bool
+	rule  string // deciding rule ID, or the decision code when no rule decided
+}
+
+type replayGroup struct {
+	ReplayGroup
+	ports    map[int]struct{}
+	clients  map[string]struct{}
+	sessions map[string]struct{}
+}
+
+// NewReplayer replays against p.
+func NewReplayer(p *policy.Policy) *Replayer {
+	return &Replayer{p: p, cache: make(map[policy.Target]policy.Decision), groups: make(map[replayKey]*replayGroup)}
+}
+
+// Add replays e, which must name a host. An IP-literal host is checked as the address it is.
+func (r *Replayer) Add(e *Entry) {
+	t := policy.Target{Host: e.Host, Port: e.Port}
+	d, ok := r.cache[t]
+	if !ok {
+		d = r.p.Decide(t, nil)
+		r.cache[t] = d
+	}
+	k := replayKey{host: e.Host, allow: d.Allow, rule: d.RuleID()}
+	if k.rule == "" {
+		k.rule = string(d.Code)
+	}
+	g := r.groups[k]
+	if g == nil {
+		g = &replayGroup{
+			ReplayGroup: ReplayGroup{Host: e.Host, Rule: d.RuleID(), Code: string(d.Code), Reason: d.Reason, Fix: d.Fix,
+				// In enforce mode an allow without a rule is a name that only an allow cidr rule
+				// covering its resolved addresses can admit.
+				Pending: d.Allow && d.Rule == nil && r.p.Mode == policy.Enforce},
+			ports:    make(map[int]struct{}, 1),
+			clients:  make(map[string]struct{}, 1),
+			sessions: make(map[string]struct{}),
+		}
+		r.groups[k] = g
+	}
+	g.Requests++
+	if e.Blocked() {
+		g.WasBlocked++
+	}
+	g.ports[e.Port] = struct{}{}
+	if e.Client != "" {
+		g.clients[e.Client] = struct{}{}
+	}
+	if e.Session != "" {
+		g.sessions[e.Session] = struct{}{}
+	}
+	r.requests++
+	if !d.Allow {
+		r.denied++
+	}
+}
+
+// ReplayGroup is the requests to one host that got the same outcome from the same rule.
+type ReplayGroup struct {
+	Host     string `json:"host"`
+	Ports    []int  `json:"ports"`
+	Requests int64  `json:"requests"`
+	// WasBlocked counts the requests that the proxy already refused when they were recorded.
+	WasBlocked int64    `json:"was_blocked"`
+	Clients    []string `json:"clients"`
+	Sessions   []string `json:"sessions,omitempty"`
+	Rule       string   `json:"rule,omitempty"`
+	Code       string   `json:"code"`
+	Reason     string   `json:"reason"`
+	Fix        string   `json:"fix,omitempty"`
+	// Pending marks names that only an allow cidr rule could admit, once resolved.
+	Pending bool `json:"pending,omitempty"`
+}
+
+// ReplayResult is what a candidate policy would have done to the recorded traffic.
+type ReplayResult struct {
+	Policy         string        `json:"policy"`
+	Mode           string        `json:"mode"`
+	Requests       int64         `json:"requests"`
+	DeniedRequests int64         `json:"denied_requests"`
+	Malformed      int64         `json:"malformed_lines"`
+	WouldDeny      []ReplayGroup `json:"would_deny"`
+	WouldAllow     []ReplayGroup `json:"would_allow"`
+}
+
+// Result returns the outcome so far, each list most requested first.
+func (r *Replayer) Result() *ReplayResult {
+	res := &ReplayResult{Policy: r.p.Source, Mode: string(r.p.Mode), Requests: r.requests, DeniedRequests: r.denied,
+		WouldDeny: []ReplayGroup{}, WouldAllow: []ReplayGroup{}}
+	for k, g := range r.groups {
+		out := g.ReplayGroup
+		out.Ports = slices.Sorted(maps.Keys(g.ports))
+		out.Clients = slices.SortedFunc(maps.Keys(g.clients), compareAddrs)
+		if len(g.sessions) > 0 {
+			out.Sessions = slices.Sorted(maps.Keys(g.sessions))
+		}
+		if k.allow {
+			res.WouldAllow = append(res.WouldAllow, out)
+		} else {
+			res.WouldDeny = append(res.WouldDeny, out)
+		}
+	}
+	order := func(a, b ReplayGroup) int {
+		if c := cmp.Compare(b.Requests, a.Requests); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Host, b.Host); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Rule+a.Code, b.Rule+b.Code)
+	}
+	slices.SortFunc(res.WouldDeny, order)
+	slices.SortFunc(res.WouldAllow, order)
+	return res
+}
+
+// WriteJSON writes the result as one indented JSON document.
+func (res *ReplayResult) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(res); err != nil {
+		return fmt.Errorf("write replay: %w", err)
+	}
+	return nil
+}
+
+// WriteTable writes the result for a terminal: denials first, with the clients that would break.
+func (res *ReplayResult) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintf(tw, "replayed %d %s against %s (mode %s)\n", res.Requests, plural(res.Requests, "request"), res.Policy, res.Mode)
+	count := func(gs []ReplayGroup) (hosts map[string]bool, n int64) {
+		hosts = map[string]bool{}
+		for _, g := range gs {
+			hosts[g.Host] = true
+			n += g.Requests
+		}
+		return hosts, n
+	}
+	dh, dn := count(res.WouldDeny)
+	fmt.Fprintf(tw, "\nwould deny: %d %s to %d %s\n", dn, plural(dn, "request"), len(dh), plural(int64(len(dh)), "host"))
+	if len(res.WouldDeny) > 0 {
+		fmt.Fprintln(tw, "HOST\tPORTS\tREQUESTS\tWAS BLOCKED\tCLIENTS THAT WOULD BREAK\tSESSIONS\tWHY")
+		for _, g := range res.WouldDeny {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", g.Host, ints(g.Ports), g.Requests, g.WasBlocked,
+				list(g.Clients, 4), list(g.Sessions, 3), g.Reason)
+		}
+	}
+	ah, an := count(res.WouldAllow)
+	fmt.Fprintf(tw, "\nwould allow: %d %s to %d %s\n", an, plural(an, "request"), len(ah), plural(int64(len(ah)), "host"))
+	if len(res.WouldAllow) > 0 {
+		fmt.Fprintln(tw, "HOST\tPORTS\tREQUESTS\tRULE")
+		for _, g := range res.WouldAllow {
+			rule := g.Rule
+			switch {
+			case g.Pending:
+				rule = "only if it resolves into an allow cidr rule"
+			case rule == "":
+				rule = g.Code
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", g.Host, ints(g.Ports), g.Requests, rule)
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("write replay: %w", err)
+	}
+	return nil
+}
+
+func ints(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = fmt.Sprint(n)
+	}
+	return list(s, 6)
+}

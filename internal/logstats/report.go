@@ -1,0 +1,126 @@
+package logstats
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// DomainReport is the JSON form of the domain report: Hosts for the per-host report, Groups for a
+// report by session or client.
+type DomainReport struct {
+	Requests  int64     `json:"requests"`
+	Blocked   int64     `json:"blocked"`
+	Malformed int64     `json:"malformed_lines"`
+	Hosts     []HostRow `json:"hosts,omitempty"`
+	Groups    []Group   `json:"groups,omitempty"`
+}
+
+// WriteJSON writes the report as one indented JSON document.
+func (r *DomainReport) WriteJSON(w io.Writer) error {
+	if r.Hosts == nil && r.Groups == nil {
+		r.Hosts = []HostRow{}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(r); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+// WriteTable writes the report as aligned columns for a terminal.
+func (r *DomainReport) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	if r.Groups != nil {
+		for i, g := range r.Groups {
+			if i > 0 {
+				fmt.Fprintln(tw)
+			}
+			fmt.Fprintf(tw, "%s %s: %d %s (%d blocked) to %d %s\n", g.Kind, g.Key,
+				g.Requests, plural(g.Requests, "request"), g.Blocked, len(g.Hosts), plural(int64(len(g.Hosts)), "host"))
+			writeHostRows(tw, g.Hosts)
+		}
+	} else {
+		writeHostRows(tw, r.Hosts)
+		var first, last time.Time
+		for _, h := range r.Hosts {
+			if first.IsZero() || h.FirstSeen.Before(first) {
+				first = h.FirstSeen
+			}
+			if h.LastSeen.After(last) {
+				last = h.LastSeen
+			}
+		}
+		fmt.Fprintf(tw, "\n%d %s, %d %s (%d blocked)", len(r.Hosts), plural(int64(len(r.Hosts)), "host"),
+			r.Requests, plural(r.Requests, "request"), r.Blocked)
+		if !first.IsZero() {
+			fmt.Fprintf(tw, ", %s to %s", stamp(first), stamp(last))
+		}
+		fmt.Fprintln(tw)
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+func writeHostRows(tw io.Writer, rows []HostRow) {
+	sessions := false
+	for _, h := range rows {
+		sessions = sessions || len(h.Sessions) > 0
+	}
+	fmt.Fprint(tw, "HOST\tREQUESTS\tALLOWED\tBLOCKED\tMETHODS\tPORTS\tOUT\tIN\tFIRST SEEN\tLAST SEEN\tCLIENTS")
+	if sessions {
+		fmt.Fprint(tw, "\tSESSIONS")
+	}
+	fmt.Fprintln(tw)
+	for _, h := range rows {
+		ports := make([]string, len(h.Ports))
+		for i, p := range h.Ports {
+			ports[i] = strconv.Itoa(p)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s", h.Host, h.Requests, h.Allowed, h.Blocked,
+			list(h.Methods, 4), list(ports, 4), HumanBytes(h.BytesOut), HumanBytes(h.BytesIn),
+			stamp(h.FirstSeen), stamp(h.LastSeen), list(h.Clients, 3))
+		if sessions {
+			fmt.Fprintf(tw, "\t%s", list(h.Sessions, 3))
+		}
+		fmt.Fprintln(tw)
+	}
+}
+
+// list joins up to n items with commas and says how many more there are.
+func list(items []string, n int) string {
+	if len(items) == 0 {
+		return "-"
+	}
+	if len(items) <= n {
+		return strings.Join(items, ",")
+	}
+	return fmt.Sprintf("%s,+%d", strings.Join(items[:n], ","), len(items)-n)
+}
+
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// HumanBytes formats n with a binary unit: "512B", "1.5KiB", "20MiB".
+func HumanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + "B"
+	}
+	v, i := float64(n), -1
+	for v >= unit && i < 4 {
+		v /= unit
+		i++
+	}
+	suffix := [...]string{"KiB", "MiB", "GiB", "TiB", "PiB"}[i]
+	if v >= 100 {
+		return fmt.Sprintf("%.0f%s", v, suffix)
+	}
+	return strings.TrimSuffix(fmt.Sprintf("%.1f", v), ".0") + suffix
+}
