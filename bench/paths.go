@@ -1,0 +1,330 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"time"
+
+	"golang.org/x/net/proxy"
+)
+
+// path is one way from the benchmark's clients to the upstream servers.
+type path struct {
+	name string
+	// dial opens a connection to addr through the path, ready to carry bytes.
+	dial func(ctx context.Context, addr string) (net.Conn, error)
+	// proxyURL is what an HTTP client sets as its proxy; nil means no proxy.
+	proxyURL *url.URL
+	// pids are the processes (with their descendants) whose memory counts for this path.
+	pids []int
+	// providerPid and brokerPort, when set, name the connection that carries every tunnel: the
+	// storm counts providerPid's TCP connections to brokerPort.
+	providerPid, brokerPort int
+	procs                   []*proc
+}
+
+func (p *path) stop() {
+	for i := len(p.procs) - 1; i >= 0; i-- {
+		p.procs[i].stop()
+	}
+}
+
+// alive reports the first of the path's processes that has exited, if any.
+func (p *path) alive() error {
+	for _, pr := range p.procs {
+		if !pr.alive() {
+			return fmt.Errorf("%s exited:\n%s", pr.name, pr.log())
+		}
+	}
+	return nil
+}
+
+// env is what path constructors share: a scratch directory and the swarm-proxy binary.
+type env struct {
+	dir    string
+	binary string
+}
+
+func directPath() *path {
+	var d net.Dialer
+	return &path{name: "direct", dial: func(ctx context.Context, addr string) (net.Conn, error) {
+		return d.DialContext(ctx, "tcp", addr)
+	}}
+}
+
+// connectDialer returns a dial function that opens tunnels with HTTP CONNECT through proxyAddr,
+// sending auth ("user:password") as proxy credentials when it is not empty.
+func connectDialer(proxyAddr, auth string) func(ctx context.Context, addr string) (net.Conn, error) {
+	authHeader := ""
+	if auth != "" {
+		authHeader = "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(auth)) + "\r\n"
+	}
+	var d net.Dialer
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, "tcp", proxyAddr)
+		if err != nil {
+			return nil, fmt.Errorf("connect to proxy: %w", err)
+		}
+		if dl, ok := ctx.Deadline(); ok {
+			c.SetDeadline(dl)
+		}
+		if _, err := fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", addr, addr, authHeader); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("send CONNECT: %w", err)
+		}
+		br := bufio.NewReaderSize(c, 1024)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("read CONNECT response: %w", err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			c.Close()
+			return nil, fmt.Errorf("CONNECT %s: %s", addr, resp.Status)
+		}
+		c.SetDeadline(time.Time{})
+		if br.Buffered() > 0 {
+			return &bufferedConn{Conn: c, r: br}, nil
+		}
+		return c, nil
+	}
+}
+
+// bufferedConn is a connection whose first bytes were read ahead into r.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func socksDialer(addr string) (func(ctx context.Context, addr string) (net.Conn, error), error) {
+	d, err := proxy.SOCKS5("tcp", addr, nil, &net.Dialer{})
+	if err != nil {
+		return nil, fmt.Errorf("socks dialer: %w", err)
+	}
+	cd, ok := d.(proxy.ContextDialer)
+	if !ok {
+		return nil, errors.New("socks dialer: no DialContext")
+	}
+	return func(ctx context.Context, addr string) (net.Conn, error) { return cd.DialContext(ctx, "tcp", addr) }, nil
+}
+
+var listeningRE = regexp.MustCompile(`msg="proxy listening" addr=(\S+)`)
+
+// swarmProxyPath runs `swarm-proxy proxy` with a policy that allows loopback targets.
+func swarmProxyPath(e env) (*path, error) {
+	pol := filepath.Join(e.dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte("mode: enforce\nallow:\n  - name: loopback\n    cidr: 127.0.0.0/8\n"), 0o644); err != nil {
+		return nil, fmt.Errorf("write policy: %w", err)
+	}
+	pr, addr, err := startProc(e.binary, listeningRE, "proxy", "--listen", "127.0.0.1:0", "--admin-listen", "",
+		"--policy", pol, "--policy-poll", "0", "--log-file", filepath.Join(e.dir, "proxy-access.log"))
+	if err != nil {
+		return nil, err
+	}
+	return &path{name: "proxy", dial: connectDialer(addr, ""), proxyURL: &url.URL{Scheme: "http", Host: addr},
+		pids: []int{pr.pid()}, procs: []*proc{pr}}, nil
+}
+
+// squidPath runs Squid on a loopback port with a generated configuration: no cache, access log on.
+func squidPath(ctx context.Context, e env) (*path, error) {
+	bin, err := exec.LookPath("squid")
+	if err != nil {
+		return nil, errNotInstalled
+	}
+	dir := filepath.Join(e.dir, "squid")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return nil, fmt.Errorf("squid dir: %w", err)
+	}
+	os.Chmod(dir, 0o777) // Squid started as root works as the proxy user
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	conf := fmt.Sprintf(`http_port 127.0.0.1:%d
+acl bench src 127.0.0.1/32
+http_access allow bench
+http_access deny all
+cache deny all
+cache_mem 8 MB
+access_log stdio:%[2]s/access.log
+cache_log %[2]s/cache.log
+cache_store_log none
+pid_filename %[2]s/squid.pid
+coredump_dir %[2]s
+max_filedescriptors 16384
+pinger_enable off
+netdb_filename none
+shutdown_lifetime 1 seconds
+`, port, dir)
+	cf := filepath.Join(dir, "squid.conf")
+	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+		return nil, fmt.Errorf("squid config: %w", err)
+	}
+	pr, _, err := startProc(bin, nil, "-N", "-f", cf)
+	if err != nil {
+		return nil, err
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	if err := waitListening(ctx, addr, pr); err != nil {
+		pr.stop()
+		return nil, err
+	}
+	return &path{name: "squid", dial: connectDialer(addr, ""), proxyURL: &url.URL{Scheme: "http", Host: addr},
+		pids: []int{pr.pid()}, procs: []*proc{pr}}, nil
+}
+
+// tinyproxyPath runs tinyproxy on a loopback port with a generated configuration.
+func tinyproxyPath(ctx context.Context, e env) (*path, error) {
+	bin, err := exec.LookPath("tinyproxy")
+	if err != nil {
+		return nil, errNotInstalled
+	}
+	dir := filepath.Join(e.dir, "tinyproxy")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return nil, fmt.Errorf("tinyproxy dir: %w", err)
+	}
+	os.Chmod(dir, 0o777) // tinyproxy started as root works as nobody
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	runAs := ""
+	if os.Getuid() == 0 {
+		runAs = "User nobody\nGroup nogroup\n"
+	}
+	conf := fmt.Sprintf(`%sPort %d
+Listen 127.0.0.1
+Timeout 600
+MaxClients 4096
+LogFile "%[3]s/tinyproxy.log"
+LogLevel Info
+PidFile "%[3]s/tinyproxy.pid"
+Allow 127.0.0.1
+`, runAs, port, dir)
+	cf := filepath.Join(dir, "tinyproxy.conf")
+	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+		return nil, fmt.Errorf("tinyproxy config: %w", err)
+	}
+	pr, _, err := startProc(bin, nil, "-d", "-c", cf)
+	if err != nil {
+		return nil, err
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	if err := waitListening(ctx, addr, pr); err != nil {
+		pr.stop()
+		return nil, err
+	}
+	return &path{name: "tinyproxy", dial: connectDialer(addr, ""), proxyURL: &url.URL{Scheme: "http", Host: addr},
+		pids: []int{pr.pid()}, procs: []*proc{pr}}, nil
+}
+
+var allocatedRE = regexp.MustCompile(`Allocated port (\d+) for remote forward`)
+
+// sshPath runs a loopback sshd with generated keys and `ssh -R 0` against it: OpenSSH's reverse
+// dynamic forwarding, where sshd listens as a SOCKS proxy and the ssh client dials the targets.
+func sshPath(ctx context.Context, e env) (*path, error) {
+	sshd, err := exec.LookPath("sshd")
+	if err != nil {
+		return nil, errNotInstalled
+	}
+	sshBin, err := exec.LookPath("ssh")
+	if err != nil {
+		return nil, errNotInstalled
+	}
+	keygen, err := exec.LookPath("ssh-keygen")
+	if err != nil {
+		return nil, errNotInstalled
+	}
+	dir := filepath.Join(e.dir, "ssh")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("ssh dir: %w", err)
+	}
+	for _, k := range []string{"host_key", "user_key"} {
+		out, err := exec.Command(keygen, "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k)).CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("ssh-keygen: %w: %s", err, out)
+		}
+	}
+	pub, err := os.ReadFile(filepath.Join(dir, "user_key.pub"))
+	if err != nil {
+		return nil, fmt.Errorf("ssh key: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600); err != nil {
+		return nil, fmt.Errorf("ssh key: %w", err)
+	}
+	if os.Getuid() == 0 {
+		// sshd refuses to start without its privilege separation directory.
+		os.MkdirAll("/run/sshd", 0o755)
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	conf := fmt.Sprintf(`ListenAddress 127.0.0.1:%d
+HostKey %[2]s/host_key
+AuthorizedKeysFile %[2]s/authorized_keys
+PidFile %[2]s/sshd.pid
+StrictModes no
+UsePAM no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AllowTcpForwarding yes
+GatewayPorts no
+MaxSessions 10
+LogLevel ERROR
+`, port, dir)
+	cf := filepath.Join(dir, "sshd_config")
+	if err := os.WriteFile(cf, []byte(conf), 0o600); err != nil {
+		return nil, fmt.Errorf("sshd config: %w", err)
+	}
+	d, _, err := startProc(sshd, nil, "-D", "-e", "-f", cf)
+	if err != nil {
+		return nil, err
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	if err := waitListening(ctx, addr, d); err != nil {
+		d.stop()
+		return nil, err
+	}
+	me, err := user.Current()
+	if err != nil {
+		d.stop()
+		return nil, fmt.Errorf("ssh login: %w", err)
+	}
+	c, socksPort, err := startProc(sshBin, allocatedRE, "-N", "-T", "-F", "/dev/null", "-i", filepath.Join(dir, "user_key"),
+		"-p", strconv.Itoa(port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+		"-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=INFO",
+		"-R", "127.0.0.1:0", me.Username+"@127.0.0.1")
+	if err != nil {
+		d.stop()
+		return nil, err
+	}
+	socksAddr := net.JoinHostPort("127.0.0.1", socksPort)
+	dialFn, err := socksDialer(socksAddr)
+	if err != nil {
+		c.stop()
+		d.stop()
+		return nil, err
+	}
+	return &path{name: "ssh -R", dial: dialFn, proxyURL: &url.URL{Scheme: "socks5", Host: socksAddr},
+		pids: []int{d.pid(), c.pid()}, providerPid: c.pid(), brokerPort: port, procs: []*proc{d, c}}, nil
+}
+
+// errNotInstalled skips a comparison path whose program is missing.
+var errNotInstalled = errors.New("not installed")
