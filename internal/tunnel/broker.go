@@ -154,8 +154,7 @@ func (b *Broker) handle(c net.Conn) {
 		c.Close()
 		return
 	}
-	budget := &memoryBudget{limit: b.cfg.WindowBudget}
-	mux, err := yamux.Client(c, b.cfg.yamuxConfig(b.Logger), budget.newSpan)
+	mux, err := clientMux(c, b.cfg, b.Logger)
 	if err != nil {
 		c.Close()
 		b.Logger.Error("provider multiplexer failed", "remote", remote, "err", err)

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -160,3 +161,15 @@ func (w *logWriter) Write(p []byte) (int, error) {
 }
 
 var _ io.Writer = (*logWriter)(nil)
+
+// clientMux starts the broker's side of the multiplexer on an authenticated connection.
+func clientMux(c net.Conn, cfg Config, logger *slog.Logger) (*yamux.Session, error) {
+	budget := &memoryBudget{limit: cfg.WindowBudget}
+	return yamux.Client(c, cfg.yamuxConfig(logger), budget.newSpan)
+}
+
+// serverMux starts the provider's side.
+func serverMux(c net.Conn, cfg Config, logger *slog.Logger) (*yamux.Session, error) {
+	budget := &memoryBudget{limit: cfg.WindowBudget}
+	return yamux.Server(c, cfg.yamuxConfig(logger), budget.newSpan)
+}

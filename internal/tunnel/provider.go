@@ -162,8 +162,7 @@ func (p *Provider) connect(ctx context.Context, cfg Config, logger *slog.Logger)
 		conn.Close()
 		return false, err
 	}
-	budget := &memoryBudget{limit: cfg.WindowBudget}
-	mux, err := yamux.Server(conn, cfg.yamuxConfig(logger), budget.newSpan)
+	mux, err := serverMux(conn, cfg, logger)
 	if err != nil {
 		conn.Close()
 		return false, fmt.Errorf("start multiplexer: %w", err)

@@ -1,0 +1,108 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+)
+
+func TestFrames(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []byte
+		want string
+		err  error
+	}{
+		{"ok", []byte("\x00\x02hiREST"), "hi", nil},
+		{"zero length", []byte("\x00\x00"), "", ErrProtocol},
+		{"too long", []byte("\xff\xff"), "", ErrProtocol},
+		{"truncated", []byte("\x00\x05hi"), "", io.ErrUnexpectedEOF},
+		{"empty", nil, "", io.EOF},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := bytes.NewReader(tt.in)
+			got, err := readFrame(r)
+			if got != tt.want || !errors.Is(err, tt.err) || (tt.err == nil) != (err == nil) {
+				t.Fatalf("readFrame = %q, %v; want %q, %v", got, err, tt.want, tt.err)
+			}
+			if tt.name == "ok" && r.Len() != 4 {
+				t.Fatalf("readFrame consumed bytes after the frame")
+			}
+		})
+	}
+}
+
+func TestOpenAndReply(t *testing.T) {
+	for _, o := range []openMsg{
+		{ID: "abc", Target: policy.Target{Host: "example.com", Port: 443}},
+		{ID: "", Target: policy.Target{Host: "2001:db8::1", Port: 80}},
+	} {
+		got, err := parseOpen(o.String())
+		if err != nil || got != o {
+			t.Fatalf("parseOpen(%q) = %+v, %v", o.String(), got, err)
+		}
+	}
+	for _, bad := range []string{"OPEN", "OPEN a b", "OPEN id Example.COM 80", "OPEN id host 0", "OPEN i:d host 80", "OPEN id [::1] 80", "GET / HTTP/1.1"} {
+		if _, err := parseOpen(bad); !errors.Is(err, ErrProtocol) {
+			t.Errorf("parseOpen(%q) = %v, want ErrProtocol", bad, err)
+		}
+	}
+	r := reply{Status: 502, Kind: "refused", Reason: "connection refused\r\nby target"}
+	got, err := parseReply(r.String())
+	if err != nil || got.Status != 502 || got.Kind != "refused" || strings.ContainsAny(got.Reason, "\r\n") {
+		t.Fatalf("parseReply(%q) = %+v, %v", r.String(), got, err)
+	}
+	if k := kindOf(got); k != dial.KindRefused {
+		t.Fatalf("kindOf = %v", k)
+	}
+	if k := kindOf(reply{Status: 504, Kind: "future_kind"}); k != dial.KindTimeout {
+		t.Fatalf("unknown kind with 504 maps to %v", k)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	seeds := []string{
+		hello{Version: 1, Nonce: bytes.Repeat([]byte{7}, 32)}.String(),
+		authMsg{Version: 1, Session: "s1", Public: "v1.1800000000.AAAAAAAA", Proof: make([]byte, 32)}.String(),
+		openMsg{ID: "r1", Target: policy.Target{Host: "example.com", Port: 443}}.String(),
+		reply{Status: 200, Kind: "ok", Reason: "connected"}.String(),
+		"", " ", "OPEN - 127.0.0.1 65535", "200 ok", "SWARM-TUNNEL 01 AAAA",
+	}
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if h, err := parseHello(s); err == nil {
+			if h2, err := parseHello(h.String()); err != nil || h2.Version != h.Version || !bytes.Equal(h2.Nonce, h.Nonce) {
+				t.Fatalf("hello %q does not round-trip", s)
+			}
+		}
+		if a, err := parseAuth(s); err == nil {
+			if a.String() != s {
+				t.Fatalf("auth %q re-encodes as %q", s, a.String())
+			}
+		}
+		if o, err := parseOpen(s); err == nil {
+			if o2, err := parseOpen(o.String()); err != nil || o2 != o {
+				t.Fatalf("open %q does not round-trip", s)
+			}
+		}
+		if r, err := parseReply(s); err == nil {
+			if r2, err := parseReply(r.String()); err != nil || r2.Status != r.Status || r2.Kind != r.Kind {
+				t.Fatalf("reply %q does not round-trip", s)
+			}
+		}
+		var buf bytes.Buffer
+		if writeFrame(&buf, s) == nil {
+			if got, err := readFrame(&buf); err != nil || got != s {
+				t.Fatalf("frame %q does not round-trip", s)
+			}
+		}
+	})
+}

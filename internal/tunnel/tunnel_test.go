@@ -1,0 +1,667 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/netip"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+	"github.com/swarm-proxy/swarm-proxy/internal/relay"
+	"github.com/swarm-proxy/swarm-proxy/internal/ticket"
+)
+
+var testSecret = []byte("test-secret-test-secret-test-secret!")
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// countingListener counts accepted connections.
+type countingListener struct {
+	net.Listener
+	accepted atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepted.Add(1)
+	}
+	return c, err
+}
+
+type env struct {
+	t         *testing.T
+	auth      *ticket.Authority
+	broker    *Broker
+	addr      string
+	ln        *countingListener
+	clientTLS *tls.Config
+	reg       *prometheus.Registry
+	logs      *syncBuffer
+}
+
+func (e *env) hasProvider(id string) bool {
+	for _, s := range []string{"s1", "public", "loop", "dns"} {
+		if slices.Contains(e.broker.Providers(s), id) {
+			return true
+		}
+	}
+	return false
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newEnv(t *testing.T, useTLS bool, cfg Config) *env {
+	t.Helper()
+	auth, err := ticket.New(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, auth: auth, reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e.broker = &Broker{Auth: auth, Config: cfg, Metrics: NewMetrics(e.reg),
+		Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	if useTLS {
+		srvCfg, cliCfg := testTLS(t)
+		e.broker.TLS, e.clientTLS = srvCfg, cliCfg
+	}
+	e.start("127.0.0.1:0")
+	t.Cleanup(func() { e.broker.Close() })
+	return e
+}
+
+func (e *env) start(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.ln = &countingListener{Listener: ln}
+	e.addr = ln.Addr().String()
+	go e.broker.Serve(e.ln)
+}
+
+func testTLS(t *testing.T) (*tls.Config, *tls.Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "broker"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, IsCA: true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}},
+		&tls.Config{RootCAs: pool}
+}
+
+type testProvider struct {
+	cancel    context.CancelFunc
+	done      chan struct{}
+	connected chan string
+	conns     chan net.Conn
+	logs      *syncBuffer
+	env       *env
+}
+
+func (e *env) provider(session string, targets string, mod func(*Provider)) *testProvider {
+	e.t.Helper()
+	tk, err := e.auth.Issue(session, time.Hour)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	pol, err := policy.ForTargets(targets)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	tp := &testProvider{done: make(chan struct{}), connected: make(chan string, 16), conns: make(chan net.Conn, 16), logs: &syncBuffer{}, env: e}
+	p := &Provider{
+		Broker:      e.addr,
+		TLS:         e.clientTLS,
+		Credentials: func() (string, string, error) { return session, tk.Token, nil },
+		Dialer:      &dial.Direct{Policy: func() *policy.Policy { return pol }, Timeout: 2 * time.Second},
+		Backoff:     Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond, AuthRetry: time.Hour},
+		Logger:      slog.New(slog.NewTextHandler(tp.logs, nil)),
+		OnConnect:   func(id string) { tp.connected <- id },
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err == nil {
+				select {
+				case tp.conns <- c:
+				default:
+				}
+			}
+			return c, err
+		},
+	}
+	if mod != nil {
+		mod(p)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	tp.cancel = cancel
+	go func() { defer close(tp.done); p.Run(ctx) }()
+	e.t.Cleanup(tp.stop)
+	return tp
+}
+
+func (tp *testProvider) stop() {
+	tp.cancel()
+	<-tp.done
+}
+
+func (tp *testProvider) waitConnected(t *testing.T) string {
+	t.Helper()
+	select {
+	case id := <-tp.connected:
+		// The provider hears OK just before the broker registers it.
+		waitFor(t, "broker registers "+id, func() bool { return tp.env.hasProvider(id) })
+		return id
+	case <-time.After(10 * time.Second):
+		t.Fatalf("provider did not connect; its log:\n%s", tp.logs.String())
+		return ""
+	}
+}
+
+// echoServer echoes every connection until EOF, then closes its write side.
+func echoServer(t *testing.T) policy.Target {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	return targetOf(t, ln.Addr())
+}
+
+func targetOf(t *testing.T, a net.Addr) policy.Target {
+	ap := netip.MustParseAddrPort(a.String())
+	return policy.Target{Host: ap.Addr().String(), Port: int(ap.Port())}
+}
+
+func req(session string, target policy.Target) *dial.Request {
+	return &dial.Request{Target: target, ID: "req-1", Session: session, Client: "127.0.0.1"}
+}
+
+func TestOpenAndRelay(t *testing.T) {
+	for _, useTLS := range []bool{false, true} {
+		name := "tcp"
+		if useTLS {
+			name = "tls"
+		}
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, useTLS, Config{})
+			tp := e.provider("s1", "loopback", nil)
+			id := tp.waitConnected(t)
+			target := echoServer(t)
+			c, err := e.broker.Dial(context.Background(), req("s1", target))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if got := c.(interface{ Provider() string }).Provider(); got != id || !strings.HasPrefix(got, "127.0.0.1:") {
+				t.Fatalf("Provider() = %q, want %q", got, id)
+			}
+			msg := bytes.Repeat([]byte("hello tunnel "), 10000)
+			go func() {
+				c.Write(msg)
+				c.(interface{ CloseWrite() error }).CloseWrite()
+			}()
+			got, err := io.ReadAll(c)
+			if err != nil || !bytes.Equal(got, msg) {
+				t.Fatalf("echo: %d bytes, err %v; want %d bytes", len(got), err, len(msg))
+			}
+			if v := value(e.broker.Metrics.providers.WithLabelValues("s1")); v != 1 {
+				t.Fatalf("providers metric = %v", v)
+			}
+			if v := value(e.broker.Metrics.opens.WithLabelValues("ok")); v != 1 {
+				t.Fatalf("opens{ok} = %v", v)
+			}
+		})
+	}
+}
+
+// silentProvider completes the handshake and accepts streams but never answers an open.
+func silentProvider(t *testing.T, e *env, session string) {
+	t.Helper()
+	tk, _ := e.auth.Issue(session, time.Hour)
+	pub, _ := ticket.Public(tk.Token)
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s, err := readFrame(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := parseHello(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFrame(c, authMsg{Version: Version, Session: session, Public: pub, Proof: ticket.Proof(tk.Token, challenge(Version, h.Nonce, session))}.String())
+	if s, err := readFrame(c); err != nil || !strings.HasPrefix(s, "OK ") {
+		t.Fatalf("handshake answer %q, %v", s, err)
+	}
+	cfg := Config{}.withDefaults()
+	mux, err := serverMux(c, cfg, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mux.Close() })
+	go func() {
+		for {
+			st, err := mux.AcceptStream()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { st.Reset() })
+		}
+	}()
+}
+
+type fakeResolver struct{}
+
+func (fakeResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
+
+func TestDialFailures(t *testing.T) {
+	e := newEnv(t, false, Config{OpenTimeout: 300 * time.Millisecond})
+	e.provider("public", "public", nil).waitConnected(t)
+	e.provider("loop", "loopback", nil).waitConnected(t)
+	e.provider("dns", "any", func(p *Provider) { p.Dialer.(*dial.Direct).Resolver = fakeResolver{} }).waitConnected(t)
+	silentProvider(t, e, "silent")
+	waitFor(t, "silent provider", func() bool { return len(e.broker.Providers("silent")) == 1 })
+
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	closedTarget := targetOf(t, closed.Addr())
+	closed.Close()
+	echo := echoServer(t)
+
+	tests := []struct {
+		name    string
+		session string
+		target  policy.Target
+		kind    dial.Kind
+		reason  string
+	}{
+		{"no provider", "nobody", echo, dial.KindNoProvider, "no provider is connected for session nobody"},
+		{"provider policy denies", "public", echo, dial.KindDenied, "loopback address"},
+		{"target refuses", "loop", closedTarget, dial.KindRefused, "connection refused"},
+		{"name does not resolve", "dns", policy.Target{Host: "nothing.example", Port: 80}, dial.KindResolve, "no such host"},
+		{"provider does not answer", "silent", echo, dial.KindTimeout, "did not answer the open within 300ms"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := e.broker.Dial(context.Background(), req(tt.session, tt.target))
+			if err == nil {
+				c.Close()
+				t.Fatal("Dial succeeded")
+			}
+			var de *dial.Error
+			if !errors.As(err, &de) || de.Kind != tt.kind || !strings.Contains(de.Reason, tt.reason) {
+				t.Fatalf("Dial error %#v (%v), want kind %v with reason containing %q", de, err, tt.kind, tt.reason)
+			}
+			if de.Kind == dial.KindDenied && de.Decision != nil {
+				t.Fatalf("a provider's refusal carries a broker decision: %+v", de.Decision)
+			}
+		})
+	}
+	// The failed opens left no stream behind.
+	for _, s := range []string{"public", "loop", "dns", "silent"} {
+		waitFor(t, "streams of "+s+" released", func() bool {
+			return value(e.broker.Metrics.streams.WithLabelValues(s)) == 0
+		})
+	}
+}
+
+func TestHandshakeRefusals(t *testing.T) {
+	e := newEnv(t, false, Config{})
+	good, _ := e.auth.Issue("s1", time.Hour)
+	other, _ := e.auth.Issue("s2", time.Hour)
+	past := *e.auth
+	past.Now = func() time.Time { return time.Now().Add(-2 * time.Hour) }
+	expired, _ := past.Issue("s1", time.Hour)
+	foreign, _ := ticket.New([]byte("some-other-secret-some-other-secret"))
+	forged, _ := foreign.Issue("s1", time.Hour)
+
+	// A recorded handshake of a good provider, replayed on a new connection, must fail.
+	var recorded string
+	{
+		c, _ := net.Dial("tcp", e.addr)
+		s, _ := readFrame(c)
+		h, _ := parseHello(s)
+		pub, _ := ticket.Public(good.Token)
+		recorded = authMsg{Version: Version, Session: "s1", Public: pub, Proof: ticket.Proof(good.Token, challenge(Version, h.Nonce, "s1"))}.String()
+		c.Close()
+	}
+	tests := []struct {
+		name    string
+		session string
+		token   string
+		raw     string // sent instead of a computed AUTH frame
+		code    string
+	}{
+		{"good", "s1", good.Token, "", ""},
+		{"replayed", "", "", recorded, RefuseInvalid},
+		{"expired", "s1", expired.Token, "", RefuseExpired},
+		{"other session", "s1", other.Token, "", RefuseSession},
+		{"other secret", "s1", forged.Token, "", RefuseInvalid},
+		{"garbage", "", "", "HELLO there", RefuseMalformed},
+		{"future version", "", "", strings.Replace(recorded, "AUTH 1 ", "AUTH 2 ", 1), RefuseVersion},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", e.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if tt.raw != "" {
+				readFrame(c)
+				writeFrame(c, tt.raw)
+				s, _ := readFrame(c)
+				if !strings.HasPrefix(s, "ERR "+tt.code+" ") {
+					t.Fatalf("answer %q, want ERR %s", s, tt.code)
+				}
+				return
+			}
+			p := &Provider{Broker: e.addr}
+			pub, _ := ticket.Public(tt.token)
+			_, err = p.handshake(c, Config{}.withDefaults(), tt.session, pub, tt.token)
+			var ae *AuthError
+			switch {
+			case tt.code == "" && err != nil:
+				t.Fatalf("handshake: %v", err)
+			case tt.code != "" && (!errors.As(err, &ae) || ae.Code != tt.code):
+				t.Fatalf("handshake error %v, want code %s", err, tt.code)
+			}
+		})
+	}
+}
+
+func TestAuthFailureBacksOff(t *testing.T) {
+	e := newEnv(t, false, Config{})
+	foreign, _ := ticket.New([]byte("some-other-secret-some-other-secret"))
+	bad, _ := foreign.Issue("s1", time.Hour)
+	tp := e.provider("s1", "public", func(p *Provider) {
+		p.Credentials = func() (string, string, error) { return "s1", bad.Token, nil }
+	})
+	waitFor(t, "refusal logged", func() bool { return strings.Contains(tp.logs.String(), "broker refused this provider") })
+	log := tp.logs.String()
+	if !strings.Contains(log, "code=invalid") || !strings.Contains(log, "retry_in=1h0m0s") {
+		t.Fatalf("provider log does not explain the refusal and the long retry:\n%s", log)
+	}
+	if n := e.ln.accepted.Load(); n != 1 {
+		t.Fatalf("provider connected %d times after a refusal, want 1", n)
+	}
+}
+
+// streamTarget sends data forever.
+func streamTarget(t *testing.T) policy.Target {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return targetOf(t, ln.Addr())
+}
+
+func TestProviderVanishesMidTransfer(t *testing.T) {
+	base := runtime.NumGoroutine()
+	e := newEnv(t, false, Config{})
+	tp := e.provider("s1", "loopback", nil)
+	tp.waitConnected(t)
+	target := streamTarget(t)
+
+	// A worker's TCP connection relayed to the stream, as the proxy does.
+	wl, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer wl.Close()
+	worker, err := net.Dial("tcp", wl.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer worker.Close()
+	server, _ := wl.Accept()
+	up, err := e.broker.Dial(context.Background(), req("s1", target))
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayDone := make(chan relay.Result, 1)
+	go func() { relayDone <- relay.Pipe(server, up, 0) }()
+	if _, err := io.ReadFull(worker, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	tp.stop() // the provider goes away mid-transfer
+	_, err = io.Copy(io.Discard, worker)
+	if err == nil || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("worker read ended with %v, want a connection reset (never a clean EOF)", err)
+	}
+	if res := <-relayDone; res.Err == nil {
+		t.Fatal("relay reported success")
+	}
+	e.broker.Close()
+	waitFor(t, "goroutines back to baseline", func() bool { return runtime.NumGoroutine() <= base+2 })
+}
+
+func TestReconnect(t *testing.T) {
+	e := newEnv(t, true, Config{})
+	tp := e.provider("s1", "loopback", nil)
+	first := tp.waitConnected(t)
+	target := echoServer(t)
+	check := func() string {
+		t.Helper()
+		c, err := e.broker.Dial(context.Background(), req("s1", target))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("x"))
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(c, b); err != nil {
+			t.Fatal(err)
+		}
+		return c.(*Conn).Provider()
+	}
+	check()
+
+	// The connection drops: the provider reconnects by itself.
+	(<-tp.conns).Close()
+	second := tp.waitConnected(t)
+	if second == first {
+		t.Fatalf("same provider id %q after reconnect", second)
+	}
+	waitFor(t, "old provider gone", func() bool { return len(e.broker.Providers("s1")) == 1 })
+	if got := check(); got != second {
+		t.Fatalf("stream went through %q, want %q", got, second)
+	}
+
+	// The broker restarts on the same address: the provider reconnects to the new one.
+	addr := e.addr
+	e.broker.Close()
+	e.broker = &Broker{Auth: e.auth, TLS: e.broker.TLS, Logger: e.broker.Logger}
+	e.start(addr)
+	t.Cleanup(func() { e.broker.Close() })
+	tp.waitConnected(t)
+	check()
+}
+
+func TestTwoProviders(t *testing.T) {
+	e := newEnv(t, false, Config{})
+	a := e.provider("s1", "loopback", nil)
+	idA := a.waitConnected(t)
+	b := e.provider("s1", "loopback", nil)
+	idB := b.waitConnected(t)
+	target := echoServer(t)
+
+	used := map[string]int{}
+	var conns []net.Conn
+	for range 10 {
+		c, err := e.broker.Dial(context.Background(), req("s1", target))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		used[c.(*Conn).Provider()]++
+	}
+	if used[idA] != 5 || used[idB] != 5 {
+		t.Fatalf("streams spread %v, want 5 on each of %s and %s", used, idA, idB)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	a.stop()
+	for i := range 10 {
+		c, err := e.broker.Dial(context.Background(), req("s1", target))
+		if err != nil {
+			t.Fatalf("dial %d after one provider left: %v", i, err)
+		}
+		if p := c.(*Conn).Provider(); p != idB {
+			t.Fatalf("stream through %s, want the remaining %s", p, idB)
+		}
+		c.Close()
+	}
+}
+
+func TestStormOverOneConnection(t *testing.T) {
+	base := runtime.NumGoroutine()
+	e := newEnv(t, false, Config{})
+	tp := e.provider("s1", "loopback", nil)
+	tp.waitConnected(t)
+	target := echoServer(t)
+	const n = 200
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := req("s1", target)
+			r.ID = "storm-" + string(rune('a'+i%26))
+			c, err := e.broker.Dial(context.Background(), r)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			go func() { c.Write(payload); c.(*Conn).CloseWrite() }()
+			got, err := io.ReadAll(c)
+			if err != nil || !bytes.Equal(got, payload) {
+				errs <- errors.New("echo mismatch")
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := e.ln.accepted.Load(); got != 1 {
+		t.Fatalf("broker accepted %d provider connections, want exactly 1", got)
+	}
+	if v := value(e.broker.Metrics.opens.WithLabelValues("ok")); v != n {
+		t.Fatalf("opens{ok} = %v, want %d", v, n)
+	}
+	waitFor(t, "streams released", func() bool {
+		return value(e.broker.Metrics.streams.WithLabelValues("s1")) == 0
+	})
+	tp.stop()
+	e.broker.Close()
+	waitFor(t, "goroutines back to baseline", func() bool { return runtime.NumGoroutine() <= base+2 })
+}
+
+// value reads a gauge or counter.
+func value(m prometheus.Metric) float64 {
+	var d dto.Metric
+	m.Write(&d)
+	if d.Gauge != nil {
+		return d.Gauge.GetValue()
+	}
+	return d.Counter.GetValue()
+}
