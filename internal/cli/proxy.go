@@ -20,11 +20,13 @@ import (
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/proxy"
+	"github.com/swarm-proxy/swarm-proxy/internal/socks"
 )
 
 // frontendFlags are the flags shared by every command that runs the proxy front end (proxy, broker).
 type frontendFlags struct {
 	listen            string
+	socksListen       string
 	adminListen       string
 	policyFile        string
 	logFile           string
@@ -43,6 +45,7 @@ type frontendFlags struct {
 
 func (f *frontendFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "address for proxy clients (HTTP forward and CONNECT)")
+	fs.StringVar(&f.socksListen, "socks-listen", "", "address for SOCKS5 clients, same policy and log as --listen (empty disables)")
 	fs.StringVar(&f.adminListen, "admin-listen", "127.0.0.1:9090", "address for /healthz, /readyz and /metrics (empty disables)")
 	fs.StringVar(&f.policyFile, "policy", "", "policy.yaml; without it: discovery mode, private and metadata addresses refused")
 	fs.StringVar(&f.logFile, "log-file", "", "access log file, rotated by size (default: stdout)")
@@ -161,12 +164,24 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 	if err != nil {
 		return fmt.Errorf("proxy listen: %w", err)
 	}
+	var socksSrv *socks.Server
+	var socksLn net.Listener
+	if f.socksListen != "" {
+		if socksLn, err = net.Listen("tcp", f.socksListen); err != nil {
+			ln.Close()
+			return fmt.Errorf("socks listen: %w", err)
+		}
+		socksSrv = &socks.Server{Proxy: srv, Logger: logger, HandshakeTimeout: f.headerTimeout}
+	}
 	var adminSrv *http.Server
 	adminAddr := ""
 	if f.adminListen != "" {
 		aln, err := net.Listen("tcp", f.adminListen)
 		if err != nil {
 			ln.Close()
+			if socksLn != nil {
+				socksLn.Close()
+			}
 			return fmt.Errorf("admin listen: %w", err)
 		}
 		adminAddr = aln.Addr().String()
@@ -186,9 +201,14 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		go watchPolicy(reloadCtx, f.policyFile, f.policyPoll, rt.policy, srv.PolicyChanged, logger)
 	}
 
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
-	logger.Info("proxy listening", "addr", ln.Addr().String(), "admin", adminAddr, "mode", pol.Mode, "policy", orBuiltIn(f.policyFile))
+	socksAddr := ""
+	if socksSrv != nil {
+		socksAddr = socksLn.Addr().String()
+		go func() { serveErr <- socksSrv.Serve(socksLn) }()
+	}
+	logger.Info("proxy listening", "addr", ln.Addr().String(), "socks", socksAddr, "admin", adminAddr, "mode", pol.Mode, "policy", orBuiltIn(f.policyFile))
 
 	select {
 	case err := <-serveErr:
@@ -198,7 +218,15 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 	logger.Info("shutting down", "timeout", f.shutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
 	defer cancel()
+	socksDone := make(chan struct{})
+	go func() {
+		defer close(socksDone)
+		if socksSrv != nil {
+			socksSrv.Shutdown(sctx) // concurrently, so both front ends stop accepting at once
+		}
+	}()
 	err = srv.Shutdown(sctx)
+	<-socksDone
 	if rt.onShutdown != nil {
 		rt.onShutdown(sctx)
 	}
