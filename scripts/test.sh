@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # Debian packages the end-to-end tests use as real clients, servers and network tools.
 need=()
 for pair in curl:curl ssh:openssh-client sshd:openssh-server git:git pip3:python3-pip \
-            npm:npm node:nodejs ip:iproute2 iptables:iptables nft:nftables squid:squid tinyproxy:tinyproxy; do
+            npm:npm node:nodejs ip:iproute2 iptables:iptables nft:nftables squid:squid tinyproxy:tinyproxy \
+            docker-compose:docker-compose fish:fish; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

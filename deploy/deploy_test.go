@@ -1,0 +1,308 @@
+// Package deploy_test checks the files in deploy/ without a Docker engine: the Dockerfile with
+// BuildKit's own parser and the lint rules it applies while parsing (the checks "docker build
+// --check" reports from parsing), compose.yaml with Debian's docker-compose ("config" validates
+// against the compose schema and needs no engine), the example policy with the policy loader, and
+// the invariants between them (same proxy command, same agent environment as "swarm-proxy env").
+package deploy_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/linter"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"github.com/moby/buildkit/frontend/dockerfile/shell"
+	"gopkg.in/yaml.v3"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/agentenv"
+	"github.com/swarm-proxy/swarm-proxy/internal/cli"
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+)
+
+// parseDockerfile parses src with BuildKit and returns its stages and every lint warning.
+func parseDockerfile(t *testing.T, src string) ([]instructions.Stage, []string) {
+	t.Helper()
+	res, err := parser.Parse(strings.NewReader(src))
+	if err != nil {
+		t.Fatalf("parse Dockerfile: %v", err)
+	}
+	var warnings []string
+	for _, w := range res.Warnings {
+		warnings = append(warnings, w.Short)
+	}
+	lint := linter.New(&linter.Config{Warn: func(rule, _, _, msg string, loc []parser.Range) {
+		line := 0
+		if len(loc) > 0 {
+			line = loc[0].Start.Line
+		}
+		warnings = append(warnings, rule+" (line "+strconv.Itoa(line)+"): "+msg)
+	}})
+	stages, _, err := instructions.Parse(res.AST, lint)
+	if err != nil {
+		t.Fatalf("Dockerfile instructions: %v", err)
+	}
+	return stages, warnings
+}
+
+// compose is the part of compose.yaml the invariants look at.
+type compose struct {
+	Services map[string]struct {
+		Command     []string          `yaml:"command"`
+		Networks    []string          `yaml:"networks"`
+		Volumes     []string          `yaml:"volumes"`
+		Environment map[string]string `yaml:"environment"`
+		Healthcheck struct {
+			Test []string `yaml:"test"`
+		} `yaml:"healthcheck"`
+		DependsOn map[string]struct {
+			Condition string `yaml:"condition"`
+		} `yaml:"depends_on"`
+	} `yaml:"services"`
+	Networks map[string]struct {
+		Internal bool `yaml:"internal"`
+	} `yaml:"networks"`
+}
+
+func loadCompose(t *testing.T) compose {
+	t.Helper()
+	data, err := os.ReadFile("compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c compose
+	if err := yaml.Unmarshal(data, &c); err != nil {
+		t.Fatalf("compose.yaml: %v", err)
+	}
+	return c
+}
+
+func TestDockerfile(t *testing.T) {
+	src, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stages, warnings := parseDockerfile(t, string(src))
+	for _, w := range warnings {
+		t.Errorf("lint: %s", w)
+	}
+	if len(stages) < 2 {
+		t.Fatalf("%d stages, want a multi-stage build", len(stages))
+	}
+	var static bool
+	for _, cmd := range stages[0].Commands {
+		if run, ok := cmd.(*instructions.RunCommand); ok && strings.Contains(strings.Join(run.CmdLine, " "), "CGO_ENABLED=0 go build") {
+			static = true
+		}
+	}
+	if !static {
+		t.Error("the build stage does not build with CGO_ENABLED=0")
+	}
+	final := stages[len(stages)-1]
+	if final.BaseName != "scratch" && !strings.HasPrefix(final.BaseName, "gcr.io/distroless/static") {
+		t.Errorf("final stage is FROM %s, want scratch or distroless/static", final.BaseName)
+	}
+	var user string
+	var health, entrypoint, command []string
+	for _, cmd := range final.Commands {
+		switch c := cmd.(type) {
+		case *instructions.UserCommand:
+			user = c.User
+		case *instructions.HealthCheckCommand:
+			health = c.Health.Test
+		case *instructions.EntrypointCommand:
+			if c.PrependShell {
+				t.Error("ENTRYPOINT in shell form: the image has no shell")
+			}
+			entrypoint = c.CmdLine
+		case *instructions.CmdCommand:
+			command = c.CmdLine
+		}
+	}
+	if user == "" || user == "root" || strings.HasPrefix(user, "0") {
+		t.Errorf("USER %q, want a non-root user", user)
+	}
+	if len(health) < 3 || health[0] != "CMD" || !slices.Contains(health, "health") {
+		t.Errorf("HEALTHCHECK %q, want CMD [swarm-proxy health ...] (the image has no shell or curl)", health)
+	}
+	c := loadCompose(t)
+	if got, want := command, c.Services["proxy"].Command; !slices.Equal(got, want) {
+		t.Errorf("Dockerfile CMD %q differs from compose proxy command %q", got, want)
+	}
+	if got, want := append(entrypoint[:1:1], health[2:]...), c.Services["proxy"].Healthcheck.Test[1:]; !slices.Equal(got, want) {
+		t.Errorf("Dockerfile HEALTHCHECK %q differs from compose healthcheck %q", got, want)
+	}
+}
+
+// TestDockerfileLinterFires shows the lint above can fail: BuildKit flags a known mistake.
+func TestDockerfileLinterFires(t *testing.T) {
+	_, warnings := parseDockerfile(t, "FROM golang:1.26 as build\nRUN true\nfrom scratch\nCOPY --from=build /x /x\n")
+	if len(warnings) == 0 {
+		t.Fatal("BuildKit's linter accepted mismatched FROM/AS casing")
+	}
+}
+
+// TestEnvDockerfileFormat checks "swarm-proxy env --format dockerfile" the way BuildKit reads it:
+// ENV values are parsed and expanded by BuildKit's own shell lexer.
+func TestEnvDockerfileFormat(t *testing.T) {
+	vars := []agentenv.Var{{Name: "HTTP_PROXY", Value: "http://s%24:t@proxy:8080"}, {Name: "AWKWARD", Value: `it's "q" $HOME ${X} \ \\ ` + "`id`"}}
+	var b bytes.Buffer
+	if err := agentenv.Render(&b, agentenv.FormatDockerfile, vars); err != nil {
+		t.Fatal(err)
+	}
+	stages, warnings := parseDockerfile(t, "FROM scratch\n"+b.String())
+	if len(warnings) > 0 {
+		t.Errorf("lint: %q", warnings)
+	}
+	lex := shell.NewLex('\\')
+	got := map[string]string{}
+	for _, cmd := range stages[0].Commands {
+		env, ok := cmd.(*instructions.EnvCommand)
+		if !ok {
+			continue
+		}
+		for _, kv := range env.Env {
+			v, _, err := lex.ProcessWord(kv.Value, emptyEnv{})
+			if err != nil {
+				t.Fatalf("ENV %s: %v", kv.Key, err)
+			}
+			got[kv.Key] = v
+		}
+	}
+	for _, v := range vars {
+		if got[v.Name] != v.Value {
+			t.Errorf("ENV %s = %q, want %q", v.Name, got[v.Name], v.Value)
+		}
+	}
+}
+
+type emptyEnv struct{}
+
+func (emptyEnv) Get(string) (string, bool) { return "", false }
+func (emptyEnv) Keys() []string            { return nil }
+
+// requireTool finds a linter, skipping without it except under CI, where scripts/test.sh installs it.
+func requireTool(t *testing.T, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s is not installed and CI is set (scripts/test.sh installs Debian's %s)", name, pkg)
+	}
+	t.Skipf("%s is not installed (apt-get install %s, or run scripts/test.sh)", name, pkg)
+	return ""
+}
+
+// TestComposeConfig validates compose.yaml against the compose schema with docker-compose, and
+// shows with a broken copy that the check can fail.
+func TestComposeConfig(t *testing.T) {
+	dc := requireTool(t, "docker-compose", "docker-compose")
+	good, err := os.ReadFile("compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	abs, _ := filepath.Abs(".")
+	tests := []struct {
+		name    string
+		content string
+		ok      bool
+	}{
+		{"compose.yaml", string(good), true},
+		{"misspelt key", strings.Replace(string(good), "healthcheck:", "helthcheck:", 1), false},
+		{"bad boolean", strings.Replace(string(good), "internal: true", "internal: maybe", 1), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// A copy next to the original keeps relative paths (build context, policy.yaml) valid.
+			f, err := os.CreateTemp(abs, ".compose-*.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.Remove(f.Name()) })
+			f.WriteString(tt.content)
+			f.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, dc, "-f", f.Name(), "config", "-q")
+			cmd.Env = append(os.Environ(), "DOCKER_HOST=unix:///nonexistent.sock")
+			out, err := cmd.CombinedOutput()
+			if (err == nil) != tt.ok {
+				t.Fatalf("docker-compose config: err=%v, want ok=%v\n%s", err, tt.ok, out)
+			}
+		})
+	}
+}
+
+func TestComposeInvariants(t *testing.T) {
+	c := loadCompose(t)
+	proxy, agent := c.Services["proxy"], c.Services["agent"]
+	if len(proxy.Command) == 0 || proxy.Command[0] != "proxy" {
+		t.Fatalf("proxy command %q, want the proxy subcommand", proxy.Command)
+	}
+	if !slices.Contains(proxy.Healthcheck.Test, "health") {
+		t.Errorf("proxy healthcheck %q does not run swarm-proxy health", proxy.Healthcheck.Test)
+	}
+	if !slices.ContainsFunc(proxy.Volumes, func(v string) bool { return strings.HasSuffix(v, ":/var/log/swarm-proxy") }) {
+		t.Errorf("proxy volumes %q: no log volume at /var/log/swarm-proxy", proxy.Volumes)
+	}
+	if i := slices.Index(proxy.Command, "--log-file"); i < 0 || !strings.HasPrefix(proxy.Command[i+1], "/var/log/swarm-proxy/") {
+		t.Errorf("proxy command %q does not log into the volume", proxy.Command)
+	}
+	if len(agent.Networks) == 0 {
+		t.Fatal("agent has no network")
+	}
+	for _, n := range agent.Networks {
+		if !c.Networks[n].Internal {
+			t.Errorf("agent network %q is not internal: true (it would have a route out)", n)
+		}
+		if !slices.Contains(proxy.Networks, n) {
+			t.Errorf("agent network %q does not reach the proxy", n)
+		}
+	}
+	if !slices.ContainsFunc(proxy.Networks, func(n string) bool { return !c.Networks[n].Internal }) {
+		t.Error("the proxy has no network with a route out")
+	}
+	if agent.DependsOn["proxy"].Condition != "service_healthy" {
+		t.Error("agent does not wait for a healthy proxy")
+	}
+
+	// The agent's environment is exactly what "swarm-proxy env" prints for this proxy.
+	var out, errb bytes.Buffer
+	if err := cli.Run(context.Background(), []string{"env", "--proxy", "http://proxy:8080", "--format", "compose"}, nil, &out, &errb); err != nil {
+		t.Fatalf("swarm-proxy env: %v %s", err, errb.String())
+	}
+	var want struct {
+		Environment map[string]string `yaml:"environment"`
+	}
+	if err := yaml.Unmarshal(out.Bytes(), &want); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range want.Environment {
+		if agent.Environment[k] != v {
+			t.Errorf("agent environment %s = %q, swarm-proxy env says %q", k, agent.Environment[k], v)
+		}
+	}
+	if len(agent.Environment) != len(want.Environment) {
+		t.Errorf("agent environment has %d variables, swarm-proxy env prints %d", len(agent.Environment), len(want.Environment))
+	}
+}
+
+func TestPolicyExample(t *testing.T) {
+	p, err := policy.Load("policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Mode != policy.Enforce {
+		t.Errorf("mode %s, want enforce", p.Mode)
+	}
+}
