@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
@@ -53,6 +54,9 @@ func NormalizeHost(host string) (string, error) {
 	}
 	if len(h) > 253 {
 		return "", fmt.Errorf("%w %q: longer than 253 characters", ErrBadHost, truncate(host))
+	}
+	if !utf8.ValidString(h) {
+		return "", fmt.Errorf("%w %q: not valid UTF-8", ErrBadHost, truncate(host))
 	}
 	ascii, err := profile.ToASCII(h)
 	if err != nil {
