@@ -1,7 +1,6 @@
 package logstats
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -195,34 +194,20 @@ func (d *decoder) str(line []byte, i int) ([]byte, int, error) {
 }
 
 // stringEnd returns the index of the quote that closes the string opening at line[i], and whether
-// the string holds escapes.
+// the string holds escapes. Control characters are rejected, as JSON requires.
 func stringEnd(line []byte, i int) (end int, escaped bool, err error) {
-	j := i + 1
-	for {
-		k := bytes.IndexByte(line[j:], '"')
-		if k < 0 {
-			return 0, false, fmt.Errorf("%w: unterminated string (truncated line?)", errSyntax)
-		}
-		end = j + k
-		if bytes.IndexByte(line[j:end], '\\') >= 0 {
+	for j := i + 1; j < len(line); j++ {
+		switch c := line[j]; {
+		case c == '"':
+			return j, escaped, nil
+		case c == '\\':
 			escaped = true
-			// The quote is escaped when an odd number of backslashes precede it.
-			n := 0
-			for p := end - 1; p > i && line[p] == '\\'; p-- {
-				n++
-			}
-			if n%2 == 1 {
-				j = end + 1
-				continue
-			}
+			j++ // the escaped character cannot end the string
+		case c < 0x20:
+			return 0, false, fmt.Errorf("%w: control character in string", errSyntax)
 		}
-		for _, c := range line[i+1 : end] {
-			if c < 0x20 {
-				return 0, false, fmt.Errorf("%w: control character in string", errSyntax)
-			}
-		}
-		return end, escaped, nil
 	}
+	return 0, false, fmt.Errorf("%w: unterminated string (truncated line?)", errSyntax)
 }
 
 func isNull(line []byte, i int) bool {

@@ -10,10 +10,12 @@ import (
 
 // HostRow is one line of the domain report: everything observed for one host.
 type HostRow struct {
-	Host      string    `json:"host"`
-	Requests  int64     `json:"requests"`
-	Allowed   int64     `json:"allowed"`
-	Blocked   int64     `json:"blocked"`
+	Host     string `json:"host"`
+	Requests int64  `json:"requests"`
+	Allowed  int64  `json:"allowed"`
+	Blocked  int64  `json:"blocked"`
+	// Failed counts allowed requests that got no answer from the target (resolve, connect, timeout).
+	Failed    int64     `json:"failed"`
 	Methods   []string  `json:"methods"`
 	Ports     []int     `json:"ports"`
 	BytesOut  int64     `json:"bytes_out"`
@@ -29,8 +31,8 @@ type HostRow struct {
 
 type hostAgg struct {
 	row      HostRow
-	methods  map[string]struct{}
-	ports    map[int]struct{}
+	methods  []string // few per host: a slice beats a map
+	ports    []int
 	clients  map[string]struct{}
 	sessions map[string]struct{}
 }
@@ -50,8 +52,6 @@ func (d *Domains) Add(e *Entry) {
 	if h == nil {
 		h = &hostAgg{
 			row:      HostRow{Host: e.Host, FirstSeen: e.Time, LastSeen: e.Time},
-			methods:  make(map[string]struct{}, 2),
-			ports:    make(map[int]struct{}, 1),
 			clients:  make(map[string]struct{}, 1),
 			sessions: make(map[string]struct{}),
 		}
@@ -66,6 +66,9 @@ func (d *Domains) Add(e *Entry) {
 		}
 	} else {
 		r.Allowed++
+		if e.Error != "" {
+			r.Failed++
+		}
 	}
 	r.BytesIn += e.BytesIn
 	r.BytesOut += e.BytesOut
@@ -75,17 +78,21 @@ func (d *Domains) Add(e *Entry) {
 	if e.Time.After(r.LastSeen) {
 		r.LastSeen = e.Time
 	}
-	if e.Method != "" {
-		h.methods[e.Method] = struct{}{}
+	if e.Method != "" && !slices.Contains(h.methods, e.Method) {
+		h.methods = append(h.methods, e.Method)
 	}
-	if e.Port != 0 {
-		h.ports[e.Port] = struct{}{}
+	if e.Port != 0 && !slices.Contains(h.ports, e.Port) {
+		h.ports = append(h.ports, e.Port)
 	}
-	if e.Client != "" {
-		h.clients[e.Client] = struct{}{}
-	}
-	if e.Session != "" {
-		h.sessions[e.Session] = struct{}{}
+	addString(h.clients, e.Client)
+	addString(h.sessions, e.Session)
+}
+
+// addString adds s to set unless it is empty; looking up before assigning is the cheap path,
+// since nearly every entry repeats a known value.
+func addString(set map[string]struct{}, s string) {
+	if _, ok := set[s]; !ok && s != "" {
+		set[s] = struct{}{}
 	}
 }
 
@@ -97,8 +104,8 @@ func (d *Domains) Rows() []HostRow {
 	rows := make([]HostRow, 0, len(d.hosts))
 	for _, h := range d.hosts {
 		r := h.row
-		r.Methods = slices.Sorted(maps.Keys(h.methods))
-		r.Ports = slices.Sorted(maps.Keys(h.ports))
+		r.Methods = slices.Sorted(slices.Values(h.methods))
+		r.Ports = slices.Sorted(slices.Values(h.ports))
 		r.Clients = slices.SortedFunc(maps.Keys(h.clients), compareAddrs)
 		if len(h.sessions) > 0 {
 			r.Sessions = slices.Sorted(maps.Keys(h.sessions))

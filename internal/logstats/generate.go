@@ -74,6 +74,8 @@ type candidate struct {
 	ports  []int
 	row    HostRow  // totals (for collapsed rules, summed over hosts)
 	hosts  []string // the hosts a collapsed rule stands for
+	// covered says which of the host's ports rules of the merged policy already allow.
+	covered []string
 }
 
 // Generate writes the policy: the merged file (or a new one) in enforce mode, with one allow rule
@@ -106,6 +108,7 @@ func (g *Generator) Generate() (*Generated, error) {
 		for _, port := range r.Ports {
 			if id := allowedBy(existing, c, port); id != "" {
 				coveredBy = append(coveredBy, id)
+				c.covered = append(c.covered, fmt.Sprintf("port %d already allowed by %s", port, id))
 				continue
 			}
 			if id := deniedBy(existing, c, port); id != "" {
@@ -128,17 +131,17 @@ func (g *Generator) Generate() (*Generated, error) {
 	}
 	if len(covered) > 0 {
 		out.Notes = append(out.Notes, fmt.Sprintf("%d %s already allowed by %s: %s", len(covered),
-			plural(int64(len(covered)), "host"), g.opts.MergeName, list(covered, 10)))
+			plural(int64(len(covered)), "host"), g.opts.MergeName, prose(covered, 10)))
 	}
 	if len(portless) > 0 {
 		out.Notes = append(out.Notes, fmt.Sprintf("left out %d %s logged without a port: %s",
-			len(portless), plural(int64(len(portless)), "host"), list(portless, 10)))
+			len(portless), plural(int64(len(portless)), "host"), prose(portless, 10)))
 	}
 	if len(g.private) > 0 {
 		hosts := slices.Sorted(maps.Keys(g.private))
 		out.Notes = append(out.Notes, fmt.Sprintf("left out %d %s refused as private, loopback or metadata addresses (%s): "+
 			"a host rule cannot admit them; if one is intended, add an allow rule with its cidr by hand",
-			len(hosts), plural(int64(len(hosts)), "host"), list(hosts, 10)))
+			len(hosts), plural(int64(len(hosts)), "host"), prose(hosts, 10)))
 	}
 	if g.opts.Collapse >= 2 {
 		names = collapse(names, g.opts.Collapse)
@@ -269,11 +272,16 @@ func ruleComment(c candidate) string {
 	r := c.row
 	var b strings.Builder
 	if len(c.hosts) > 0 {
-		fmt.Fprintf(&b, "collapses %d hosts (%s); ", len(c.hosts), list(c.hosts, 3))
+		fmt.Fprintf(&b, "collapses %d hosts (%s); ", len(c.hosts), prose(c.hosts, 3))
 	}
 	fmt.Fprintf(&b, "seen %d %s", r.Requests, plural(r.Requests, "time"))
-	if r.Blocked > 0 {
+	switch {
+	case r.Blocked > 0 && r.Failed > 0:
+		fmt.Fprintf(&b, " (%d blocked, %d failed)", r.Blocked, r.Failed)
+	case r.Blocked > 0:
 		fmt.Fprintf(&b, " (%d blocked)", r.Blocked)
+	case r.Failed > 0:
+		fmt.Fprintf(&b, " (%d failed)", r.Failed)
 	}
 	if r.FirstSeen.Equal(r.LastSeen) {
 		fmt.Fprintf(&b, " at %s", stamp(r.FirstSeen))
@@ -281,11 +289,14 @@ func ruleComment(c candidate) string {
 		fmt.Fprintf(&b, " from %s to %s", stamp(r.FirstSeen), stamp(r.LastSeen))
 	}
 	if len(r.Methods) > 0 {
-		fmt.Fprintf(&b, ", %s", list(r.Methods, 4))
+		fmt.Fprintf(&b, ", %s", strings.Join(r.Methods, " "))
 	}
 	fmt.Fprintf(&b, ", %d %s", len(r.Clients), plural(int64(len(r.Clients)), "client"))
 	if len(r.Sessions) > 0 {
 		fmt.Fprintf(&b, ", %d %s", len(r.Sessions), plural(int64(len(r.Sessions)), "session"))
+	}
+	if len(c.covered) > 0 {
+		fmt.Fprintf(&b, "; %s", strings.Join(c.covered, ", "))
 	}
 	if c.addr.IsValid() {
 		if kind := policy.SpecialKind(c.addr); kind != "" {
@@ -349,6 +360,7 @@ func collapse(names []candidate, n int) []candidate {
 			}
 			w.row.Requests += r.Requests
 			w.row.Blocked += r.Blocked
+			w.row.Failed += r.Failed
 			addAll(clients, r.Clients)
 			addAll(sessions, r.Sessions)
 			addAll(methods, r.Methods)

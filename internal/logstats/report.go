@@ -105,6 +105,14 @@ func list(items []string, n int) string {
 	return fmt.Sprintf("%s,+%d", strings.Join(items[:n], ","), len(items)-n)
 }
 
+// prose joins up to n items with ", " for sentences.
+func prose(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
+}
+
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 // HumanBytes formats n with a binary unit: "512B", "1.5KiB", "20MiB".

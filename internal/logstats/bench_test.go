@@ -1,0 +1,90 @@
+package logstats
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+)
+
+// syntheticLog writes n records shaped like the proxy's: a few hundred hosts, dozens of clients
+// and sessions, paths, reasons and request ids, as accesslog.Writer encodes them.
+func syntheticLog(tb testing.TB, n int) []byte {
+	tb.Helper()
+	var buf bytes.Buffer
+	w := accesslog.NewWriter(&buf)
+	rng := rand.New(rand.NewPCG(1, 2))
+	start := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	methods := []string{"CONNECT", "CONNECT", "CONNECT", "GET", "POST"}
+	for i := range n {
+		host := fmt.Sprintf("svc%d.example%d.com", rng.IntN(40), rng.IntN(10))
+		rec := &accesslog.Record{
+			Timestamp:  start.Add(time.Duration(i) * 3 * time.Millisecond),
+			RequestID:  fmt.Sprintf("%016x", rng.Uint64()),
+			Client:     fmt.Sprintf("10.0.%d.%d", rng.IntN(4), rng.IntN(20)),
+			Session:    fmt.Sprintf("sess-%d", rng.IntN(30)),
+			Method:     methods[rng.IntN(len(methods))],
+			Host:       host,
+			Port:       443,
+			Status:     200,
+			Decision:   accesslog.DecisionAllow,
+			Mode:       "discovery",
+			Reason:     "discovery mode allows what is not denied",
+			Upstream:   fmt.Sprintf("203.0.113.%d:443", rng.IntN(250)),
+			BytesIn:    rng.Int64N(1 << 20),
+			BytesOut:   rng.Int64N(1 << 14),
+			DurationMS: float64(rng.IntN(100000)) / 1000,
+		}
+		if rec.Method != "CONNECT" {
+			rec.Port = 80
+			rec.Path = fmt.Sprintf("/api/v%d/items/%d", rng.IntN(3), rng.IntN(100000))
+		}
+		if rng.IntN(20) == 0 {
+			rec.Decision, rec.Status, rec.Error = accesslog.DecisionDeny, 403, "no_rule_matched"
+			rec.Rule, rec.Reason = "", "no allow rule matches "+host+":443 (mode: enforce)"
+		}
+		if err := w.Write(rec); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return buf.Bytes()
+}
+
+// BenchmarkDomains measures the whole "logs domains" pipeline: read, decode, filter, aggregate.
+// Run it on one core: go test -run '^$' -bench . -cpu 1 ./internal/logstats
+func BenchmarkDomains(b *testing.B) {
+	data := syntheticLog(b, 50000)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	var f Filter
+	for b.Loop() {
+		d := NewDomains()
+		st, err := Read(context.Background(), []Source{StreamSource("bench", bytes.NewReader(data))}, func(e *Entry) {
+			if f.Match(e) {
+				d.Add(e)
+			}
+		})
+		if err != nil || st.Records != 50000 || d.Len() == 0 {
+			b.Fatalf("records %d, hosts %d, err %v", st.Records, d.Len(), err)
+		}
+	}
+}
+
+// BenchmarkEncodingJSON is the baseline the hand-written decoder replaces.
+func BenchmarkEncodingJSON(b *testing.B) {
+	data := syntheticLog(b, 50000)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		for line := range bytes.Lines(data) {
+			var r accesslog.Record
+			if err := json.Unmarshal(line, &r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}

@@ -1,0 +1,192 @@
+package logstats
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/ from the current output")
+
+// golden compares got with testdata/name, or rewrites the file with -update.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("output differs from %s (go test -update rewrites it after review)\n--- got:\n%s\n--- want:\n%s", path, got, want)
+	}
+}
+
+// fixtureSources are the hand-written logs: a rotated, gzip-compressed file and the current one.
+func fixtureSources() []Source {
+	return []Source{
+		FileSource("testdata/access-2026-11-24T10-00-00.000.log.gz"),
+		FileSource("testdata/access.log"),
+	}
+}
+
+func readFixture(t *testing.T, fn func(*Entry)) *Stats {
+	t.Helper()
+	st, err := Read(context.Background(), fixtureSources(), fn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 4 rotated lines, 23 current ones of which one names no host; no malformed line.
+	if st.Lines != 27 || st.Records != 27 || st.Malformed != 0 || len(st.Truncated) != 0 {
+		t.Fatalf("stats %+v, want 27 lines and records, nothing malformed", st)
+	}
+	return st
+}
+
+func TestGoldenDomains(t *testing.T) {
+	for _, by := range []string{ByHost, BySession, ByClient} {
+		t.Run(by, func(t *testing.T) {
+			var f Filter
+			rep := &DomainReport{}
+			d, g := NewDomains(), NewGrouped(by)
+			readFixture(t, func(e *Entry) {
+				if !f.Match(e) {
+					return
+				}
+				rep.Requests++
+				if e.Blocked() {
+					rep.Blocked++
+				}
+				d.Add(e)
+				g.Add(e)
+			})
+			if by == ByHost {
+				rep.Hosts = d.Rows()
+			} else {
+				rep.Groups = g.Groups()
+			}
+			var table, js bytes.Buffer
+			if err := rep.WriteTable(&table); err != nil {
+				t.Fatal(err)
+			}
+			if err := rep.WriteJSON(&js); err != nil {
+				t.Fatal(err)
+			}
+			golden(t, "domains-by-"+by+".txt", table.Bytes())
+			golden(t, "domains-by-"+by+".json", js.Bytes())
+		})
+	}
+}
+
+func TestGoldenGenerate(t *testing.T) {
+	existing, err := os.ReadFile("testdata/existing-policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		opts  GenerateOptions
+		notes []string // substrings, one per expected note
+	}{
+		{"generate.yaml", GenerateOptions{}, []string{"left out 2 hosts refused as private, loopback or metadata addresses (169.254.169.254, intranet.corp.example)"}},
+		{"generate-collapse.yaml", GenerateOptions{Collapse: 3, ExcludeBlocked: true}, []string{"left out 2 hosts"}},
+		{"generate-merge.yaml", GenerateOptions{Collapse: 3, Merge: existing, MergeName: "existing-policy.yaml"}, []string{
+			"mode changed from discovery to enforce",
+			"evil.example.org:443 is denied by rule no-paste of existing-policy.yaml: not added",
+			"1 host already allowed by existing-policy.yaml: codeload.github.com",
+			"left out 2 hosts",
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g, err := NewGenerator(c.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			readFixture(t, func(e *Entry) {
+				if e.Host != "" {
+					g.Add(e)
+				}
+			})
+			out, err := g.Generate()
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, c.name, out.YAML)
+			if len(out.Notes) != len(c.notes) {
+				t.Fatalf("notes %q, want %d", out.Notes, len(c.notes))
+			}
+			for i, n := range c.notes {
+				if !strings.Contains(out.Notes[i], n) {
+					t.Errorf("note %d is %q, want it to contain %q", i, out.Notes[i], n)
+				}
+			}
+			p, err := policy.Parse(c.name, out.YAML)
+			if err != nil {
+				t.Fatalf("generated policy does not pass policy check: %v", err)
+			}
+			if p.Mode != policy.Enforce || len(p.Allow) == 0 {
+				t.Fatalf("mode %s with %d allow rules", p.Mode, len(p.Allow))
+			}
+			// Replaying the log against what was generated from it denies only what never becomes
+			// a rule: private addresses, and blocked requests when they were excluded or denied.
+			r := NewReplayer(p)
+			readFixture(t, func(e *Entry) {
+				if e.Host != "" {
+					r.Add(e)
+				}
+			})
+			for _, d := range r.Result().WouldDeny {
+				switch {
+				case d.Host == "169.254.169.254" || d.Host == "intranet.corp.example":
+				case d.Host == "evil.example.org" && (c.opts.ExcludeBlocked || c.opts.Merge != nil):
+				default:
+					t.Errorf("the generated policy would deny %s %v (%s)", d.Host, d.Ports, d.Reason)
+				}
+			}
+		})
+	}
+}
+
+func TestGenerateMergeKeepsExistingRules(t *testing.T) {
+	existing := []byte("# head\nmode: discovery\nallow:\n  # keep me\n  - host: b.example\n    name: first\n  - host: a.example\n    name: second # trailing\n")
+	g, err := NewGenerator(GenerateOptions{Merge: existing, MergeName: "p.yaml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"a.example", "c.example"} {
+		g.Add(&Entry{Host: h, Port: 443, Decision: "allow", Client: "10.0.0.1"})
+	}
+	out, err := g.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(out.YAML)
+	for _, want := range []string{"# head\n", "  # keep me\n", "name: second # trailing\n", "mode: enforce\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("merged policy lost %q:\n%s", want, got)
+		}
+	}
+	p, err := policy.Parse("merged", out.YAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hosts []string
+	for _, r := range p.Allow {
+		hosts = append(hosts, r.Host)
+	}
+	// a.example is already allowed (by a rule without ports); only c.example is added, at the end.
+	if strings.Join(hosts, " ") != "b.example a.example c.example" || out.Added != 1 {
+		t.Errorf("allow hosts %v, added %d; want existing order kept and c.example appended", hosts, out.Added)
+	}
+}
