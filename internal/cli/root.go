@@ -52,6 +52,7 @@ func newRootCmd() *cobra.Command {
 		newPolicyCmd(),
 		newEnvCmd(), newFirewallCmd(), newDoctorCmd(), newHealthCmd(),
 		newLogsCmd(),
+		newTicketCmd(), newBrokerCmd(), newProviderCmd(),
 	)
 	return root
 }
