@@ -52,6 +52,7 @@ func newRootCmd() *cobra.Command {
 		newPolicyCmd(),
 		newEnvCmd(), newFirewallCmd(), newDoctorCmd(), newHealthCmd(),
 		newLogsCmd(),
+		newConnectCmd(), newForwardCmd(),
 		newTicketCmd(), newBrokerCmd(), newProviderCmd(),
 	)
 	return root
