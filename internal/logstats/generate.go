@@ -152,7 +152,10 @@ func (g *Generator) Generate() (*Generated, error) {
 		if c := cmp.Compare(reverseLabels(a.domain), reverseLabels(b.domain)); c != 0 {
 			return c
 		}
-		return cmp.Compare(reverseLabels(strings.TrimPrefix(a.host, "*.")), reverseLabels(strings.TrimPrefix(b.host, "*.")))
+		if c := cmp.Compare(reverseLabels(strings.TrimPrefix(a.host, "*.")), reverseLabels(strings.TrimPrefix(b.host, "*."))); c != 0 {
+			return c
+		}
+		return cmp.Compare(len(a.host), len(b.host)) // example.com before *.example.com
 	})
 	slices.SortFunc(cidrs, func(a, b candidate) int { return a.addr.Compare(b.addr) })
 

@@ -1,0 +1,283 @@
+package logstats
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+)
+
+// generatedHosts generates a policy for one allowed request per host (port 443) and returns the
+// host or cidr of each rule, in order.
+func generatedHosts(t *testing.T, opts GenerateOptions, hosts ...string) []string {
+	t.Helper()
+	g, err := NewGenerator(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hosts {
+		g.Add(&Entry{Time: time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC), Host: h, Port: 443, Decision: "allow", Client: "10.0.0.1"})
+	}
+	out, err := g.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.Parse("generated", out.YAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules []string
+	for _, r := range p.Allow {
+		if r.Host != "" {
+			rules = append(rules, r.Host)
+		} else {
+			rules = append(rules, r.Prefix.String())
+		}
+	}
+	return rules
+}
+
+func TestCollapsePublicSuffix(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		collapse int
+		hosts    []string
+		want     []string
+	}{
+		{"off", 0, []string{"a.example.com", "b.example.com", "c.example.com"},
+			[]string{"a.example.com", "b.example.com", "c.example.com"}},
+		{"three subdomains", 3, []string{"a.example.com", "b.example.com", "c.x.example.com"},
+			[]string{"*.example.com"}},
+		{"below the threshold", 3, []string{"a.example.com", "b.example.com"},
+			[]string{"a.example.com", "b.example.com"}},
+		{"the domain itself keeps its own rule", 2, []string{"example.com", "a.example.com", "b.example.com"},
+			[]string{"example.com", "*.example.com"}},
+		{"never *.co.uk: each name under co.uk is its own registrable domain", 2, []string{"a.co.uk", "b.co.uk", "c.co.uk"},
+			[]string{"a.co.uk", "b.co.uk", "c.co.uk"}},
+		{"below a registrable domain under co.uk", 2, []string{"www.example.co.uk", "api.example.co.uk"},
+			[]string{"*.example.co.uk"}},
+		{"never *.github.io: a private public suffix", 2, []string{"alice.github.io", "bob.github.io", "carol.github.io"},
+			[]string{"alice.github.io", "bob.github.io", "carol.github.io"}},
+		{"below one github.io site", 2, []string{"a.alice.github.io", "b.alice.github.io"},
+			[]string{"*.alice.github.io"}},
+		{"a public suffix seen as a host", 2, []string{"github.io", "co.uk"},
+			[]string{"github.io", "co.uk"}},
+		{"single labels and addresses are never collapsed", 2, []string{"localhost", "intranet", "10.0.0.1", "10.0.0.2"},
+			[]string{"intranet", "localhost", "10.0.0.1/32", "10.0.0.2/32"}},
+		{"separate groups", 2, []string{"a.example.com", "b.example.com", "a.example.org", "b.example.org", "solo.example.net"},
+			[]string{"*.example.com", "solo.example.net", "*.example.org"}},
+		{"punycode names", 2, []string{"a.xn--mnchen-3ya.de", "b.xn--mnchen-3ya.de"},
+			[]string{"*.xn--mnchen-3ya.de"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := generatedHosts(t, GenerateOptions{Collapse: c.collapse}, c.hosts...)
+			if !slices.Equal(got, c.want) {
+				t.Errorf("rules %q, want %q", got, c.want)
+			}
+		})
+	}
+}
+
+func TestGenerateRefusesBadInput(t *testing.T) {
+	for _, n := range []int{1, -1} {
+		if _, err := NewGenerator(GenerateOptions{Collapse: n}); err == nil {
+			t.Errorf("collapse %d accepted", n)
+		}
+	}
+	g, err := NewGenerator(GenerateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Generate(); !errors.Is(err, ErrNoRecords) {
+		t.Errorf("empty input: error %v, want ErrNoRecords", err)
+	}
+	g, err = NewGenerator(GenerateOptions{Merge: []byte("mode: sometimes\n"), MergeName: "bad.yaml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Add(&Entry{Host: "a.example", Port: 443, Decision: "allow"})
+	if _, err := g.Generate(); !errors.Is(err, policy.ErrInvalid) || !strings.Contains(err.Error(), "bad.yaml:1") {
+		t.Errorf("invalid merge file: error %v, want policy.ErrInvalid naming bad.yaml:1", err)
+	}
+}
+
+func TestGeneratePrivateAndBlocked(t *testing.T) {
+	at := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	entries := []Entry{
+		{Time: at, Host: "127.0.0.1", Port: 8080, Decision: "allow"}, // admitted by a cidr rule when recorded
+		{Time: at, Host: "169.254.169.254", Port: 80, Decision: "deny", Error: ErrorPrivateAddress},
+		{Time: at, Host: "db.internal", Port: 5432, Decision: "deny", Error: ErrorPrivateAddress},
+		{Time: at, Host: "new.example", Port: 443, Decision: "deny", Error: "no_rule_matched"},
+	}
+	for _, c := range []struct {
+		exclude bool
+		want    []string
+	}{
+		{false, []string{"new.example", "127.0.0.1/32"}},
+		{true, []string{"127.0.0.1/32"}},
+	} {
+		g, err := NewGenerator(GenerateOptions{ExcludeBlocked: c.exclude})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range entries {
+			g.Add(&entries[i])
+		}
+		out, err := g.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := policy.Parse("generated", out.YAML)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, r := range p.Allow {
+			got = append(got, r.Host+r.Prefix.String())
+			if !r.MatchesPort(r.Ports[0]) || len(r.Ports) != 1 {
+				t.Errorf("rule %s ports %v", r.ID(), r.Ports)
+			}
+		}
+		if strings.ReplaceAll(strings.Join(got, " "), "invalid Prefix", "") != strings.Join(c.want, " ") {
+			t.Errorf("exclude-blocked=%v: rules %q, want %q", c.exclude, got, c.want)
+		}
+		if !strings.Contains(string(out.YAML), "a loopback address") {
+			t.Errorf("the loopback rule's comment does not say so:\n%s", out.YAML)
+		}
+		d := p.Decide(policy.Target{Host: "169.254.169.254", Port: 80}, []netip.Addr{netip.MustParseAddr("169.254.169.254")})
+		if d.Allow {
+			t.Errorf("generated policy allows the metadata address")
+		}
+	}
+}
+
+func TestReplay(t *testing.T) {
+	p, err := policy.Parse("candidate.yaml", []byte(`mode: enforce
+allow:
+  - host: "*.example.com"
+    ports: [443]
+    name: example
+  - cidr: 10.20.0.0/16
+    ports: [5432]
+deny:
+  - host: bad.example.com
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewReplayer(p)
+	for _, e := range []Entry{
+		{Host: "a.example.com", Port: 443, Client: "10.0.0.1", Decision: "allow"},
+		{Host: "a.example.com", Port: 443, Client: "10.0.0.2", Decision: "allow"},
+		{Host: "a.example.com", Port: 80, Client: "10.0.0.1", Decision: "allow"},
+		{Host: "bad.example.com", Port: 443, Client: "10.0.0.3", Session: "s9", Decision: "deny"},
+		{Host: "10.20.1.1", Port: 5432, Client: "10.0.0.1", Decision: "allow"},
+		{Host: "10.30.1.1", Port: 5432, Client: "10.0.0.1", Decision: "allow"},
+		{Host: "db.internal", Port: 5432, Client: "10.0.0.1", Decision: "allow"},
+	} {
+		r.Add(&e)
+	}
+	res := r.Result()
+	if res.Requests != 7 || res.DeniedRequests != 3 {
+		t.Fatalf("requests %d denied %d, want 7 and 3", res.Requests, res.DeniedRequests)
+	}
+	type row struct {
+		host, code, rule string
+		requests         int64
+		pending          bool
+	}
+	var deny, allow []row
+	for _, g := range res.WouldDeny {
+		deny = append(deny, row{g.Host, g.Code, g.Rule, g.Requests, g.Pending})
+	}
+	for _, g := range res.WouldAllow {
+		allow = append(allow, row{g.Host, g.Code, g.Rule, g.Requests, g.Pending})
+	}
+	wantDeny := []row{
+		{"10.30.1.1", "private_address", "", 1, false},
+		{"a.example.com", "no_rule_matched", "", 1, false},
+		{"bad.example.com", "denied_by_rule", "deny#1", 1, false},
+	}
+	if !slices.Equal(deny, wantDeny) {
+		t.Errorf("would deny %+v\nwant %+v", deny, wantDeny)
+	}
+	if len(allow) != 3 || allow[0] != (row{"a.example.com", "allowed_by_rule", "example", 2, false}) ||
+		allow[1].host != "10.20.1.1" || allow[2].host != "db.internal" || !allow[2].pending {
+		t.Errorf("would allow %+v", allow)
+	}
+	if g := res.WouldDeny[2]; !slices.Equal(g.Clients, []string{"10.0.0.3"}) || !slices.Equal(g.Sessions, []string{"s9"}) || g.WasBlocked != 1 {
+		t.Errorf("denied group %+v: want client 10.0.0.3, session s9, 1 already blocked", g)
+	}
+}
+
+func TestFilter(t *testing.T) {
+	at := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	e := Entry{Time: at, Host: "a.example", Client: "10.0.0.5", Session: "s1", Decision: "deny"}
+	client := func(s string) netip.Prefix {
+		p, err := ParseClient(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, c := range []struct {
+		name string
+		f    Filter
+		e    Entry
+		want bool
+	}{
+		{"zero filter", Filter{}, e, true},
+		{"no host never matches", Filter{}, Entry{Time: at, Decision: "deny"}, false},
+		{"since inclusive", Filter{Since: at}, e, true},
+		{"since after", Filter{Since: at.Add(time.Second)}, e, false},
+		{"until inclusive", Filter{Until: at}, e, true},
+		{"until before", Filter{Until: at.Add(-time.Second)}, e, false},
+		{"session", Filter{Sessions: []string{"s2", "s1"}}, e, true},
+		{"other session", Filter{Sessions: []string{"s2"}}, e, false},
+		{"client address", Filter{Clients: []netip.Prefix{client("10.0.0.5")}}, e, true},
+		{"client prefix", Filter{Clients: []netip.Prefix{client("10.0.0.0/24")}}, e, true},
+		{"other client", Filter{Clients: []netip.Prefix{client("10.0.1.0/24")}}, e, false},
+		{"blocked only", Filter{BlockedOnly: true}, e, true},
+		{"allowed only", Filter{AllowedOnly: true}, e, false},
+	} {
+		if got := c.f.Match(&c.e); got != c.want {
+			t.Errorf("%s: match %v, want %v", c.name, got, c.want)
+		}
+	}
+	if _, err := ParseClient("10.0.0.0/33"); err == nil {
+		t.Error("ParseClient accepted /33")
+	}
+}
+
+func TestParseTime(t *testing.T) {
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		in   string
+		want time.Time
+		ok   bool
+	}{
+		{"2026-11-24T10:00:00Z", time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC), true},
+		{"2026-11-24T12:00:00+02:00", time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC), true},
+		{"2026-11-24", time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC), true},
+		{"2h", time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC), true},
+		{"-2h", time.Time{}, false},
+		{"yesterday", time.Time{}, false},
+	} {
+		got, err := ParseTime(c.in, now)
+		if (err == nil) != c.ok || !got.Equal(c.want) {
+			t.Errorf("ParseTime(%q) = %v, %v; want %v (ok %v)", c.in, got, err, c.want, c.ok)
+		}
+	}
+}
+
+func TestHumanBytes(t *testing.T) {
+	for in, want := range map[int64]string{0: "0B", 1023: "1023B", 1024: "1KiB", 1536: "1.5KiB", 150 << 20: "150MiB", 5 << 30: "5GiB"} {
+		if got := HumanBytes(in); got != want {
+			t.Errorf("HumanBytes(%d) = %q, want %q", in, got, want)
+		}
+	}
+}
