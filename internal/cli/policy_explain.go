@@ -88,8 +88,15 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target) error {
 		}
 		line("reason", "%s", d.Reason)
 	}
-	if d.Fix != "" {
-		line("fix", "%s", strings.ReplaceAll(d.Fix, "\n", " "))
+	for i, fix := range strings.Split(d.Fix, "\n") {
+		if fix == "" {
+			continue
+		}
+		if i == 0 {
+			line("fix", "%s", fix)
+		} else {
+			line("", "%s", fix)
+		}
 	}
 	if also := otherMatches(p, t, d.Rule); len(also) > 0 {
 		line("also matches", "%s", also[0])
