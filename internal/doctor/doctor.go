@@ -432,8 +432,8 @@ func checkRequests(ctx context.Context, c Config, proxy *url.URL, add func(Resul
 			add(Result{Fail, check, what + ", expected allowed", "add an allow rule for this host to the policy (the proxy's 403 body names it), or run in discovery mode"})
 		case c.Expect == ExpectDeny && !denied:
 			add(Result{Fail, check, what + ", expected blocked", "run the proxy in enforce mode with a policy that does not allow this host"})
-		case o.Error != "" && c.Expect == ExpectAny:
-			add(Result{Warn, check, what, "check that the target is up and resolvable from the proxy"})
+		case o.Error != "" || o.Other != nil:
+			add(Result{Warn, check, what, "the policy lets it through: check that the target is up, resolvable from the proxy and, for https, trusted here (SSL_CERT_FILE)"})
 		default:
 			add(Result{OK, check, what, ""})
 		}
