@@ -5,7 +5,6 @@ package agentenv
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/ticket"
 )
 
 // DefaultProxy is the proxy URL used when none is given: the proxy's default listen address.
@@ -31,22 +32,12 @@ type Config struct {
 	// NoProxy is added to DefaultNoProxy.
 	NoProxy []string
 	// Ticket, when set, puts the session credentials in the userinfo of every proxy URL (broker mode).
-	Ticket *Ticket
+	Ticket *ticket.Ticket
 }
 
-// Ticket is a broker session ticket as written by "swarm-proxy ticket --json".
-type Ticket struct {
-	SessionID  string    `json:"session_id"`
-	Token      string    `json:"token"`
-	BrokerAddr string    `json:"broker_addr,omitempty"`
-	ExpiresAt  time.Time `json:"expires_at"`
-}
-
-// ErrTicketExpired is returned by LoadTicket for a ticket whose expiry has passed.
-var ErrTicketExpired = errors.New("ticket expired")
-
-// LoadTicket reads a ticket file and checks that it names a session and a token and has not expired.
-func LoadTicket(path string, now time.Time) (*Ticket, error) {
+// LoadTicket reads a ticket file ("swarm-proxy ticket --json") and checks that it names a session
+// and a token and has not expired (ticket.ErrExpired).
+func LoadTicket(path string, now time.Time) (*ticket.Ticket, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("load ticket: %w", err)
@@ -55,8 +46,8 @@ func LoadTicket(path string, now time.Time) (*Ticket, error) {
 }
 
 // ParseTicket parses a ticket; name is used in error messages.
-func ParseTicket(name string, data []byte, now time.Time) (*Ticket, error) {
-	var t Ticket
+func ParseTicket(name string, data []byte, now time.Time) (*ticket.Ticket, error) {
+	var t ticket.Ticket
 	if err := json.Unmarshal(data, &t); err != nil {
 		return nil, fmt.Errorf("parse ticket %s: %w", name, err)
 	}
@@ -71,7 +62,7 @@ func ParseTicket(name string, data []byte, now time.Time) (*Ticket, error) {
 		return nil, fmt.Errorf("parse ticket %s: missing %s (write it with \"swarm-proxy ticket --json\")", name, strings.Join(missing, " and "))
 	}
 	if !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt) {
-		return nil, fmt.Errorf("parse ticket %s: %w at %s; issue a new one with \"swarm-proxy ticket\"", name, ErrTicketExpired, t.ExpiresAt.Format(time.RFC3339))
+		return nil, fmt.Errorf("parse ticket %s: %w at %s; issue a new one with \"swarm-proxy ticket\"", name, ticket.ErrExpired, t.ExpiresAt.Format(time.RFC3339))
 	}
 	return &t, nil
 }
@@ -128,7 +119,7 @@ func Vars(c Config) ([]Var, error) {
 
 // proxyURL validates raw (a URL with one of schemes, or a bare host:port meaning the first scheme)
 // and adds the ticket's credentials.
-func proxyURL(raw string, schemes []string, t *Ticket) (string, error) {
+func proxyURL(raw string, schemes []string, t *ticket.Ticket) (string, error) {
 	if !strings.Contains(raw, "://") {
 		raw = schemes[0] + "://" + raw
 	}

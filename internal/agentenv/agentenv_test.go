@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/ticket"
 )
 
 // awkward is a value with every character that one of the formats treats specially.
@@ -40,7 +42,7 @@ func TestVars(t *testing.T) {
 		},
 		{
 			name: "ticket credentials are percent-encoded",
-			cfg: Config{Proxy: "http://[::1]:8080/", SOCKS: "socks5://[::1]:1080", Ticket: &Ticket{
+			cfg: Config{Proxy: "http://[::1]:8080/", SOCKS: "socks5://[::1]:1080", Ticket: &ticket.Ticket{
 				SessionID: "job 7/a", Token: "t@k:en%/?#", ExpiresAt: now.Add(time.Hour)}},
 			want: map[string]string{
 				"HTTP_PROXY": "http://job%207%2Fa:t%40k%3Aen%25%2F%3F%23@[::1]:8080",
@@ -77,7 +79,7 @@ func TestVarsErrors(t *testing.T) {
 		{"bad port", Config{Proxy: "http://proxy:99999"}},
 		{"path", Config{Proxy: "http://proxy:8080/x"}},
 		{"socks with http scheme", Config{SOCKS: "http://proxy:1080"}},
-		{"credentials twice", Config{Proxy: "http://u:p@proxy:8080", Ticket: &Ticket{SessionID: "s", Token: "t"}}},
+		{"credentials twice", Config{Proxy: "http://u:p@proxy:8080", Ticket: &ticket.Ticket{SessionID: "s", Token: "t"}}},
 		{"no-proxy with a quote", Config{NoProxy: []string{"a'b"}}},
 	}
 	for _, tt := range tests {
@@ -98,7 +100,7 @@ func TestParseTicket(t *testing.T) {
 	}{
 		{"valid", `{"session_id":"s1","token":"tok","broker_addr":"b:7000","expires_at":"2026-01-01T01:00:00Z"}`, nil},
 		{"no expiry", `{"session_id":"s1","token":"tok"}`, nil},
-		{"expired", `{"session_id":"s1","token":"tok","expires_at":"2025-12-31T23:00:00Z"}`, ErrTicketExpired},
+		{"expired", `{"session_id":"s1","token":"tok","expires_at":"2025-12-31T23:00:00Z"}`, ticket.ErrExpired},
 		{"missing token", `{"session_id":"s1"}`, errAny},
 		{"not json", `session_id: s1`, errAny},
 	}

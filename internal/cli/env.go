@@ -35,6 +35,10 @@ from "swarm-proxy ticket --json" go in the proxy URLs as percent-encoded user an
 					return fmt.Errorf("env: %w", err)
 				}
 				cfg.Ticket = t
+				// The ticket names the broker's address for workers; --proxy overrides it.
+				if !cmd.Flags().Changed("proxy") && t.BrokerAddr != "" {
+					cfg.Proxy = "http://" + t.BrokerAddr
+				}
 			}
 			vars, err := agentenv.Vars(cfg)
 			if err != nil {
@@ -48,7 +52,7 @@ from "swarm-proxy ticket --json" go in the proxy URLs as percent-encoded user an
 		formats[i] = string(f)
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Proxy, "proxy", agentenv.DefaultProxy, "HTTP proxy URL the agent uses")
+	f.StringVar(&cfg.Proxy, "proxy", agentenv.DefaultProxy, "HTTP proxy URL the agent uses (with --ticket: default http://BROKER_ADDR from the ticket)")
 	f.StringVar(&cfg.SOCKS, "socks", "", "SOCKS5 proxy URL for ALL_PROXY, e.g. socks5h://proxy:1080 (unset: no ALL_PROXY)")
 	f.StringVar(&ticketFile, "ticket", "", "broker mode: ticket file from \"swarm-proxy ticket --json\"; its credentials go in the proxy URLs")
 	f.StringSliceVar(&cfg.NoProxy, "no-proxy", nil, "hosts, domains (.example.com) or CIDRs that bypass the proxy, added to "+strings.Join(agentenv.DefaultNoProxy, ","))
