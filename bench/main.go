@@ -60,6 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	jsonFile := fs.String("json", "", "also write the results as JSON to this file")
 	benchFile := fs.String("benchfmt", "", "also write the results in Go benchmark format (for benchstat) to this file")
 	pathList := fs.String("paths", strings.Join(allPaths, ","), "comma-separated paths to measure")
+	timeout := fs.Duration("timeout", 10*time.Minute, "bound on the whole measurement")
 	binary := fs.String("binary", "", "swarm-proxy binary (default: build ./cmd/swarm-proxy without -race)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -105,7 +106,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	rep := report{Start: time.Now().UTC(), Short: *short, Sizes: sz, Skipped: map[string]string{}}
 	var order []string
-	var ownFailures error
+	var benches []*bench
+	defer func() {
+		for _, b := range benches {
+			b.p.stop()
+		}
+	}()
 	for _, name := range names {
 		p, err := newPath(ctx, name, e)
 		if errors.Is(err, errNotInstalled) {
@@ -121,20 +127,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			logf("%s: skipped: %v", name, err)
 			continue
 		}
-		logf("measuring %s", p.name)
-		b := &bench{sz: sz, up: up, p: p, log: logf}
-		b.run(ctx)
-		p.stop()
-		rep.Results = append(rep.Results, b.out...)
+		benches = append(benches, &bench{sz: sz, up: up, p: p})
 		order = append(order, p.name)
+	}
+	if len(benches) == 0 {
+		return errors.New("no path to measure")
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	(&suite{benches: benches, log: logf}).run(ctx)
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	var ownFailures error
+	for _, b := range benches {
+		rep.Results = append(rep.Results, b.out...)
 		for _, err := range b.errs {
 			rep.Errors = append(rep.Errors, err.Error())
 		}
-		if b.fail > 0 && own(name) {
-			ownFailures = errors.Join(ownFailures, fmt.Errorf("%s: %d failures: %w", p.name, b.fail, errors.Join(b.errs...)))
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
+		if b.fail > 0 && own(b.p.name) {
+			ownFailures = errors.Join(ownFailures, fmt.Errorf("%s: %d failures: %w", b.p.name, b.fail, errors.Join(b.errs...)))
 		}
 	}
 	setRatios(rep.Results)

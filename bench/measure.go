@@ -72,7 +72,7 @@ type result struct {
 	Ratio float64 `json:"ratio,omitempty"`
 }
 
-// bench runs every measurement against one path.
+// bench is one path under measurement and what has been measured so far.
 type bench struct {
 	sz   sizes
 	up   *upstream
@@ -80,7 +80,20 @@ type bench struct {
 	out  []result
 	fail int
 	errs []error
-	log  func(format string, args ...any)
+	dead bool
+
+	lat                 []time.Duration
+	churnN              int
+	churnT              time.Duration
+	down, upl, parallel []float64 // MiB/s of each round
+	httpRuns            map[string]*httpRun
+}
+
+// httpRun accumulates one plain-HTTP workload over rounds.
+type httpRun struct {
+	n    int
+	wall time.Duration
+	ds   []time.Duration
 }
 
 func (b *bench) add(metric, unit string, v float64) {
@@ -94,29 +107,89 @@ func (b *bench) failed(phase string, err error) {
 	}
 }
 
-// run measures the path. Memory comes first, while the processes are fresh.
-func (b *bench) run(ctx context.Context) {
-	phases := []struct {
-		name string
-		fn   func(context.Context)
-	}{
-		{"idle", b.idle}, {"latency", b.latency}, {"churn", b.churn}, {"storm", b.storm},
-		{"bulk", b.bulk}, {"http", b.http},
+// Rounds of the bulk and HTTP phases; each figure is the median (bulk) or the total (HTTP) of
+// its rounds.
+const rounds = 3
+
+// suite measures several paths. Each phase visits the paths in turn, sample by sample or round by
+// round, so that load from elsewhere on the machine falls on every path alike and the ratios
+// between paths hold up better than the absolute figures.
+type suite struct {
+	benches []*bench
+	log     func(format string, args ...any)
+}
+
+func (s *suite) run(ctx context.Context) {
+	s.phase(ctx, "idle", func(ctx context.Context, b *bench) { b.idle(ctx) })
+	for i := 0; i < s.benches[0].sz.LatencySamples && ctx.Err() == nil; i++ {
+		s.phase(ctx, "", func(ctx context.Context, b *bench) { b.latencySample(ctx) })
 	}
-	for _, ph := range phases {
-		if ctx.Err() != nil {
-			b.failed(ph.name, ctx.Err())
-			break
+	s.log("  latency done")
+	const churnBlock = 50
+	for i := 0; i < s.benches[0].sz.Churn && ctx.Err() == nil; i += churnBlock {
+		s.phase(ctx, "", func(ctx context.Context, b *bench) { b.churn(ctx, min(churnBlock, b.sz.Churn-i)) })
+	}
+	s.log("  churn done")
+	s.phase(ctx, "storm", func(ctx context.Context, b *bench) { b.storm(ctx) })
+	for r := range rounds {
+		s.phase(ctx, fmt.Sprintf("bulk round %d", r+1), func(ctx context.Context, b *bench) { b.bulk(ctx) })
+	}
+	for r := range rounds {
+		s.phase(ctx, fmt.Sprintf("http round %d", r+1), func(ctx context.Context, b *bench) { b.http(ctx) })
+	}
+	for _, b := range s.benches {
+		b.summarize()
+	}
+}
+
+// phase runs fn for every live path, each bounded by phaseTimeout, and retires paths whose
+// processes died.
+func (s *suite) phase(ctx context.Context, name string, fn func(context.Context, *bench)) {
+	for _, b := range s.benches {
+		if b.dead || ctx.Err() != nil {
+			continue
 		}
 		start := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, phaseTimeout)
-		ph.fn(pctx)
+		fn(pctx, b)
 		cancel()
-		b.log("  %-8s %s %v", b.p.name, ph.name, time.Since(start).Round(time.Millisecond))
-		if err := b.p.alive(); err != nil {
-			b.failed(ph.name, err)
-			break
+		if name != "" {
+			s.log("  %-9s %s %v", b.p.name, name, time.Since(start).Round(time.Millisecond))
 		}
+		if err := b.p.alive(); err != nil {
+			b.dead = true
+			b.fail++
+			b.errs = append([]error{fmt.Errorf("%s: %w", b.p.name, err)}, b.errs...)
+		}
+	}
+}
+
+// summarize turns what was measured into results.
+func (b *bench) summarize() {
+	if len(b.lat) > 0 {
+		b.add(mConnP50, "µs", us(percentile(b.lat, 0.50)))
+		b.add(mConnP95, "µs", us(percentile(b.lat, 0.95)))
+		b.add(mConnP99, "µs", us(percentile(b.lat, 0.99)))
+	}
+	if b.churnN > 0 {
+		b.add(mChurn, "cycles/s", float64(b.churnN)/b.churnT.Seconds())
+	}
+	for _, f := range []struct {
+		m  string
+		vs []float64
+	}{{mDown, b.down}, {mUp, b.upl}, {mParallel, b.parallel}} {
+		if len(f.vs) > 0 {
+			b.add(f.m, "MiB/s", median(f.vs))
+		}
+	}
+	for _, w := range httpWorkloads {
+		r := b.httpRuns[w.path]
+		if r == nil || len(r.ds) == 0 {
+			continue
+		}
+		b.add(w.rate, "req/s", float64(r.n)/r.wall.Seconds())
+		b.add(w.p50, "µs", us(percentile(r.ds, 0.50)))
+		b.add(w.p99, "µs", us(percentile(r.ds, 0.99)))
 	}
 	b.add(mFailures, "count", float64(b.fail))
 }
@@ -145,39 +218,31 @@ func (b *bench) echo(ctx context.Context) (net.Conn, error) {
 	return c, nil
 }
 
-func (b *bench) latency(ctx context.Context) {
-	var ds []time.Duration
-	for i := 0; i < b.sz.LatencySamples && ctx.Err() == nil; i++ {
-		start := time.Now()
-		c, err := b.echo(ctx)
-		if err != nil {
-			b.failed("latency", err)
-			continue
-		}
-		ds = append(ds, time.Since(start))
-		c.Close()
-	}
-	if len(ds) == 0 {
+// latencySample times one dial → tunnel → one-byte echo.
+func (b *bench) latencySample(ctx context.Context) {
+	start := time.Now()
+	c, err := b.echo(ctx)
+	if err != nil {
+		b.failed("latency", err)
 		return
 	}
-	b.add(mConnP50, "µs", us(percentile(ds, 0.50)))
-	b.add(mConnP95, "µs", us(percentile(ds, 0.95)))
-	b.add(mConnP99, "µs", us(percentile(ds, 0.99)))
+	b.lat = append(b.lat, time.Since(start))
+	c.Close()
 }
 
-func (b *bench) churn(ctx context.Context) {
+// churn runs n sequential open/echo/close cycles.
+func (b *bench) churn(ctx context.Context, n int) {
 	start := time.Now()
-	done := 0
-	for i := 0; i < b.sz.Churn && ctx.Err() == nil; i++ {
+	for i := 0; i < n && ctx.Err() == nil; i++ {
 		c, err := b.echo(ctx)
 		if err != nil {
 			b.failed("churn", err)
 			continue
 		}
 		c.Close()
-		done++
+		b.churnN++
 	}
-	b.add(mChurn, "cycles/s", float64(done)/time.Since(start).Seconds())
+	b.churnT += time.Since(start)
 }
 
 // storm opens b.sz.Storm tunnels at once; each echoes one byte and stays open until all have.
@@ -252,12 +317,12 @@ func (b *bench) bulk(ctx context.Context) {
 	if d, err := b.transfer(ctx, cmdDown, b.sz.BulkBytes); err != nil {
 		b.failed("bulk down", err)
 	} else {
-		b.add(mDown, "MiB/s", mibps(b.sz.BulkBytes, d))
+		b.down = append(b.down, mibps(b.sz.BulkBytes, d))
 	}
 	if d, err := b.transfer(ctx, cmdUp, b.sz.BulkBytes); err != nil {
 		b.failed("bulk up", err)
 	} else {
-		b.add(mUp, "MiB/s", mibps(b.sz.BulkBytes, d))
+		b.upl = append(b.upl, mibps(b.sz.BulkBytes, d))
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, b.sz.Parallel)
@@ -275,7 +340,7 @@ func (b *bench) bulk(ctx context.Context) {
 		b.failed("parallel", err)
 		return
 	}
-	b.add(mParallel, "MiB/s", mibps(int64(b.sz.Parallel)*b.sz.ParallelBytes, wall))
+	b.parallel = append(b.parallel, mibps(int64(b.sz.Parallel)*b.sz.ParallelBytes, wall))
 }
 
 // transfer moves size bytes through one tunnel to the data server in the direction of cmd and
@@ -319,27 +384,31 @@ func (b *bench) transfer(ctx context.Context, cmd byte, size int64) (time.Durati
 	return time.Since(start), nil
 }
 
+var httpWorkloads = []struct{ path, rate, p50, p99 string }{
+	{"/small", mHTTPSmall, mHTTPSmallP50, mHTTPSmallP99},
+	{"/1m", mHTTPBig, mHTTPBigP50, mHTTPBigP99},
+}
+
+// http runs one round of each plain-HTTP workload.
 func (b *bench) http(ctx context.Context) {
-	for _, w := range []struct{ path, rate, p50, p99 string }{
-		{"/small", mHTTPSmall, mHTTPSmallP50, mHTTPSmallP99},
-		{"/1m", mHTTPBig, mHTTPBigP50, mHTTPBigP99},
-	} {
-		rate, ds, err := b.httpLoad(ctx, "http://"+b.up.http.Addr().String()+w.path)
-		if err != nil {
+	if b.httpRuns == nil {
+		b.httpRuns = map[string]*httpRun{}
+	}
+	for _, w := range httpWorkloads {
+		r := b.httpRuns[w.path]
+		if r == nil {
+			r = &httpRun{}
+			b.httpRuns[w.path] = r
+		}
+		if err := b.httpLoad(ctx, "http://"+b.up.http.Addr().String()+w.path, r); err != nil {
 			b.failed("http "+w.path, err)
 		}
-		if len(ds) == 0 {
-			continue
-		}
-		b.add(w.rate, "req/s", rate)
-		b.add(w.p50, "µs", us(percentile(ds, 0.50)))
-		b.add(w.p99, "µs", us(percentile(ds, 0.99)))
 	}
 }
 
-// httpLoad runs HTTPClients keep-alive clients against url for HTTPDuration and returns the
-// request rate and every request's latency.
-func (b *bench) httpLoad(ctx context.Context, url string) (float64, []time.Duration, error) {
+// httpLoad runs HTTPClients keep-alive clients against url for a round's share of HTTPDuration and
+// adds the requests and their latencies to r.
+func (b *bench) httpLoad(ctx context.Context, url string, r *httpRun) error {
 	tr := &http.Transport{
 		MaxIdleConnsPerHost: b.sz.HTTPClients,
 		MaxConnsPerHost:     b.sz.HTTPClients,
@@ -359,7 +428,7 @@ func (b *bench) httpLoad(ctx context.Context, url string) (float64, []time.Durat
 		errs []error
 	)
 	start := time.Now()
-	end := start.Add(b.sz.HTTPDuration)
+	end := start.Add(b.sz.HTTPDuration / rounds)
 	for range b.sz.HTTPClients {
 		wg.Add(1)
 		go func() {
@@ -382,12 +451,14 @@ func (b *bench) httpLoad(ctx context.Context, url string) (float64, []time.Durat
 		}()
 	}
 	wg.Wait()
-	wall := time.Since(start)
+	r.wall += time.Since(start)
+	r.n += len(all)
+	r.ds = append(r.ds, all...)
 	if len(errs) > 0 {
 		b.fail += len(errs) - 1
-		return float64(len(all)) / wall.Seconds(), all, fmt.Errorf("%d requests failed, first: %w", len(errs), errs[0])
+		return fmt.Errorf("%d requests failed, first: %w", len(errs), errs[0])
 	}
-	return float64(len(all)) / wall.Seconds(), all, nil
+	return nil
 }
 
 func get(ctx context.Context, c *http.Client, url string) error {
@@ -454,6 +525,15 @@ func percentile(ds []time.Duration, q float64) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[int(q*float64(len(s)-1)+0.5)]
+}
+
+func median(vs []float64) float64 {
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
