@@ -277,7 +277,11 @@ func ruleComment(c candidate) string {
 	if len(c.hosts) > 0 {
 		fmt.Fprintf(&b, "collapses %d hosts (%s); ", len(c.hosts), prose(c.hosts, 3))
 	}
-	fmt.Fprintf(&b, "seen %d %s", r.Requests, plural(r.Requests, "time"))
+	if r.Requests == 1 {
+		b.WriteString("seen once")
+	} else {
+		fmt.Fprintf(&b, "seen %d times", r.Requests)
+	}
 	switch {
 	case r.Blocked > 0 && r.Failed > 0:
 		fmt.Fprintf(&b, " (%d blocked, %d failed)", r.Blocked, r.Failed)
