@@ -39,7 +39,7 @@ func main() {
 }
 
 // allPaths are the paths a run measures by default, in table order.
-var allPaths = []string{"direct", "proxy", "squid", "tinyproxy", "ssh"}
+var allPaths = []string{"direct", "proxy", "tunnel", "squid", "tinyproxy", "ssh"}
 
 // report is what -json writes.
 type report struct {
@@ -90,7 +90,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o755) // proxies that drop privileges must reach their directories
 	e := env{dir: dir, binary: *binary}
-	if e.binary == "" && slices.Contains(names, "proxy") {
+	if e.binary == "" && (slices.Contains(names, "proxy") || slices.Contains(names, "tunnel")) {
 		e.binary = filepath.Join(dir, "swarm-proxy")
 		logf("building swarm-proxy")
 		build := exec.CommandContext(ctx, "go", "build", "-o", e.binary, "github.com/swarm-proxy/swarm-proxy/cmd/swarm-proxy")
@@ -177,6 +177,8 @@ func newPath(ctx context.Context, name string, e env) (*path, error) {
 		return directPath(), nil
 	case "proxy":
 		return swarmProxyPath(e)
+	case "tunnel":
+		return tunnelPath(e)
 	case "squid":
 		return squidPath(ctx, e)
 	case "tinyproxy":

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -122,12 +123,15 @@ func socksDialer(addr string) (func(ctx context.Context, addr string) (net.Conn,
 	return func(ctx context.Context, addr string) (net.Conn, error) { return cd.DialContext(ctx, "tcp", addr) }, nil
 }
 
+// loopbackPolicy lets the proxies reach the benchmark's loopback servers, and nothing else.
+const loopbackPolicy = "mode: enforce\nallow:\n  - name: loopback\n    cidr: 127.0.0.0/8\n"
+
 var listeningRE = regexp.MustCompile(`msg="proxy listening" addr=(\S+)`)
 
 // swarmProxyPath runs `swarm-proxy proxy` with a policy that allows loopback targets.
 func swarmProxyPath(e env) (*path, error) {
 	pol := filepath.Join(e.dir, "policy.yaml")
-	if err := os.WriteFile(pol, []byte("mode: enforce\nallow:\n  - name: loopback\n    cidr: 127.0.0.0/8\n"), 0o644); err != nil {
+	if err := os.WriteFile(pol, []byte(loopbackPolicy), 0o644); err != nil {
 		return nil, fmt.Errorf("write policy: %w", err)
 	}
 	pr, addr, err := startProc(e.binary, listeningRE, "proxy", "--listen", "127.0.0.1:0", "--admin-listen", "",
@@ -137,6 +141,69 @@ func swarmProxyPath(e env) (*path, error) {
 	}
 	return &path{name: "proxy", dial: connectDialer(addr, ""), proxyURL: &url.URL{Scheme: "http", Host: addr},
 		pids: []int{pr.pid()}, procs: []*proc{pr}}, nil
+}
+
+var (
+	providerListenRE = regexp.MustCompile(`provider_listen=(\S+)`)
+	connectedRE      = regexp.MustCompile(`connected to broker`)
+)
+
+// tunnelPath runs `swarm-proxy broker` and one `swarm-proxy provider` for a fresh ticket: workers'
+// tunnels go client → broker → one multiplexed connection → provider → target.
+func tunnelPath(e env) (*path, error) {
+	dir := filepath.Join(e.dir, "tunnel")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("tunnel dir: %w", err)
+	}
+	secret := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secret, []byte("bench-secret-0123456789-0123456789-0123456789\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("tunnel secret: %w", err)
+	}
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(loopbackPolicy), 0o644); err != nil {
+		return nil, fmt.Errorf("write policy: %w", err)
+	}
+	b, addr, err := startProc(e.binary, listeningRE, "broker", "--listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0",
+		"--admin-listen", "", "--secret-file", secret, "--policy", pol, "--policy-poll", "0",
+		"--log-file", filepath.Join(dir, "broker-access.log"))
+	if err != nil {
+		return nil, err
+	}
+	m := providerListenRE.FindStringSubmatch(b.log())
+	if m == nil {
+		b.stop()
+		return nil, fmt.Errorf("broker did not log its provider address:\n%s", b.log())
+	}
+	providerAddr := m[1]
+	out, err := exec.Command(e.binary, "ticket", "--session", "bench", "--ttl", "2h", "--broker", addr,
+		"--secret-file", secret, "--json").Output()
+	if err != nil {
+		b.stop()
+		return nil, fmt.Errorf("ticket: %w", err)
+	}
+	var tk struct {
+		Session string `json:"session_id"`
+		Token   string `json:"token"`
+	}
+	if err := json.Unmarshal(out, &tk); err != nil || tk.Session == "" || tk.Token == "" {
+		b.stop()
+		return nil, fmt.Errorf("ticket --json printed %q: %v", out, err)
+	}
+	tf := filepath.Join(dir, "ticket.json")
+	if err := os.WriteFile(tf, out, 0o600); err != nil {
+		b.stop()
+		return nil, fmt.Errorf("ticket file: %w", err)
+	}
+	pv, _, err := startProc(e.binary, connectedRE, "provider", "--ticket", tf, "--broker", providerAddr, "--allow-targets", "loopback")
+	if err != nil {
+		b.stop()
+		return nil, err
+	}
+	_, port, _ := net.SplitHostPort(providerAddr)
+	brokerPort, _ := strconv.Atoi(port)
+	return &path{name: "tunnel", dial: connectDialer(addr, tk.Session+":"+tk.Token),
+		proxyURL: &url.URL{Scheme: "http", Host: addr, User: url.UserPassword(tk.Session, tk.Token)},
+		pids:     []int{b.pid(), pv.pid()}, providerPid: pv.pid(), brokerPort: brokerPort, procs: []*proc{b, pv}}, nil
 }
 
 // squidPath runs Squid on a loopback port with a generated configuration: no cache, access log on.
