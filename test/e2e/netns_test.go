@@ -56,6 +56,11 @@ const (
 	nsOutsideIP   = "10.213.0.10" // on the target too, outside the policy
 	nsProxyPort   = "8080"
 	nsAllowedCIDR = "10.213.0.4/30"
+	// IPv6 (unique local addresses): not used by the proxy, only to show the firewall rejects it too.
+	nsAgentIP6    = "fd00:213:1::1"
+	nsProxyIP6    = "fd00:213:1::2"
+	nsProxyFarIP6 = "fd00:213:2::1"
+	nsTargetIP6   = "fd00:213:2::2"
 )
 
 // requireNetns skips unless the test can make network namespaces (root on Linux, iproute2), except
@@ -125,6 +130,10 @@ func newNetnsTopology(t *testing.T) *netnsTopology {
 		{"ip", "-n", n.proxy, "addr", "add", nsProxyFarIP + "/30", "dev", vpt},
 		{"ip", "-n", n.target, "addr", "add", nsTargetIP + "/30", "dev", vt},
 		{"ip", "-n", n.target, "addr", "add", nsOutsideIP + "/32", "dev", vt},
+		{"ip", "-n", n.agent, "addr", "add", nsAgentIP6 + "/64", "dev", va, "nodad"},
+		{"ip", "-n", n.proxy, "addr", "add", nsProxyIP6 + "/64", "dev", vpa, "nodad"},
+		{"ip", "-n", n.proxy, "addr", "add", nsProxyFarIP6 + "/64", "dev", vpt, "nodad"},
+		{"ip", "-n", n.target, "addr", "add", nsTargetIP6 + "/64", "dev", vt, "nodad"},
 	}
 	for _, l := range []struct{ ns, dev string }{{n.agent, va}, {n.proxy, vpa}, {n.proxy, vpt}, {n.target, vt},
 		{n.agent, "lo"}, {n.proxy, "lo"}, {n.target, "lo"}} {
@@ -136,6 +145,9 @@ func newNetnsTopology(t *testing.T) *netnsTopology {
 		[]string{"ip", "-n", n.target, "route", "add", "default", "via", nsProxyFarIP},
 		// Like a container host, the proxy namespace routes: only the firewall keeps the agent in.
 		[]string{"ip", "netns", "exec", n.proxy, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"},
+		[]string{"ip", "-n", n.agent, "-6", "route", "add", "default", "via", nsProxyIP6},
+		[]string{"ip", "-n", n.target, "-6", "route", "add", "default", "via", nsProxyFarIP6},
+		[]string{"ip", "netns", "exec", n.proxy, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"},
 	)
 	for _, s := range steps {
 		ipCmd(t, s...)
@@ -447,12 +459,29 @@ func TestNetnsSidecar(t *testing.T) {
 
 	// Without the firewall, the agent reaches the target directly through the routing proxy
 	// namespace: this is what the firewall must stop.
-	direct := func() Result {
-		return agentShell(t, n, home, "", "curl", "-sS", "--max-time", "5", "--noproxy", "*", "http://"+nsTargetIP+"/hello")
+	direct := func(host string) Result {
+		return agentShell(t, n, home, "", "curl", "-sS", "--max-time", "5", "--noproxy", "*", "http://"+host+"/hello")
 	}
-	if r := direct(); r.Code != 0 || !strings.Contains(r.Stdout, "hello from the target") {
-		t.Fatalf("before the firewall, a direct connection should work (the namespaces route): exit %d %s", r.Code, r.Stderr)
+	// directRefused checks that the agent cannot reach the target directly over IPv4 or IPv6.
+	directRefused := func(t *testing.T, rules string) {
+		t.Helper()
+		for _, host := range []string{nsTargetIP, "[" + nsTargetIP6 + "]"} {
+			if r := direct(host); r.Code == 0 {
+				t.Errorf("direct connection to %s succeeded with the %s rules applied: %s", host, rules, r.Stdout)
+			} else {
+				t.Logf("direct connection to %s refused (%s): exit %d %s", host, rules, r.Code, strings.TrimSpace(r.Stderr))
+			}
+		}
 	}
+	directWorks := func(t *testing.T, when string) {
+		t.Helper()
+		for _, host := range []string{nsTargetIP, "[" + nsTargetIP6 + "]"} {
+			if r := direct(host); r.Code != 0 || !strings.Contains(r.Stdout, "hello from the target") {
+				t.Fatalf("%s, a direct connection to %s should work (the namespaces route): exit %d %s", when, host, r.Code, r.Stderr)
+			}
+		}
+	}
+	directWorks(t, "before the firewall")
 
 	dir := t.TempDir()
 	policyFile := filepath.Join(dir, "policy.yaml")
@@ -486,16 +515,12 @@ func TestNetnsSidecar(t *testing.T) {
 				t.Errorf("report: %s", r.Stdout)
 			}
 		}
-		if r := direct(); r.Code == 0 {
-			t.Fatalf("direct connection succeeded with the nftables rules applied: %s", r.Stdout)
-		}
+		directRefused(t, "nftables")
 		if r := agentShell(t, n, home, proxyURL, "curl", "-sS", "--max-time", "10", "http://"+nsTargetIP+"/hello"); r.Code != 0 {
 			t.Fatalf("through the proxy with nftables rules: exit %d %s", r.Code, r.Stderr)
 		}
 		ipCmd(t, "ip", "netns", "exec", n.agent, "nft", "delete", "table", "inet", "swarm_proxy_egress")
-		if r := direct(); r.Code != 0 {
-			t.Fatalf("direct connection failed after removing the nftables table: %s", r.Stderr)
-		}
+		directWorks(t, "after removing the nftables table")
 	})
 
 	// From here on the iptables rules stay applied.
@@ -504,10 +529,9 @@ func TestNetnsSidecar(t *testing.T) {
 		t.Errorf("iptables reports:\n%s\n%s", first.Stdout, second.Stdout)
 	}
 	t.Logf("firewall --apply (second run):\n%s", second.Stdout)
-	if r := direct(); r.Code == 0 {
-		t.Fatalf("direct connection succeeded with the iptables rules applied: %s", r.Stdout)
-	} else {
-		t.Logf("direct connection refused as it should be: exit %d %s", r.Code, strings.TrimSpace(r.Stderr))
+	directRefused(t, "iptables")
+	if t.Failed() {
+		t.FailNow()
 	}
 
 	target.reset() // what the target saw so far came from the direct connections above
@@ -547,6 +571,23 @@ func TestNetnsSidecar(t *testing.T) {
 			}
 		})
 	}
+	t.Run("connect as ssh ProxyCommand", func(t *testing.T) {
+		// ssh -o ProxyCommand='swarm-proxy connect --proxy URL %h:%p' carries SSH over stdin and
+		// stdout the same way; a raw HTTP request stands in for SSH here.
+		const req = `printf 'GET /hello HTTP/1.0\r\n\r\n' | "$SWARM_PROXY" connect --proxy "$PROXY_URL" "$0"`
+		r := agentShell(t, n, home, proxyURL, "sh", "-c", req, nsTargetIP+":80")
+		if r.Code != 0 || !strings.Contains(r.Stdout, "hello from the target") {
+			t.Fatalf("connect to the target: exit %d\nstdout: %s\nstderr: %s", r.Code, r.Stdout, r.Stderr)
+		}
+		waitLog(t, logFile, "connect", func(r accesslog.Record) bool {
+			return r.Method == "CONNECT" && r.Host == nsTargetIP && r.Port == 80 && r.Decision == accesslog.DecisionAllow
+		})
+		r = agentShell(t, n, home, proxyURL, "sh", "-c", req, nsOutsideIP+":22")
+		if r.Code == 0 || !strings.Contains(r.Stderr, nsOutsideIP) {
+			t.Fatalf("connect to a host outside the policy: exit %d, want a refusal naming it\nstderr: %s", r.Code, r.Stderr)
+		}
+		t.Logf("connect shows: %s", strings.TrimSpace(r.Stderr))
+	})
 	if _, err := os.Stat(filepath.Join(home, "clone", "README")); err != nil {
 		t.Errorf("git clone did not check out README: %v", err)
 	}
@@ -578,7 +619,7 @@ func TestNetnsSidecar(t *testing.T) {
 		})
 	}
 	rec := waitLog(t, logFile, "the blocked host", func(r accesslog.Record) bool {
-		return r.Host == nsOutsideIP && r.Decision == accesslog.DecisionDeny && r.Status == http.StatusForbidden
+		return r.Host == nsOutsideIP && r.Method == "GET" && r.Port == 80 && r.Decision == accesslog.DecisionDeny && r.Status == http.StatusForbidden
 	})
 	t.Logf("blocked: %s %s:%d rule=%q reason=%q", rec.Method, rec.Host, rec.Port, rec.Rule, rec.Reason)
 	if c := target.clients(""); slices.Contains(c, nsAgentIP) {
