@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -12,13 +13,13 @@ import (
 
 func newFirewallCmd() *cobra.Command {
 	var (
-		proxy  string
-		dns    []string
-		format string
-		apply  bool
+		proxies []string
+		dns     []string
+		format  string
+		apply   bool
 	)
 	cmd := &cobra.Command{
-		Use:   "firewall --proxy HOST:PORT",
+		Use:   "firewall --proxy HOST:PORT [--proxy HOST:PORT]",
 		Short: "Print (or --apply) egress rules that let the agent's namespace reach only the proxy",
 		Long: `Print the firewall rules for the agent's network namespace or container: replies to allowed
 connections, loopback, the proxy and (with --dns) DNS are allowed; everything else, IPv4 and IPv6, is
@@ -29,20 +30,28 @@ The rules live in their own iptables chain (` + firewall.Chain + `, jumped to fr
 A proxy given by name is resolved now; the rules hold its addresses.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if proxy == "" {
+			if len(proxies) == 0 {
 				return fmt.Errorf("firewall: --proxy HOST:PORT is required")
 			}
-			host, port, err := firewall.ParseProxy(proxy)
-			if err != nil {
-				return err
-			}
-			addrs, err := net.DefaultResolver.LookupNetIP(cmd.Context(), "ip", host)
-			if err != nil {
-				return fmt.Errorf("firewall: resolve proxy %s: %w", host, err)
-			}
-			cfg := firewall.Config{ProxyName: host}
-			for _, a := range addrs {
-				cfg.Proxy = append(cfg.Proxy, netip.AddrPortFrom(a.Unmap(), port))
+			cfg := firewall.Config{Names: map[netip.Addr]string{}}
+			for _, p := range proxies {
+				host, port, err := firewall.ParseProxy(p)
+				if err != nil {
+					return err
+				}
+				addrs, err := net.DefaultResolver.LookupNetIP(cmd.Context(), "ip", host)
+				if err != nil {
+					return fmt.Errorf("firewall: resolve proxy %s: %w", host, err)
+				}
+				for _, a := range addrs {
+					ap := netip.AddrPortFrom(a.Unmap(), port)
+					if !slices.Contains(cfg.Proxy, ap) {
+						cfg.Proxy = append(cfg.Proxy, ap)
+					}
+					if _, named := cfg.Names[ap.Addr()]; !named {
+						cfg.Names[ap.Addr()] = host
+					}
+				}
 			}
 			for _, d := range dns {
 				a, err := netip.ParseAddr(d)
@@ -62,7 +71,7 @@ A proxy given by name is resolved now; the rules hold its addresses.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&proxy, "proxy", "", "the proxy the agent may reach, HOST:PORT (required)")
+	f.StringSliceVar(&proxies, "proxy", nil, "the proxy the agent may reach, HOST:PORT (required; repeat it, or separate with commas, for the SOCKS5 port too)")
 	f.StringSliceVar(&dns, "dns", nil, "DNS server addresses the agent may query on port 53 (default: none)")
 	f.StringVar(&format, "format", string(firewall.FormatIPTables), "rule syntax: iptables or nftables")
 	f.BoolVar(&apply, "apply", false, "apply the rules in the current network namespace (needs CAP_NET_ADMIN) and report what was done")

@@ -34,10 +34,11 @@ const (
 
 // Config is what the agent may reach.
 type Config struct {
-	// Proxy is every address of the proxy (a name may resolve to several); at least one.
+	// Proxy lists every address and port of the proxy the agent may reach (a name may resolve to
+	// several addresses; the HTTP and SOCKS5 listeners are two ports); at least one.
 	Proxy []netip.AddrPort
-	// ProxyName is the proxy as the user wrote it, for comments.
-	ProxyName string
+	// Names maps a proxy address to the name the user gave for it, for comments; optional.
+	Names map[netip.Addr]string
 	// DNS lists DNS servers the agent may query on port 53 (UDP and TCP); empty allows none.
 	DNS []netip.Addr
 }
@@ -58,8 +59,10 @@ func (c Config) Validate() error {
 			errs = append(errs, errors.New("firewall: invalid DNS server address"))
 		}
 	}
-	if strings.ContainsAny(c.ProxyName, "\"\\\n") || len(c.ProxyName) > 64 {
-		errs = append(errs, fmt.Errorf("firewall: proxy name %q: want a host name of at most 64 characters", c.ProxyName))
+	for _, name := range c.Names {
+		if strings.ContainsAny(name, "\"\\\n") || len(name) > 64 {
+			errs = append(errs, fmt.Errorf("firewall: proxy name %q: want a host name of at most 64 characters", name))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -87,8 +90,8 @@ func (c Config) rules() []rule {
 	for _, ap := range c.Proxy {
 		f := familyOf(ap.Addr())
 		name := ""
-		if c.ProxyName != "" && c.ProxyName != ap.Addr().String() {
-			name = " (" + c.ProxyName + ")"
+		if n := c.Names[ap.Addr()]; n != "" && n != ap.Addr().String() {
+			name = " (" + n + ")"
 		}
 		rs = append(rs, rule{f,
 			fmt.Sprintf("-d %s -p tcp --dport %d", ap.Addr(), ap.Port()),

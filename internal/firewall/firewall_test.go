@@ -2,10 +2,12 @@ package firewall
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -13,9 +15,9 @@ import (
 )
 
 var testConfig = Config{
-	Proxy:     []netip.AddrPort{netip.MustParseAddrPort("10.213.0.2:8080"), netip.MustParseAddrPort("[fd00:213::2]:8080")},
-	ProxyName: "proxy",
-	DNS:       []netip.Addr{netip.MustParseAddr("10.213.0.53")},
+	Proxy: []netip.AddrPort{netip.MustParseAddrPort("10.213.0.2:8080"), netip.MustParseAddrPort("[fd00:213::2]:8080")},
+	Names: map[netip.Addr]string{netip.MustParseAddr("10.213.0.2"): "proxy", netip.MustParseAddr("fd00:213::2"): "proxy"},
+	DNS:   []netip.Addr{netip.MustParseAddr("10.213.0.53")},
 }
 
 func TestRender(t *testing.T) {
@@ -90,7 +92,7 @@ func TestRenderInvalid(t *testing.T) {
 	}{
 		{"no proxy", FormatIPTables, Config{}},
 		{"port zero", FormatNFTables, Config{Proxy: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:0")}}},
-		{"quote in name", FormatNFTables, Config{Proxy: testConfig.Proxy, ProxyName: `a"b`}},
+		{"quote in name", FormatNFTables, Config{Proxy: testConfig.Proxy, Names: map[netip.Addr]string{testConfig.Proxy[0].Addr(): `a"b`}}},
 		{"unknown format", "pf", testConfig},
 	}
 	for _, tt := range tests {
@@ -249,5 +251,80 @@ func checkInstalled(t *testing.T, format Format, reports [][]string) {
 		if got := strings.Count(run("nft", "list", "tables"), Table); got != 1 {
 			t.Errorf("table %s listed %d times", Table, got)
 		}
+	}
+}
+
+// fakeRunner records commands and fails those for which fail returns true.
+type fakeRunner struct {
+	calls []string
+	fail  func(call string) bool
+}
+
+func (f *fakeRunner) run(_ context.Context, stdin, name string, args ...string) (string, error) {
+	call := strings.TrimSpace(name + " " + strings.Join(args, " "))
+	f.calls = append(f.calls, call)
+	if f.fail != nil && f.fail(call) {
+		return "simulated failure", errors.New("exit status 1")
+	}
+	if strings.HasSuffix(name, "-restore") && !strings.Contains(stdin, "COMMIT") {
+		return "", errors.New("restore input without COMMIT")
+	}
+	return "", nil
+}
+
+func TestApplyCommands(t *testing.T) {
+	tests := []struct {
+		name       string
+		format     Format
+		fail       func(string) bool
+		wantCalls  []string
+		wantReport []string
+		wantErr    bool
+	}{
+		{
+			name: "iptables first time", format: FormatIPTables,
+			fail: func(c string) bool { return strings.Contains(c, " -C ") },
+			wantCalls: []string{
+				"iptables-restore --noflush", "iptables -C OUTPUT -j " + Chain, "iptables -I OUTPUT 1 -j " + Chain,
+				"ip6tables-restore --noflush", "ip6tables -C OUTPUT -j " + Chain, "ip6tables -I OUTPUT 1 -j " + Chain,
+			},
+			wantReport: []string{"inserted a jump"},
+		},
+		{
+			name: "iptables again", format: FormatIPTables,
+			wantCalls:  []string{"iptables-restore --noflush", "iptables -C OUTPUT -j " + Chain, "ip6tables-restore --noflush", "ip6tables -C OUTPUT -j " + Chain},
+			wantReport: []string{"OUTPUT already jumps"},
+		},
+		{
+			name: "iptables-restore fails", format: FormatIPTables,
+			fail:      func(c string) bool { return strings.HasPrefix(c, "iptables-restore") },
+			wantCalls: []string{"iptables-restore --noflush"}, wantErr: true,
+		},
+		{
+			name: "nftables", format: FormatNFTables,
+			wantCalls: []string{"nft -f -"}, wantReport: []string{"replaced table inet " + Table},
+		},
+		{
+			name: "nft fails", format: FormatNFTables,
+			fail:      func(string) bool { return true },
+			wantCalls: []string{"nft -f -"}, wantErr: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeRunner{fail: tt.fail}
+			report, err := Apply(context.Background(), tt.format, testConfig, f.run)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if !slices.Equal(f.calls, tt.wantCalls) {
+				t.Errorf("calls:\n%q\nwant:\n%q", f.calls, tt.wantCalls)
+			}
+			for _, w := range tt.wantReport {
+				if !strings.Contains(strings.Join(report, "\n"), w) {
+					t.Errorf("report %q lacks %q", report, w)
+				}
+			}
+		})
 	}
 }
