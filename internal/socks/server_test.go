@@ -399,3 +399,44 @@ func TestReplyFor(t *testing.T) {
 		})
 	}
 }
+
+// TestShutdownAbortsTunnels: a tunnel still open when the shutdown deadline passes is aborted, and
+// Shutdown reports the deadline.
+func TestShutdownAbortsTunnels(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c) // never answers: the tunnel stays open
+		}
+	}()
+	f := start(t, nil, 0)
+	conn, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	conn.Write(greeting(methodNoAuth))
+	conn.Write(requestBytes(cmdConnect, atypIPv4, ip4("127.0.0.1"), ln.Addr().(*net.TCPAddr).Port))
+	var resp [12]byte
+	if _, err := io.ReadFull(conn, resp[:]); err != nil || resp[3] != 0 {
+		t.Fatalf("tunnel not opened: %x, %v", resp, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := f.srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("shutdown = %v; want the deadline", err)
+	}
+	if _, err := conn.Read(make([]byte, 1)); err == nil {
+		t.Fatal("tunnel still open after shutdown")
+	}
+	if rec := waitRecord(t, f.log); rec.Status != 200 || rec.Error == "" {
+		t.Fatalf("record %+v: want the aborted tunnel logged with an error", rec)
+	}
+}
