@@ -100,7 +100,7 @@ func Vars(c Config) ([]Var, error) {
 			if e == "" || slices.Contains(noProxy, e) {
 				continue
 			}
-			if strings.ContainsAny(e, " \t\n'\"$`\\") {
+			if !noProxyEntry(e) {
 				return nil, fmt.Errorf("env: --no-proxy: %q is not a host, domain or CIDR", e)
 			}
 			noProxy = append(noProxy, e)
@@ -115,6 +115,17 @@ func Vars(c Config) ([]Var, error) {
 	}
 	vars = append(vars, Var{"NODE_USE_ENV_PROXY", "1"})
 	return vars, nil
+}
+
+// noProxyEntry reports whether e can be a NO_PROXY entry: a host, .domain, address or CIDR, in
+// printable ASCII without quotes, spaces or shell metacharacters.
+func noProxyEntry(e string) bool {
+	for _, r := range e {
+		if r <= ' ' || r > '~' || strings.ContainsRune("'\"$`\\;&|<>()", r) {
+			return false
+		}
+	}
+	return true
 }
 
 // proxyURL validates raw (a URL with one of schemes, or a bare host:port meaning the first scheme)

@@ -241,3 +241,50 @@ func TestRenderUnknownFormat(t *testing.T) {
 		t.Fatal("Render accepted format xml")
 	}
 }
+
+// FuzzRender renders whatever Vars accepts in every format and checks the JSON and compose output
+// read back to the same values.
+func FuzzRender(f *testing.F) {
+	f.Add("http://proxy:8080", "socks5h://proxy:1080", ".corp,10.0.0.0/8", "s", "t")
+	f.Add("[::1]:3128", "", "", "job 7", "t@k:en%/?#'\"$")
+	f.Fuzz(func(t *testing.T, proxy, socks, noProxy, session, token string) {
+		cfg := Config{Proxy: proxy, SOCKS: socks, NoProxy: []string{noProxy}}
+		if session != "" && token != "" {
+			cfg.Ticket = &ticket.Ticket{SessionID: session, Token: token}
+		}
+		vars, err := Vars(cfg)
+		if err != nil {
+			return
+		}
+		for _, format := range Formats {
+			var b bytes.Buffer
+			if err := Render(&b, format, vars); err != nil {
+				t.Fatalf("%s: %v", format, err)
+			}
+			switch format {
+			case FormatJSON:
+				var got map[string]string
+				if err := json.Unmarshal(b.Bytes(), &got); err != nil {
+					t.Fatalf("json: %v\n%s", err, b.String())
+				}
+				for _, v := range vars {
+					if got[v.Name] != v.Value {
+						t.Fatalf("json %s = %q, want %q", v.Name, got[v.Name], v.Value)
+					}
+				}
+			case FormatCompose:
+				var doc struct {
+					Environment map[string]string `yaml:"environment"`
+				}
+				if err := yaml.Unmarshal(b.Bytes(), &doc); err != nil {
+					t.Fatalf("compose: %v\n%s", err, b.String())
+				}
+				for _, v := range vars {
+					if got := strings.ReplaceAll(doc.Environment[v.Name], "$$", "$"); got != v.Value {
+						t.Fatalf("compose %s = %q, want %q", v.Name, got, v.Value)
+					}
+				}
+			}
+		}
+	})
+}

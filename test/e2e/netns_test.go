@@ -14,6 +14,7 @@ package e2e
 import (
 	"archive/zip"
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -74,7 +75,7 @@ func requireNetns(t *testing.T) {
 	case os.Geteuid() != 0:
 		why = "making network namespaces needs root"
 	default:
-		for _, tool := range []string{"ip", "iptables", "nft"} {
+		for _, tool := range []string{"ip", "iptables", "nft", "curl", "git", "npm"} {
 			if _, err := exec.LookPath(tool); err != nil {
 				why = tool + " is not installed (scripts/test.sh installs it)"
 			}
@@ -97,10 +98,12 @@ type netnsTopology struct {
 	agent, proxy, target string
 }
 
-// ipCmd runs ip (or another setup command) and fails the test on error.
+// ipCmd runs ip (or another setup command), bounded in time, and fails the test on error.
 func ipCmd(t *testing.T, args ...string) {
 	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
 	}
@@ -115,7 +118,9 @@ func newNetnsTopology(t *testing.T) *netnsTopology {
 	for _, ns := range []string{n.agent, n.proxy, n.target} {
 		ipCmd(t, "ip", "netns", "add", ns)
 		t.Cleanup(func() {
-			if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+			defer cancel()
+			if out, err := exec.CommandContext(ctx, "ip", "netns", "del", ns).CombinedOutput(); err != nil {
 				t.Errorf("ip netns del %s: %v %s", ns, err, out)
 			}
 		})
@@ -447,11 +452,6 @@ func waitLog(t *testing.T, logFile, what string, match func(accesslog.Record) bo
 func TestNetnsSidecar(t *testing.T) {
 	requireNetns(t)
 	python := pythonWithPip(t)
-	for _, tool := range []string{"curl", "git", "npm"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is not installed (scripts/test.sh installs it)", tool)
-		}
-	}
 	n := newNetnsTopology(t)
 	target := startTargetServer(t, n.target)
 	home := t.TempDir()
