@@ -2,6 +2,7 @@ package logstats
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -85,6 +86,24 @@ func BenchmarkEncodingJSON(b *testing.B) {
 			if err := json.Unmarshal(line, &r); err != nil {
 				b.Fatal(err)
 			}
+		}
+	}
+}
+
+// BenchmarkDomainsGzip is BenchmarkDomains on a gzip-compressed log (rotated files); MB/s counts
+// uncompressed bytes.
+func BenchmarkDomainsGzip(b *testing.B) {
+	data := syntheticLog(b, 50000)
+	var zb bytes.Buffer
+	zw := gzip.NewWriter(&zb)
+	zw.Write(data)
+	zw.Close()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		d := NewDomains()
+		st, err := Read(context.Background(), []Source{StreamSource("bench.gz", bytes.NewReader(zb.Bytes()))}, d.Add)
+		if err != nil || st.Records != 50000 {
+			b.Fatalf("records %d, err %v", st.Records, err)
 		}
 	}
 }

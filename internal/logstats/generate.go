@@ -290,7 +290,7 @@ func ruleComment(c candidate) string {
 	case r.Failed > 0:
 		fmt.Fprintf(&b, " (%d failed)", r.Failed)
 	}
-	if r.FirstSeen.Equal(r.LastSeen) {
+	if stamp(r.FirstSeen) == stamp(r.LastSeen) {
 		fmt.Fprintf(&b, " at %s", stamp(r.FirstSeen))
 	} else {
 		fmt.Fprintf(&b, " from %s to %s", stamp(r.FirstSeen), stamp(r.LastSeen))

@@ -167,10 +167,21 @@ func (res *ReplayResult) WriteTable(w io.Writer) error {
 	dh, dn := count(res.WouldDeny)
 	fmt.Fprintf(tw, "\nwould deny: %d %s to %d %s\n", dn, plural(dn, "request"), len(dh), plural(int64(len(dh)), "host"))
 	if len(res.WouldDeny) > 0 {
-		fmt.Fprintln(tw, "HOST\tPORTS\tREQUESTS\tWAS BLOCKED\tCLIENTS THAT WOULD BREAK\tSESSIONS\tWHY")
+		sessions := false
 		for _, g := range res.WouldDeny {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", g.Host, ints(g.Ports), g.Requests, g.WasBlocked,
-				list(g.Clients, 4), list(g.Sessions, 3), g.Reason)
+			sessions = sessions || len(g.Sessions) > 0
+		}
+		fmt.Fprint(tw, "HOST\tPORTS\tREQUESTS\tWAS BLOCKED\tCLIENTS THAT WOULD BREAK\t")
+		if sessions {
+			fmt.Fprint(tw, "SESSIONS\t")
+		}
+		fmt.Fprintln(tw, "WHY")
+		for _, g := range res.WouldDeny {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t", g.Host, ints(g.Ports), g.Requests, g.WasBlocked, list(g.Clients, 4))
+			if sessions {
+				fmt.Fprintf(tw, "%s\t", list(g.Sessions, 3))
+			}
+			fmt.Fprintln(tw, g.Reason)
 		}
 	}
 	ah, an := count(res.WouldAllow)
