@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -440,5 +441,42 @@ func TestShutdownAbortsTunnels(t *testing.T) {
 	}
 	if rec := waitRecord(t, f.log); rec.Status != 200 || rec.Error == "" {
 		t.Fatalf("record %+v: want the aborted tunnel logged with an error", rec)
+	}
+}
+
+// TestNoGoroutineLeak: after tunnels, refusals and a shutdown, the goroutine count is back to
+// where it started.
+func TestNoGoroutineLeak(t *testing.T) {
+	_, port := echoServer(t, "tcp", "127.0.0.1:0")
+	baseline := runtime.NumGoroutine()
+	f := start(t, nil, 0)
+	for i := range 20 {
+		conn, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		conn.Write(greeting(methodNoAuth))
+		target := port
+		if i%2 == 1 {
+			target = closedPort(t) // a refused dial
+		}
+		conn.Write(requestBytes(cmdConnect, atypIPv4, ip4("127.0.0.1"), target))
+		conn.(*net.TCPConn).CloseWrite()
+		io.ReadAll(conn)
+		conn.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > baseline+1 { // +1: the Serve goroutine of the fixture may still be returning
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, baseline %d:\n%s", runtime.NumGoroutine(), baseline, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
