@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -222,4 +223,47 @@ func TestSOCKS5Broker(t *testing.T) {
 		}
 		return n == 2
 	})
+}
+
+// TestSOCKS5Shutdown: on SIGTERM the SOCKS5 listener stops with the proxy; a tunnel still open at
+// --shutdown-timeout is cut and logged, and the process exits 0.
+func TestSOCKS5Shutdown(t *testing.T) {
+	px := StartProxy(t, "--policy", socksPolicy(t), "--socks-listen", "127.0.0.1:0", "--shutdown-timeout", "300ms")
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		c, err := silent.Accept()
+		if err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	d, err := xproxy.SOCKS5("tcp", px.Field("socks"), nil, xproxy.Direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := d.Dial("tcp", silent.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	px.Signal(syscall.SIGTERM)
+	if code := px.Wait(); code != 0 {
+		t.Fatalf("proxy exited %d:\n%s", code, px.Stderr())
+	}
+	c.SetDeadline(time.Now().Add(waitTimeout))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("tunnel still open after the proxy stopped")
+	}
+	_, port := hostPort(t, silent.Addr().String())
+	rec := px.WaitRecord(func(r accesslog.Record) bool { return r.Method == "SOCKS5" && r.Port == port })
+	if rec.Status != 200 || rec.Error == "" {
+		t.Fatalf("record %+v: want the cut tunnel logged with an error", rec)
+	}
+	if _, err := net.Dial("tcp", px.Field("socks")); err == nil {
+		t.Fatal("SOCKS5 listener still accepting after shutdown")
+	}
 }
