@@ -35,7 +35,11 @@ type GenerateOptions struct {
 type Generator struct {
 	opts    GenerateOptions
 	domains *Domains
-	private map[string]int64 // hosts refused as private addresses, and how often
+	private map[string]int64  // hosts refused as private addresses, and how often
+	hosts   map[string]string // logged host -> normalised host, "" when invalid
+
+	invalid   int64    // records whose host is not a valid name or address
+	invalidAt []string // the first few of those hosts
 }
 
 // NewGenerator returns a generator with opts.
@@ -43,18 +47,41 @@ func NewGenerator(opts GenerateOptions) (*Generator, error) {
 	if opts.Collapse == 1 || opts.Collapse < 0 {
 		return nil, fmt.Errorf("generate policy: collapse %d: want 0 (off) or 2 or more", opts.Collapse)
 	}
-	return &Generator{opts: opts, domains: NewDomains(), private: make(map[string]int64)}, nil
+	return &Generator{opts: opts, domains: NewDomains(), private: make(map[string]int64), hosts: make(map[string]string)}, nil
 }
 
 // Add counts e, which must name a host. Requests refused because the host is or resolved to a
 // private, loopback, link-local or metadata address never become rules: a host rule cannot admit
 // them, and opening such addresses must be a person's decision.
+//
+// Hosts are normalised as the policy file requires; a host that is not a valid name or address
+// (a damaged or forged log line, "*" included) is left out and counted, so that a log line can
+// never widen the policy beyond one real host.
 func (g *Generator) Add(e *Entry) {
 	switch {
 	case e.Blocked() && e.Error == ErrorPrivateAddress:
 		g.private[e.Host]++
 	case e.Blocked() && g.opts.ExcludeBlocked:
 	default:
+		h, ok := g.hosts[e.Host]
+		if !ok {
+			h, _ = policy.NormalizeHost(e.Host)
+			if len(g.hosts) < maxInterned {
+				g.hosts[e.Host] = h
+			}
+		}
+		if h == "" {
+			g.invalid++
+			if len(g.invalidAt) < 5 && !slices.Contains(g.invalidAt, e.Host) {
+				g.invalidAt = append(g.invalidAt, e.Host)
+			}
+			return
+		}
+		if h != e.Host {
+			n := *e
+			n.Host = h
+			e = &n
+		}
 		g.domains.Add(e)
 	}
 }
@@ -82,7 +109,7 @@ type candidate struct {
 // per observed host (or collapsed domain) that an existing rule does not already cover. The result
 // is checked with policy.Parse before it is returned.
 func (g *Generator) Generate() (*Generated, error) {
-	if g.domains.Len() == 0 && len(g.private) == 0 {
+	if g.domains.Len() == 0 && len(g.private) == 0 && g.invalid == 0 {
 		return nil, fmt.Errorf("generate policy: %w", ErrNoRecords)
 	}
 	out := &Generated{}
@@ -132,6 +159,14 @@ func (g *Generator) Generate() (*Generated, error) {
 	if len(covered) > 0 {
 		out.Notes = append(out.Notes, fmt.Sprintf("%d %s already allowed by %s: %s", len(covered),
 			plural(int64(len(covered)), "host"), g.opts.MergeName, prose(covered, 10)))
+	}
+	if g.invalid > 0 {
+		quoted := make([]string, len(g.invalidAt))
+		for i, h := range g.invalidAt {
+			quoted[i] = strconv.Quote(h)
+		}
+		out.Notes = append(out.Notes, fmt.Sprintf("left out %d %s whose host is not a valid name or address (%s)",
+			g.invalid, plural(g.invalid, "request"), prose(quoted, 5)))
 	}
 	if len(portless) > 0 {
 		out.Notes = append(out.Notes, fmt.Sprintf("left out %d %s logged without a port: %s",

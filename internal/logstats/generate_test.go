@@ -281,3 +281,74 @@ func TestHumanBytes(t *testing.T) {
 		}
 	}
 }
+
+func TestGenerateNeverWidensFromBadHosts(t *testing.T) {
+	got := generatedHosts(t, GenerateOptions{}, "*", "*.com", "a b.example", "\x1b[31mred", "API.GitHub.com.", "[2001:db8::1]")
+	if want := []string{"api.github.com", "2001:db8::1/128"}; !slices.Equal(got, want) {
+		t.Errorf("rules %q, want %q", got, want)
+	}
+	g, err := NewGenerator(GenerateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Add(&Entry{Host: "*", Port: 443, Decision: "allow"})
+	out, err := g.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Notes) != 1 || !strings.Contains(out.Notes[0], `left out 1 request whose host is not a valid name or address ("*")`) || out.Added != 0 {
+		t.Errorf("notes %q, added %d", out.Notes, out.Added)
+	}
+}
+
+// FuzzGenerate feeds arbitrary hosts and ports to the generator: the result always passes
+// policy.Parse, and its only wildcards are collapsed registrable domains with enough hosts below.
+func FuzzGenerate(f *testing.F) {
+	f.Add("a.example.com,b.example.com,c.example.com", uint16(443), uint8(2))
+	f.Add("*,*.co.uk,alice.github.io,bob.github.io", uint16(80), uint8(2))
+	f.Add("10.0.0.1,[::1],xn--mnchen-3ya.de,ÉCOLE.fr", uint16(0), uint8(0))
+	f.Fuzz(func(t *testing.T, hosts string, port uint16, collapse uint8) {
+		n := int(collapse % 4)
+		if n == 1 {
+			n = 0
+		}
+		g, err := NewGenerator(GenerateOptions{Collapse: n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range strings.Split(hosts, ",") {
+			g.Add(&Entry{Host: h, Port: int(port), Decision: "allow"})
+		}
+		out, err := g.Generate()
+		if errors.Is(err, ErrNoRecords) {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := policy.Parse("fuzz", out.YAML)
+		if err != nil {
+			t.Fatalf("generated policy does not parse: %v\n%s", err, out.YAML)
+		}
+		for _, r := range p.Allow {
+			if r.Host == "*" || len(r.Ports) == 0 {
+				t.Fatalf("rule %s is too wide (host %q, ports %v)", r.ID(), r.Host, r.Ports)
+			}
+			if d, ok := strings.CutPrefix(r.Host, "*."); ok && (n == 0 || registrable(d) != d) {
+				t.Fatalf("wildcard %q with collapse %d: not a registrable domain", r.Host, n)
+			}
+		}
+	})
+}
+
+func TestTableQuotesControlCharacters(t *testing.T) {
+	d := NewDomains()
+	d.Add(&Entry{Host: "evil\x1b[2J.example", Port: 443, Decision: "allow", Client: "10.0.0.1\t"})
+	var b strings.Builder
+	if err := (&DomainReport{Requests: 1, Hosts: d.Rows()}).WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	if strings.ContainsAny(b.String(), "\x1b\t") || !strings.Contains(b.String(), `"evil\x1b[2J.example"`) {
+		t.Errorf("table passes control characters through:\n%q", b.String())
+	}
+}

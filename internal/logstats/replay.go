@@ -177,11 +177,11 @@ func (res *ReplayResult) WriteTable(w io.Writer) error {
 		}
 		fmt.Fprintln(tw, "WHY")
 		for _, g := range res.WouldDeny {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t", g.Host, ints(g.Ports), g.Requests, g.WasBlocked, list(g.Clients, 4))
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t", printable(g.Host), ints(g.Ports), g.Requests, g.WasBlocked, list(g.Clients, 4))
 			if sessions {
 				fmt.Fprintf(tw, "%s\t", list(g.Sessions, 3))
 			}
-			fmt.Fprintln(tw, g.Reason)
+			fmt.Fprintln(tw, printable(g.Reason))
 		}
 	}
 	ah, an := count(res.WouldAllow)
@@ -196,7 +196,7 @@ func (res *ReplayResult) WriteTable(w io.Writer) error {
 			case rule == "":
 				rule = g.Code
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", g.Host, ints(g.Ports), g.Requests, rule)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", printable(g.Host), ints(g.Ports), g.Requests, rule)
 		}
 	}
 	if err := tw.Flush(); err != nil {

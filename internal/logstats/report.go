@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 )
 
 // DomainReport is the JSON form of the domain report: Hosts for the per-host report, Groups for a
@@ -41,7 +42,7 @@ func (r *DomainReport) WriteTable(w io.Writer) error {
 			if i > 0 {
 				fmt.Fprintln(tw)
 			}
-			fmt.Fprintf(tw, "%s %s: %d %s (%d blocked) to %d %s\n", g.Kind, g.Key,
+			fmt.Fprintf(tw, "%s %s: %d %s (%d blocked) to %d %s\n", g.Kind, printable(g.Key),
 				g.Requests, plural(g.Requests, "request"), g.Blocked, len(g.Hosts), plural(int64(len(g.Hosts)), "host"))
 			writeHostRows(tw, g.Hosts)
 		}
@@ -84,7 +85,7 @@ func writeHostRows(tw io.Writer, rows []HostRow) {
 		for i, p := range h.Ports {
 			ports[i] = strconv.Itoa(p)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s", h.Host, h.Requests, h.Allowed, h.Blocked,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s", printable(h.Host), h.Requests, h.Allowed, h.Blocked,
 			list(h.Methods, 4), list(ports, 4), HumanBytes(h.BytesOut), HumanBytes(h.BytesIn),
 			stamp(h.FirstSeen), stamp(h.LastSeen), list(h.Clients, 3))
 		if sessions {
@@ -99,10 +100,26 @@ func list(items []string, n int) string {
 	if len(items) == 0 {
 		return "-"
 	}
-	if len(items) <= n {
-		return strings.Join(items, ",")
+	shown := make([]string, min(n, len(items)))
+	for i := range shown {
+		shown[i] = printable(items[i])
 	}
-	return fmt.Sprintf("%s,+%d", strings.Join(items[:n], ","), len(items)-n)
+	if len(items) <= n {
+		return strings.Join(shown, ",")
+	}
+	return fmt.Sprintf("%s,+%d", strings.Join(shown, ","), len(items)-n)
+}
+
+// printable returns s, or s quoted when it holds characters a terminal would interpret (escape
+// sequences, tabs, newlines): log fields come from clients and must not drive the terminal or
+// break the columns.
+func printable(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.QuoteToGraphic(s)
+		}
+	}
+	return s
 }
 
 // prose joins up to n items with ", " for sentences.
