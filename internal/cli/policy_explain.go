@@ -62,7 +62,7 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target) error {
 	d := p.Decide(t, nil)
 	// A name that no host rule allows in enforce mode can still be admitted by an allow cidr rule
 	// once it is resolved: say so instead of a plain allow.
-	pending := d.Allow && d.Rule == nil && p.Mode == policy.Enforce && !isIP
+	pending := d.Pending
 	switch {
 	case pending:
 		line("decision", "allow only if every address it resolves to is in an allow cidr rule, else deny")

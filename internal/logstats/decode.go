@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
 // Entry is the part of an access-log record (accesslog.Record) that the reports use. Its strings are
@@ -18,7 +19,6 @@ type Entry struct {
 	Method   string
 	Host     string
 	Port     int
-	Status   int
 	Decision string // accesslog.DecisionAllow or accesslog.DecisionDeny
 	Error    string // failure kind: "private_address", "no_rule_matched", "resolve", ... or ""
 	BytesIn  int64
@@ -29,8 +29,8 @@ type Entry struct {
 func (e *Entry) Blocked() bool { return e.Decision == accesslog.DecisionDeny }
 
 // ErrorPrivateAddress is the failure kind logged when a target was refused because it is, or
-// resolved to, a private, loopback, link-local or metadata address (policy.CodeSpecialAddr).
-const ErrorPrivateAddress = "private_address"
+// resolved to, a private, loopback, link-local or metadata address.
+const ErrorPrivateAddress = string(policy.CodeSpecialAddr)
 
 // errSyntax is wrapped by every decoding error.
 var errSyntax = errors.New("not a JSON access-log record")
@@ -117,13 +117,6 @@ func (d *decoder) decode(line []byte, e *Entry) error {
 				e.Port = int(n)
 				if err == nil && (n < 0 || n > 65535) {
 					err = fmt.Errorf("%w: port %d out of range", errSyntax, n)
-				}
-			case accesslog.FieldStatus:
-				var n int64
-				n, i, err = intValue(line, i)
-				e.Status = int(n)
-				if err == nil && (n < 0 || n > 999) {
-					err = fmt.Errorf("%w: status %d out of range", errSyntax, n)
 				}
 			case accesslog.FieldBytesIn:
 				e.BytesIn, i, err = intValue(line, i)

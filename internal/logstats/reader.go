@@ -43,9 +43,9 @@ const MaxReportedLines = 5
 
 // Location is a line in a source.
 type Location struct {
-	Source string `json:"source"`
-	Line   int64  `json:"line"`
-	Reason string `json:"reason"`
+	Source string
+	Line   int64
+	Reason string
 }
 
 func (l Location) String() string { return fmt.Sprintf("%s:%d", l.Source, l.Line) }

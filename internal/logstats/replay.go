@@ -56,13 +56,10 @@ func (r *Replayer) Add(e *Entry) {
 	g := r.groups[k]
 	if g == nil {
 		g = &replayGroup{
-			ReplayGroup: ReplayGroup{Host: e.Host, Rule: d.RuleID(), Code: string(d.Code), Reason: d.Reason, Fix: d.Fix,
-				// In enforce mode an allow without a rule is a name that only an allow cidr rule
-				// covering its resolved addresses can admit.
-				Pending: d.Allow && d.Rule == nil && r.p.Mode == policy.Enforce},
-			ports:    make(map[int]struct{}, 1),
-			clients:  make(map[string]struct{}, 1),
-			sessions: make(map[string]struct{}),
+			ReplayGroup: ReplayGroup{Host: e.Host, Rule: d.RuleID(), Code: string(d.Code), Reason: d.Reason, Fix: d.Fix, Pending: d.Pending},
+			ports:       make(map[int]struct{}, 1),
+			clients:     make(map[string]struct{}, 1),
+			sessions:    make(map[string]struct{}),
 		}
 		r.groups[k] = g
 	}
