@@ -13,10 +13,11 @@ import (
 
 func newFirewallCmd() *cobra.Command {
 	var (
-		proxies []string
-		dns     []string
-		format  string
-		apply   bool
+		proxies   []string
+		dns       []string
+		allowUIDs []uint
+		format    string
+		apply     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "firewall --proxy HOST:PORT [--proxy HOST:PORT]",
@@ -60,6 +61,12 @@ A proxy given by name is resolved now; the rules hold its addresses.`,
 				}
 				cfg.DNS = append(cfg.DNS, a)
 			}
+			for _, uid := range allowUIDs {
+				if uid > 1<<32-1 {
+					return fmt.Errorf("firewall: --allow-uid %d: not a user id", uid)
+				}
+				cfg.AllowUIDs = append(cfg.AllowUIDs, uint32(uid))
+			}
 			if !apply {
 				return firewall.Render(cmd.OutOrStdout(), firewall.Format(format), cfg)
 			}
@@ -73,6 +80,7 @@ A proxy given by name is resolved now; the rules hold its addresses.`,
 	f := cmd.Flags()
 	f.StringSliceVar(&proxies, "proxy", nil, "the proxy the agent may reach, HOST:PORT (required; repeat it, or separate with commas, for the SOCKS5 port too)")
 	f.StringSliceVar(&dns, "dns", nil, "DNS server addresses the agent may query on port 53 (default: none)")
+	f.UintSliceVar(&allowUIDs, "allow-uid", nil, "user ids whose processes may connect anywhere: the proxy's own user when it shares the agent's namespace (e.g. a Kubernetes sidecar on 127.0.0.1)")
 	f.StringVar(&format, "format", string(firewall.FormatIPTables), "rule syntax: iptables or nftables")
 	f.BoolVar(&apply, "apply", false, "apply the rules in the current network namespace (needs CAP_NET_ADMIN) and report what was done")
 	return cmd

@@ -41,6 +41,9 @@ type Config struct {
 	Names map[netip.Addr]string
 	// DNS lists DNS servers the agent may query on port 53 (UDP and TCP); empty allows none.
 	DNS []netip.Addr
+	// AllowUIDs lists users whose processes may connect anywhere: the proxy's own user when it
+	// shares the agent's namespace (a Kubernetes sidecar listening on 127.0.0.1).
+	AllowUIDs []uint32
 }
 
 // Validate reports every problem with c at once.
@@ -86,6 +89,10 @@ func (c Config) rules() []rule {
 		{0, "-o lo", `oifname "lo"`, "accept", "loopback: the agent's own local services"},
 		{6, "-p ipv6-icmp --icmpv6-type neighbour-solicitation", "icmpv6 type nd-neighbor-solicit", "accept", "IPv6 neighbour solicitation, to reach any neighbour"},
 		{6, "-p ipv6-icmp --icmpv6-type neighbour-advertisement", "icmpv6 type nd-neighbor-advert", "accept", "IPv6 neighbour advertisement, to answer neighbours"},
+	}
+	for _, uid := range c.AllowUIDs {
+		rs = append(rs, rule{0, fmt.Sprintf("-m owner --uid-owner %d", uid), fmt.Sprintf("meta skuid %d", uid),
+			"accept", fmt.Sprintf("processes of uid %d (--allow-uid: the proxy in this namespace)", uid)})
 	}
 	for _, ap := range c.Proxy {
 		f := familyOf(ap.Addr())
@@ -217,6 +224,9 @@ func (c Config) header(b *strings.Builder) {
 	fmt.Fprintf(b, "# Allowed: replies, loopback, the proxy at %s", joinAddrPorts(c.Proxy))
 	if len(c.DNS) > 0 {
 		fmt.Fprintf(b, ", DNS at %s", joinAddrs(c.DNS))
+	}
+	for _, uid := range c.AllowUIDs {
+		fmt.Fprintf(b, ", anything from uid %d", uid)
 	}
 	b.WriteString(". Everything else, IPv4 and IPv6, is rejected.\n")
 }

@@ -15,9 +15,10 @@ import (
 )
 
 var testConfig = Config{
-	Proxy: []netip.AddrPort{netip.MustParseAddrPort("10.213.0.2:8080"), netip.MustParseAddrPort("[fd00:213::2]:8080")},
-	Names: map[netip.Addr]string{netip.MustParseAddr("10.213.0.2"): "proxy", netip.MustParseAddr("fd00:213::2"): "proxy"},
-	DNS:   []netip.Addr{netip.MustParseAddr("10.213.0.53")},
+	Proxy:     []netip.AddrPort{netip.MustParseAddrPort("10.213.0.2:8080"), netip.MustParseAddrPort("[fd00:213::2]:8080")},
+	Names:     map[netip.Addr]string{netip.MustParseAddr("10.213.0.2"): "proxy", netip.MustParseAddr("fd00:213::2"): "proxy"},
+	DNS:       []netip.Addr{netip.MustParseAddr("10.213.0.53")},
+	AllowUIDs: []uint32{65532},
 }
 
 func TestRender(t *testing.T) {
@@ -36,6 +37,7 @@ func TestRender(t *testing.T) {
 			`-A SWARM-PROXY-EGRESS -d 10.213.0.2 -p tcp --dport 8080 -m comment --comment "the swarm-proxy at 10.213.0.2:8080 (proxy)" -j ACCEPT`,
 			`-A SWARM-PROXY-EGRESS -d fd00:213::2 -p tcp --dport 8080 -m comment`,
 			`-A SWARM-PROXY-EGRESS -d 10.213.0.53 -p udp --dport 53 -m comment`,
+			`-A SWARM-PROXY-EGRESS -m owner --uid-owner 65532 -m comment`,
 			`-j REJECT --reject-with icmp-admin-prohibited`,
 			`-j REJECT --reject-with icmp6-adm-prohibited`,
 			"iptables -C OUTPUT -j SWARM-PROXY-EGRESS 2>/dev/null || iptables -I OUTPUT 1 -j SWARM-PROXY-EGRESS\n",
@@ -47,10 +49,11 @@ func TestRender(t *testing.T) {
 			`ip daddr 10.213.0.2 tcp dport 8080 accept comment "the swarm-proxy at 10.213.0.2:8080 (proxy)"`,
 			`ip6 daddr fd00:213::2 tcp dport 8080 accept comment`,
 			`ip daddr 10.213.0.53 tcp dport 53 accept comment`,
+			`meta skuid 65532 accept comment`,
 			`meta l4proto tcp reject with tcp reset comment`,
 			`reject with icmpx type admin-prohibited comment`,
 		}, nil},
-		{"no DNS unless asked", FormatNFTables, v4only, nil, []string{"dport 53", "ip6 daddr"}},
+		{"no DNS unless asked", FormatNFTables, v4only, nil, []string{"dport 53", "ip6 daddr", "skuid"}},
 		{"no DNS unless asked, iptables", FormatIPTables, v4only, nil, []string{"--dport 53", "(proxy)"}},
 	}
 	for _, tt := range tests {
