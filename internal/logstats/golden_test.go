@@ -190,3 +190,28 @@ func TestGenerateMergeKeepsExistingRules(t *testing.T) {
 		t.Errorf("allow hosts %v, added %d; want existing order kept and c.example appended", hosts, out.Added)
 	}
 }
+
+func TestGenerateMergeCreatesAllow(t *testing.T) {
+	for _, existing := range []string{
+		"mode: discovery\n",
+		"mode: discovery\nallow:\n",
+		"mode: enforce\nallow: []\ndeny:\n  - host: x.example\n",
+	} {
+		g, err := NewGenerator(GenerateOptions{Merge: []byte(existing), MergeName: "p.yaml"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Add(&Entry{Host: "a.example", Port: 443, Decision: "allow"})
+		out, err := g.Generate()
+		if err != nil {
+			t.Fatalf("%q: %v", existing, err)
+		}
+		p, err := policy.Parse("merged", out.YAML)
+		if err != nil {
+			t.Fatalf("%q: %v\n%s", existing, err, out.YAML)
+		}
+		if p.Mode != policy.Enforce || len(p.Allow) != 1 || p.Allow[0].Host != "a.example" || len(p.Deny) != strings.Count(existing, "host:") {
+			t.Errorf("%q merged into:\n%s", existing, out.YAML)
+		}
+	}
+}

@@ -84,6 +84,14 @@ func drive(t *testing.T, proxyAddr, logFile string, steps []step) {
 func TestDiscoveryRoundTrip(t *testing.T) {
 	a := serveOn(t, "127.0.0.1")
 	b := serveOn(t, "127.0.0.2")
+	// The goldens map each server's port to a fixed number, so the ports must differ; the kernel
+	// may hand out the same number on two addresses.
+	for i := 0; port(t, b) == port(t, a); i++ {
+		if i == 10 {
+			t.Fatal("no distinct port for 127.0.0.2")
+		}
+		b = serveOn(t, "127.0.0.2")
+	}
 	tlsSrv, ca := TLSServer(t, a.Config.Handler)
 	newHost := serveOn(t, "127.0.0.3")
 	newPort := serveOn(t, "127.0.0.1")
