@@ -39,6 +39,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -657,4 +658,164 @@ func firstLineWith(s, sub string) string {
 		}
 	}
 	return ""
+}
+
+// Addresses of the shared-namespace (Kubernetes pod) topology.
+const (
+	podIP       = "10.213.1.1"
+	podTargetIP = "10.213.1.2"
+	podProxyUID = 65532 // the user of deploy/Dockerfile
+)
+
+// startAsUser runs the swarm-proxy binary as uid:gid in network namespace ns, waits until its stderr
+// has readyMsg, and kills it when the test ends. The binary is copied where that user can run it.
+func startAsUser(t *testing.T, ns string, uid uint32, readyMsg string, args ...string) *bytes.Buffer {
+	t.Helper()
+	dir := t.TempDir()
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chmod(d, 0o777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data, err := os.ReadFile(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "swarm-proxy")
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = cleanEnv()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Started from a thread in ns, the process is born there; then it drops to uid.
+	inNetns(t, ns, func() {
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("start %v: %v", args, err)
+		}
+	})
+	var mu sync.Mutex
+	var log bytes.Buffer
+	ready := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		once := sync.Once{}
+		for {
+			n, err := stderr.Read(buf)
+			mu.Lock()
+			log.Write(buf[:n])
+			if strings.Contains(log.String(), readyMsg) {
+				once.Do(func() { close(ready) })
+			}
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+		cmd.Wait()
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("stderr of %v:\n%s", args, log.String())
+			mu.Unlock()
+		}
+	})
+	select {
+	case <-ready:
+	case <-done:
+		t.Fatalf("%v exited before it was ready:\n%s", args, log.String())
+	case <-time.After(waitTimeout):
+		t.Fatalf("%v not ready after %s", args, waitTimeout)
+	}
+	return &log
+}
+
+// TestNetnsSharedNamespaceSidecar is the Kubernetes layout: the proxy shares the agent's network
+// namespace, listens on 127.0.0.1 and runs as its own user, which --allow-uid lets out while the
+// agent's own connections are refused.
+func TestNetnsSharedNamespaceSidecar(t *testing.T) {
+	requireNetns(t)
+	id := fmt.Sprintf("%x%x", os.Getpid()&0xfffff, nsCounter.Add(1))
+	pod, tgt := "sppod-"+id, "sptgt-"+id
+	for _, ns := range []string{pod, tgt} {
+		ipCmd(t, "ip", "netns", "add", ns)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	}
+	vp, vt := "vp"+id, "vt"+id
+	for _, s := range [][]string{
+		{"ip", "link", "add", vp, "netns", pod, "type", "veth", "peer", "name", vt, "netns", tgt},
+		{"ip", "-n", pod, "addr", "add", podIP + "/30", "dev", vp},
+		{"ip", "-n", tgt, "addr", "add", podTargetIP + "/30", "dev", vt},
+		{"ip", "-n", pod, "link", "set", vp, "up"}, {"ip", "-n", pod, "link", "set", "lo", "up"},
+		{"ip", "-n", tgt, "link", "set", vt, "up"}, {"ip", "-n", tgt, "link", "set", "lo", "up"},
+	} {
+		ipCmd(t, s...)
+	}
+	startTargetServer(t, tgt)
+
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	policyFile := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policyFile, []byte(fmt.Sprintf("mode: enforce\nallow:\n  - cidr: %s/32\n    ports: [80]\n", podTargetIP)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logFile := filepath.Join(dir, "access.log")
+	startAsUser(t, pod, podProxyUID, "proxy listening", "proxy", "--listen", "127.0.0.1:8080", "--admin-listen", "127.0.0.1:9090",
+		"--policy", policyFile, "--log-file", logFile)
+
+	home := t.TempDir()
+	run := func(proxyURL string, argv ...string) Result {
+		script := `exec "$@"`
+		if proxyURL != "" {
+			script = `eval "$("$SWARM_PROXY" env --proxy "$PROXY_URL")" && exec "$@"`
+		}
+		return Run(t, []string{"HOME=" + home, "SWARM_PROXY=" + binary, "PROXY_URL=" + proxyURL}, "ip",
+			append([]string{"netns", "exec", pod, "sh", "-c", script, "sh"}, argv...)...)
+	}
+	viaProxy := func() Result {
+		return run("http://127.0.0.1:8080", "curl", "-sS", "--max-time", "10", "http://"+podTargetIP+"/hello")
+	}
+	direct := func() Result {
+		return run("", "curl", "-sS", "--max-time", "5", "--noproxy", "*", "http://"+podTargetIP+"/hello")
+	}
+	firewall := func(args ...string) {
+		t.Helper()
+		r := Run(t, nil, "ip", append([]string{"netns", "exec", pod, binary, "firewall", "--proxy", "127.0.0.1:8080", "--apply"}, args...)...)
+		if r.Code != 0 {
+			t.Fatalf("firewall %v: exit %d %s%s", args, r.Code, r.Stdout, r.Stderr)
+		}
+	}
+
+	// Without --allow-uid the rules also refuse the proxy's own connections: the proxy answers 502.
+	firewall("--format", "nftables")
+	r := viaProxy()
+	if strings.Contains(r.Stdout, "hello from the target") {
+		t.Fatalf("the proxy got out without --allow-uid: the uid rule is not what lets it out")
+	}
+	t.Logf("without --allow-uid the proxy cannot get out either: %s", firstLineWith(r.Stdout+r.Stderr, ""))
+
+	firewall("--format", "nftables", "--allow-uid", fmt.Sprint(podProxyUID))
+	if r := viaProxy(); r.Code != 0 || !strings.Contains(r.Stdout, "hello from the target") {
+		t.Fatalf("through the proxy with --allow-uid: exit %d %s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	if r := direct(); r.Code == 0 {
+		t.Fatalf("the agent (root) got out directly: %s", r.Stdout)
+	} else {
+		t.Logf("direct connection refused: %s", strings.TrimSpace(r.Stderr))
+	}
+	rec := waitLog(t, logFile, "the pod's request", func(r accesslog.Record) bool {
+		return r.Host == podTargetIP && r.Path == "/hello" && r.Status == http.StatusOK
+	})
+	t.Logf("logged: %s %s:%d%s %d from %s", rec.Method, rec.Host, rec.Port, rec.Path, rec.Status, rec.Client)
 }
