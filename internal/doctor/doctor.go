@@ -189,8 +189,12 @@ func checkVariables(c Config, env func(string) string, add func(Result)) *url.UR
 		}
 		return u
 	}
-	if v := env("ALL_PROXY") + env("all_proxy"); v != "" {
-		add(Result{OK, "ALL_PROXY/all_proxy", redact(firstNonEmpty(env("all_proxy"), env("ALL_PROXY"))) + " (used by curl and git for protocols without a variable of their own)", ""})
+	if v := firstNonEmpty(env("all_proxy"), env("ALL_PROXY")); v != "" {
+		if _, err := parseProxyURL(v); err != nil {
+			add(Result{Fail, "ALL_PROXY/all_proxy", err.Error(), "set it to socks5h://HOST:PORT of the proxy's SOCKS5 listener, or unset it"})
+		} else {
+			add(Result{OK, "ALL_PROXY/all_proxy", redact(v) + " (used by curl and git for protocols without a variable of their own)", ""})
+		}
 	}
 	return chosen
 }

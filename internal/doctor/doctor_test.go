@@ -112,6 +112,10 @@ func TestRun(t *testing.T) {
 			want: []string{"s:xxxxx@"},
 		},
 		{
+			name: "all_proxy checked", env: with(map[string]string{"all_proxy": "socks5h://proxy"}),
+			want: []string{`fail  ALL_PROXY/all_proxy: "socks5h://proxy" has no port`}, wantFail: true,
+		},
+		{
 			name: "no_proxy star", env: with(map[string]string{"NO_PROXY": "*", "no_proxy": "*"}),
 			want: []string{`fail  NO_PROXY/no_proxy: "*"`}, wantFail: true,
 		},
