@@ -178,6 +178,13 @@ func checkVariables(c Config, env func(string) string, add func(Result)) *url.UR
 			chosen = u
 		}
 	}
+	if v := firstNonEmpty(env("all_proxy"), env("ALL_PROXY")); v != "" {
+		if _, err := parseProxyURL(v); err != nil {
+			add(Result{Fail, "ALL_PROXY/all_proxy", err.Error(), "set it to socks5h://HOST:PORT of the proxy's SOCKS5 listener, or unset it"})
+		} else {
+			add(Result{OK, "ALL_PROXY/all_proxy", redact(v) + " (used by curl and git for protocols without a variable of their own)", ""})
+		}
+	}
 	if c.Proxy != "" {
 		u, err := parseProxyURL(c.Proxy)
 		if err != nil {
@@ -188,13 +195,6 @@ func checkVariables(c Config, env func(string) string, add func(Result)) *url.UR
 			u.User = chosen.User // the variables carry the broker credentials
 		}
 		return u
-	}
-	if v := firstNonEmpty(env("all_proxy"), env("ALL_PROXY")); v != "" {
-		if _, err := parseProxyURL(v); err != nil {
-			add(Result{Fail, "ALL_PROXY/all_proxy", err.Error(), "set it to socks5h://HOST:PORT of the proxy's SOCKS5 listener, or unset it"})
-		} else {
-			add(Result{OK, "ALL_PROXY/all_proxy", redact(v) + " (used by curl and git for protocols without a variable of their own)", ""})
-		}
 	}
 	return chosen
 }
