@@ -236,6 +236,10 @@ func TestReadMixedAndTruncatedInputs(t *testing.T) {
 			StreamSource("bad.gz", bytes.NewReader([]byte{0x1f, 0x8b, 0, 0, 0})),
 			StreamSource("after.log", strings.NewReader(line("after.example"))),
 		}, 1, "bad.gz: not a readable gzip file"},
+		{"corrupt deflate data", []Source{
+			StreamSource("corrupt.log.gz", bytes.NewReader(corrupt(full))),
+			StreamSource("after.log", strings.NewReader(line("after.example"))),
+		}, 1, "corrupt.log.gz: compressed stream is truncated or damaged after line 0 (flate: corrupt input"},
 		{"concatenated gzip members", []Source{
 			StreamSource("cat.gz", bytes.NewReader(append(gzipped(t, line("a.example")), gzipped(t, line("b.example"))...))),
 		}, 2, ""},
@@ -260,6 +264,14 @@ func TestReadMixedAndTruncatedInputs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// corrupt returns a copy of a gzip stream whose first deflate block has the reserved block type,
+// which the decompressor reports as corrupt input.
+func corrupt(gz []byte) []byte {
+	out := bytes.Clone(gz)
+	out[10] = 0x07 // after the 10-byte gzip header: BFINAL=1, BTYPE=11
+	return out
 }
 
 func TestReadOpenErrorAndCancel(t *testing.T) {

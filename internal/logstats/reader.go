@@ -10,6 +10,7 @@ package logstats
 import (
 	"bufio"
 	"bytes"
+	"compress/flate"
 	"compress/gzip"
 	"context"
 	"errors"
@@ -163,7 +164,8 @@ func readOne(ctx context.Context, src Source, d *decoder, br *bufio.Reader, st *
 		case err == nil:
 		case errors.Is(err, io.EOF):
 			return nil
-		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, gzip.ErrChecksum) || errors.Is(err, gzip.ErrHeader):
+		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, gzip.ErrChecksum) || errors.Is(err, gzip.ErrHeader) ||
+			errors.As(err, new(flate.CorruptInputError)):
 			st.Truncated = append(st.Truncated, fmt.Sprintf("%s: compressed stream is truncated or damaged after line %d (%v); the lines before it were used", src.Name, lineNo, err))
 			return nil
 		default:
