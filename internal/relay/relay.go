@@ -44,9 +44,10 @@ func Pipe(a, b net.Conn, idle time.Duration) Result {
 		tracker = newIdleTracker(idle, a, b)
 		defer tracker.stop()
 	}
-	wg.Add(2)
+	// One direction runs on the caller's goroutine: an idle tunnel then costs one goroutine less.
+	wg.Add(1)
 	go func() { defer wg.Done(); res.AToB = copyHalf(b, a, tracker, abort) }()
-	go func() { defer wg.Done(); res.BToA = copyHalf(a, b, tracker, abort) }()
+	res.BToA = copyHalf(a, b, tracker, abort)
 	wg.Wait()
 	a.Close()
 	b.Close()
@@ -64,11 +65,12 @@ var ErrIdle = errors.New("relay idle timeout")
 func copyHalf(dst, src net.Conn, tracker *idleTracker, abort func(error)) int64 {
 	var n int64
 	var err error
-	if tracker == nil {
-		// Plain io.Copy keeps the splice(2) fast path between two *net.TCPConn.
+	if tracker == nil && spliceable(dst, src) {
+		// Plain io.Copy keeps the splice(2) fast path between two *net.TCPConn: no user-space
+		// buffer at all.
 		n, err = io.Copy(dst, src)
 	} else {
-		n, err = copyTracked(dst, src, tracker)
+		n, err = copyBuffered(dst, src, tracker)
 	}
 	if err != nil {
 		abort(err)
@@ -83,17 +85,45 @@ func copyHalf(dst, src net.Conn, tracker *idleTracker, abort func(error)) int64 
 	return n
 }
 
-func copyTracked(dst, src net.Conn, tracker *idleTracker) (int64, error) {
-	bufp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bufp)
-	buf := *bufp
+func spliceable(dst, src net.Conn) bool {
+	_, d := dst.(*net.TCPConn)
+	_, s := src.(*net.TCPConn)
+	return d && s
+}
+
+// Buffer sizes of copyBuffered. A relay waits for data holding only a small buffer, so an idle
+// tunnel costs little memory; once reads fill it, it borrows a large pooled one until the flow
+// drops back to a trickle.
+const (
+	smallBufSize = 1 << 10
+	largeBufSize = 32 << 10
+)
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, largeBufSize); return &b }}
+
+// copyBuffered copies src to dst until EOF or an error, touching tracker (when non-nil) for every
+// chunk read.
+func copyBuffered(dst, src net.Conn, tracker *idleTracker) (int64, error) {
+	small := make([]byte, smallBufSize)
+	buf := small
+	var large *[]byte
+	defer func() {
+		if large != nil {
+			bufPool.Put(large)
+		}
+	}()
 	var n int64
 	for {
 		nr, rerr := src.Read(buf)
 		if nr > 0 {
-			tracker.touch()
+			if tracker != nil {
+				tracker.touch()
+			}
 			nw, werr := dst.Write(buf[:nr])
 			n += int64(nw)
+			if werr == nil && nw != nr {
+				werr = io.ErrShortWrite
+			}
 			if werr != nil {
 				return n, werr
 			}
@@ -104,10 +134,16 @@ func copyTracked(dst, src net.Conn, tracker *idleTracker) (int64, error) {
 		if rerr != nil {
 			return n, rerr
 		}
+		switch {
+		case large == nil && nr == len(small):
+			large = bufPool.Get().(*[]byte)
+			buf = *large
+		case large != nil && nr < len(small):
+			bufPool.Put(large)
+			large, buf = nil, small
+		}
 	}
 }
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // Abort closes c so that its peer sees a failure: a TCP connection is reset (SO_LINGER 0), a
 // multiplexed stream is reset when it supports it.
