@@ -42,7 +42,7 @@ func (s *Server) admit(r *http.Request, req *Request) *Failure {
 		}
 		if err != nil {
 			return &Failure{Status: http.StatusProxyAuthRequired, Kind: "auth", Denied: true, Reason: err.Error(),
-				Fix: "send the session ticket as proxy credentials: --proxy-user SESSION_ID:TOKEN, or http://SESSION_ID:TOKEN@broker:port in HTTP_PROXY"}
+				Fix: "send the session ticket as proxy credentials (user SESSION_ID, password TOKEN): http://SESSION_ID:TOKEN@broker:port in HTTP_PROXY, curl --proxy-user SESSION_ID:TOKEN, or swarm-proxy connect --ticket FILE"}
 		}
 	}
 	var err error
@@ -114,7 +114,12 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, req *Reque
 		s.fail(w, r, req, &Failure{Status: http.StatusServiceUnavailable, Kind: "shutting_down", Reason: "the proxy is shutting down"})
 		return
 	}
-	defer s.untrack(t)
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			s.untrack(t)
+		}
+	}()
 	upstream, err := s.Dial(r.Context(), req)
 	if err != nil {
 		s.fail(w, r, req, FailureOf(err))
@@ -149,7 +154,13 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, req *Reque
 			return
 		}
 	}
-	s.relay(t, req, rec, conn, upstream)
+	// The relay runs on a fresh goroutine and this handler returns, so that an open tunnel does not
+	// keep the HTTP server's connection goroutine, its deep stack and its buffers alive.
+	handedOff = true
+	go func() {
+		defer s.untrack(t)
+		s.relay(t, req, rec, conn, upstream)
+	}()
 }
 
 // Relay runs an established tunnel between client and upstream until both directions end, then
