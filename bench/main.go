@@ -127,7 +127,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			logf("%s: skipped: %v", name, err)
 			continue
 		}
-		benches = append(benches, &bench{sz: sz, up: up, p: p})
+		benches = append(benches, &bench{sz: sz, up: up, p: p, log: logf})
 		order = append(order, p.name)
 	}
 	if len(benches) == 0 {

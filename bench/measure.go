@@ -29,7 +29,7 @@ type sizes struct {
 
 var (
 	fullSizes = sizes{LatencySamples: 200, BulkBytes: 256 << 20, Parallel: 8, ParallelBytes: 64 << 20,
-		Storm: 1000, Churn: 1000, HTTPClients: 16, HTTPDuration: 3 * time.Second, Idle: 1000}
+		Storm: 1000, Churn: 1000, HTTPClients: 16, HTTPDuration: 3 * time.Second, Idle: 50}
 	shortSizes = sizes{LatencySamples: 20, BulkBytes: 4 << 20, Parallel: 8, ParallelBytes: 1 << 20,
 		Storm: 50, Churn: 50, HTTPClients: 16, HTTPDuration: 200 * time.Millisecond, Idle: 50}
 )
@@ -81,6 +81,7 @@ type bench struct {
 	fail int
 	errs []error
 	dead bool
+	log  func(format string, args ...any)
 
 	lat                 []time.Duration
 	churnN              int
@@ -491,7 +492,18 @@ func (b *bench) idle(ctx context.Context) {
 			c.Close()
 		}
 	}
-	before, err := treeRSS(b.p.pids...)
+	rss := func() ([]int64, error) {
+		out := make([]int64, len(b.p.pids))
+		for i, pid := range b.p.pids {
+			v, err := treeRSS(pid)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = v
+		}
+		return out, nil
+	}
+	before, err := rss()
 	if err != nil {
 		b.failed("idle", err)
 		return
@@ -510,7 +522,7 @@ func (b *bench) idle(ctx context.Context) {
 		}
 		conns = append(conns, c)
 	}
-	after, err := treeRSS(b.p.pids...)
+	after, err := rss()
 	if err != nil {
 		b.failed("idle", err)
 		return
@@ -518,7 +530,12 @@ func (b *bench) idle(ctx context.Context) {
 	if len(conns) == 0 {
 		return
 	}
-	b.add(mIdleRSS, "KiB", float64(after-before)/1024/float64(len(conns)))
+	var total int64
+	for i, pid := range b.p.pids {
+		total += after[i] - before[i]
+		b.log("  %-9s idle: pid %d %+.1f KiB per tunnel", b.p.name, pid, float64(after[i]-before[i])/1024/float64(len(conns)))
+	}
+	b.add(mIdleRSS, "KiB", float64(total)/1024/float64(len(conns)))
 }
 
 func percentile(ds []time.Duration, q float64) time.Duration {
