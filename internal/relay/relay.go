@@ -95,7 +95,7 @@ func spliceable(dst, src net.Conn) bool {
 // tunnel costs little memory; once reads fill it, it borrows a large pooled one until the flow
 // drops back to a trickle.
 const (
-	smallBufSize = 1 << 10
+	smallBufSize = 512
 	largeBufSize = 32 << 10
 )
 
