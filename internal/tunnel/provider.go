@@ -184,7 +184,7 @@ func (p *Provider) connect(ctx context.Context, cfg Config, logger *slog.Logger)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.serveStream(ctx, cfg, logger, session, st)
+			p.serveStream(ctx, cfg, logger, session, st, &wg)
 		}()
 	}
 }
@@ -222,8 +222,9 @@ func (p *Provider) handshake(conn net.Conn, cfg Config, session, public, token s
 }
 
 // serveStream reads one open header, dials the target under the provider's policy, answers, and
-// relays. A refusal is answered on the stream and the stream is closed.
-func (p *Provider) serveStream(ctx context.Context, cfg Config, logger *slog.Logger, session string, st *yamux.Stream) {
+// starts the relay on a goroutine counted in wg. A refusal is answered on the stream and the
+// stream is closed.
+func (p *Provider) serveStream(ctx context.Context, cfg Config, logger *slog.Logger, session string, st *yamux.Stream, wg *sync.WaitGroup) {
 	start := time.Now()
 	st.SetDeadline(time.Now().Add(cfg.HandshakeTimeout))
 	s, err := readFrame(st)
@@ -255,6 +256,17 @@ func (p *Provider) serveStream(ctx context.Context, cfg Config, logger *slog.Log
 		logger.Info("broker gave up on the open before the target answered", "id", o.ID, "target", o.Target.String())
 		return
 	}
+	// The relay runs on a fresh goroutine: this one's stack grew deep while dialing, and an open
+	// tunnel should not keep it.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		relayStream(logger, o, st, up, start)
+	}()
+}
+
+// relayStream carries an opened stream's bytes to and from its target and logs the outcome.
+func relayStream(logger *slog.Logger, o openMsg, st *yamux.Stream, up net.Conn, start time.Time) {
 	res := relay.Pipe(st, up, 0)
 	attrs := []any{"id", o.ID, "target", o.Target.String(), "upstream", up.RemoteAddr().String(),
 		"bytes_out", res.AToB, "bytes_in", res.BToA, "duration_ms", time.Since(start).Milliseconds()}
