@@ -60,6 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	jsonFile := fs.String("json", "", "also write the results as JSON to this file")
 	benchFile := fs.String("benchfmt", "", "also write the results in Go benchmark format (for benchstat) to this file")
 	pathList := fs.String("paths", strings.Join(allPaths, ","), "comma-separated paths to measure")
+	idle := fs.Int("idle", 0, "idle tunnels for the memory figure (default: 1000, 50 with -short)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "bound on the whole measurement")
 	binary := fs.String("binary", "", "swarm-proxy binary (default: build ./cmd/swarm-proxy without -race)")
 	if err := fs.Parse(args); err != nil {
@@ -79,6 +80,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	sz := fullSizes
 	if *short {
 		sz = shortSizes
+	}
+	if *idle > 0 {
+		sz.Idle = *idle
 	}
 	if err := raiseFileLimit(sz); err != nil {
 		return err
@@ -135,7 +139,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
+	start := time.Now()
 	(&suite{benches: benches, log: logf}).run(ctx)
+	logf("measured in %v", time.Since(start).Round(time.Second))
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("run: %w", err)
 	}

@@ -29,7 +29,7 @@ type sizes struct {
 
 var (
 	fullSizes = sizes{LatencySamples: 200, BulkBytes: 256 << 20, Parallel: 8, ParallelBytes: 64 << 20,
-		Storm: 1000, Churn: 1000, HTTPClients: 16, HTTPDuration: 3 * time.Second, Idle: 50}
+		Storm: 1000, Churn: 1000, HTTPClients: 16, HTTPDuration: 3 * time.Second, Idle: 1000}
 	shortSizes = sizes{LatencySamples: 20, BulkBytes: 4 << 20, Parallel: 8, ParallelBytes: 1 << 20,
 		Storm: 50, Churn: 50, HTTPClients: 16, HTTPDuration: 200 * time.Millisecond, Idle: 50}
 )
