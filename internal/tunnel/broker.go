@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"github.com/libp2p/go-yamux/v5"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/ticket"
 )
 
@@ -373,6 +375,16 @@ func orNone(s string) string {
 // provider's own kind and reason when it refused or failed to connect.
 func (b *Broker) Dial(ctx context.Context, req *dial.Request) (net.Conn, error) {
 	b.init()
+	if d := req.Decision; d.Pending {
+		// The broker's policy admits this name only if its addresses fall in an allow cidr rule, but
+		// the provider resolves the name on its own network: the broker cannot check that, so it
+		// refuses rather than let the name through unchecked.
+		d.Allow, d.Pending, d.Code = false, false, policy.CodeNoRule
+		d.Reason = fmt.Sprintf("the broker's policy allows %s only by a cidr rule, which a broker cannot check: its provider resolves the name", req.Target.Host)
+		d.Fix = fmt.Sprintf("add to allow in the broker's policy:  - host: %s\n     ports: [%d]", req.Target.Host, req.Target.Port)
+		b.Metrics.open(dial.KindDenied.String())
+		return nil, dial.Denied(req.Target, d)
+	}
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.OpenTimeout)
 	defer cancel()
 	skip := map[*provider]bool{}
@@ -390,7 +402,7 @@ func (b *Broker) Dial(ctx context.Context, req *dial.Request) (net.Conn, error) 
 		c, err := b.open(ctx, p, req)
 		if err == nil {
 			b.Metrics.open("ok")
-			return &Conn{Stream: c, provider: p.id, release: func() { b.release(p, g) }}, nil
+			return &Conn{stream: stream{c}, provider: p.id, release: func() { b.release(p, g) }}, nil
 		}
 		b.release(p, g)
 		if errors.Is(err, errProviderGone) && ctx.Err() == nil {
@@ -462,7 +474,7 @@ func (b *Broker) open(ctx context.Context, p *provider, req *dial.Request) (*yam
 // Conn is a stream to a target through a provider. Close sends a clean end (FIN) after a complete
 // transfer; Reset makes the far side see a failure. Both release the stream's slot.
 type Conn struct {
-	*yamux.Stream
+	stream
 	provider string
 	once     sync.Once
 	release  func()
@@ -484,4 +496,19 @@ func (c *Conn) Reset() error {
 	err := c.Stream.Reset()
 	c.once.Do(c.release)
 	return err
+}
+
+// stream is a yamux stream whose Read never mistakes a dead connection for a clean end. yamux's Read
+// returns data together with the error of the window update it sends afterwards; when the connection
+// ended with EOF, that error is io.EOF itself, which a copy loop takes for a FIN and passes on as a
+// clean half-close. Dropping it is safe: the next Read reports the stream's true state (the session's
+// reset error, or io.EOF after a real FIN).
+type stream struct{ *yamux.Stream }
+
+func (s stream) Read(b []byte) (int, error) {
+	n, err := s.Stream.Read(b)
+	if err == io.EOF && (n > 0 || len(b) == 0) {
+		return n, nil
+	}
+	return n, err
 }

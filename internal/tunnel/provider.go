@@ -267,7 +267,7 @@ func (p *Provider) serveStream(ctx context.Context, cfg Config, logger *slog.Log
 
 // relayStream carries an opened stream's bytes to and from its target and logs the outcome.
 func relayStream(logger *slog.Logger, o openMsg, st *yamux.Stream, up net.Conn, start time.Time) {
-	res := relay.Pipe(st, up, 0)
+	res := relay.Pipe(stream{st}, up, 0)
 	attrs := []any{"id", o.ID, "target", o.Target.String(), "upstream", up.RemoteAddr().String(),
 		"bytes_out", res.AToB, "bytes_in", res.BToA, "duration_ms", time.Since(start).Milliseconds()}
 	if res.Err != nil {

@@ -357,10 +357,13 @@ func TestDialFailures(t *testing.T) {
 		{"target refuses", "loop", closedTarget, dial.KindRefused, "connection refused"},
 		{"name does not resolve", "dns", policy.Target{Host: "nothing.example", Port: 80}, dial.KindResolve, "no such host"},
 		{"provider does not answer", "silent", echo, dial.KindTimeout, "did not answer the open within 300ms"},
+		{"broker policy needs addresses", "loop", policy.Target{Host: "internal.example", Port: 80}, dial.KindDenied, "only by a cidr rule"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := e.broker.Dial(context.Background(), req(tt.session, tt.target))
+			r := req(tt.session, tt.target)
+			r.Decision.Pending = strings.HasSuffix(tt.target.Host, ".example") && tt.kind == dial.KindDenied
+			c, err := e.broker.Dial(context.Background(), r)
 			if err == nil {
 				c.Close()
 				t.Fatal("Dial succeeded")
@@ -369,8 +372,8 @@ func TestDialFailures(t *testing.T) {
 			if !errors.As(err, &de) || de.Kind != tt.kind || !strings.Contains(de.Reason, tt.reason) {
 				t.Fatalf("Dial error %#v (%v), want kind %v with reason containing %q", de, err, tt.kind, tt.reason)
 			}
-			if de.Kind == dial.KindDenied && de.Decision != nil {
-				t.Fatalf("a provider's refusal carries a broker decision: %+v", de.Decision)
+			if de.Kind == dial.KindDenied && (de.Decision != nil) != r.Decision.Pending {
+				t.Fatalf("decision %+v: a provider's refusal carries none, the broker's own refusal does", de.Decision)
 			}
 		})
 	}
@@ -518,15 +521,62 @@ func TestProviderVanishesMidTransfer(t *testing.T) {
 		t.Fatal(err)
 	}
 	tp.stop() // the provider goes away mid-transfer
+	worker.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_, err = io.Copy(io.Discard, worker)
 	if err == nil || !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("worker read ended with %v, want a connection reset (never a clean EOF)", err)
+		t.Fatalf("worker read ended with %v, want a connection reset (never a clean EOF)\nprovider log:\n%s\nbroker log:\n%s", err, tp.logs, e.logs)
 	}
 	if res := <-relayDone; res.Err == nil {
 		t.Fatal("relay reported success")
 	}
 	e.broker.Close()
 	waitFor(t, "goroutines back to baseline", func() bool { return runtime.NumGoroutine() <= base+2 })
+}
+
+// TestBrokerVanishesMidUpload is the other direction: the target must see a reset, not a clean end
+// of a truncated upload.
+func TestBrokerVanishesMidUpload(t *testing.T) {
+	e := newEnv(t, false, Config{})
+	e.provider("s1", "loopback", nil).waitConnected(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan error, 1)
+	received := make(chan struct{})
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err
+			return
+		}
+		defer c.Close()
+		if _, err := io.ReadFull(c, make([]byte, 1<<20)); err != nil {
+			got <- err
+			return
+		}
+		close(received)
+		_, err = io.Copy(io.Discard, c)
+		got <- err
+	}()
+	up, err := e.broker.Dial(context.Background(), req("s1", targetOf(t, ln.Addr())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		buf := make([]byte, 32<<10)
+		for {
+			if _, err := up.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	<-received
+	e.broker.Close()
+	if err := <-got; !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("target read ended with %v, want a connection reset (never a clean EOF)", err)
+	}
 }
 
 func TestReconnect(t *testing.T) {
