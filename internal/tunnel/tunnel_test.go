@@ -715,3 +715,76 @@ func value(m prometheus.Metric) float64 {
 	}
 	return d.Counter.GetValue()
 }
+
+// freezer forwards a connection until frozen, then stops moving bytes without closing anything: a
+// peer that went silent (power loss, a dropped route), which only keepalives can notice.
+type freezer struct {
+	mu     sync.Mutex
+	frozen bool
+	conns  []net.Conn
+}
+
+func (f *freezer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	up, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	a, b := net.Pipe()
+	f.mu.Lock()
+	f.conns = append(f.conns, up, a, b)
+	f.mu.Unlock()
+	go f.copy(up, a)
+	go f.copy(a, up)
+	return b, nil
+}
+
+func (f *freezer) copy(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		f.mu.Lock()
+		frozen := f.frozen
+		f.mu.Unlock()
+		if err != nil || frozen {
+			return
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+func (f *freezer) freeze() {
+	f.mu.Lock()
+	f.frozen = true
+	f.mu.Unlock()
+}
+
+func (f *freezer) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		c.Close()
+	}
+}
+
+func TestKeepaliveDetectsSilentPeer(t *testing.T) {
+	const keepalive = 2 * time.Second
+	e := newEnv(t, false, Config{KeepAlive: keepalive})
+	f := &freezer{}
+	defer f.close()
+	tp := e.provider("s1", "loopback", func(p *Provider) {
+		p.DialContext = f.dial
+		p.Config.KeepAlive = keepalive
+		p.Backoff.Min = time.Hour // stay disconnected once dropped
+		p.Backoff.Max = time.Hour
+	})
+	tp.waitConnected(t)
+	f.freeze()
+	start := time.Now()
+	waitFor(t, "broker to drop the silent provider", func() bool { return len(e.broker.Providers("s1")) == 0 })
+	waitFor(t, "provider to notice", func() bool { return strings.Contains(tp.logs.String(), "broker connection failed") })
+	if d := time.Since(start); d > keepalive+2*time.Second {
+		t.Fatalf("silent peer noticed after %v, want within about %v", d, keepalive)
+	}
+}
