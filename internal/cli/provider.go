@@ -44,16 +44,10 @@ func newProviderCmd() *cobra.Command {
 			case ticketFile == "" && (session == "" || token == ""):
 				errs = append(errs, errors.New("give --ticket FILE, or --session ID and --token T"))
 			}
-			var fromTicket ticket.Ticket
 			if ticketFile != "" {
-				tk, err := readTicket(ticketFile)
-				if err != nil {
+				if _, err := readTicket(ticketFile); err != nil {
 					errs = append(errs, err)
 				}
-				fromTicket = tk
-			}
-			if broker == "" {
-				broker = fromTicket.BrokerAddr
 			}
 			if broker == "" {
 				errs = append(errs, errors.New("--broker is required (the broker's --provider-listen address)"))
@@ -115,7 +109,7 @@ func newProviderCmd() *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&broker, "broker", "", "the broker's provider address, host:port (default: broker_addr of the ticket)")
+	fs.StringVar(&broker, "broker", "", "the broker's provider address (its --provider-listen), host:port (required)")
 	fs.StringVar(&ticketFile, "ticket", "", "ticket file written by `swarm-proxy ticket --json`")
 	fs.StringVar(&session, "session", "", "session id (with --token, instead of --ticket)")
 	fs.StringVar(&token, "token", "", "session token (with --session, instead of --ticket)")
