@@ -484,6 +484,31 @@ type Conn struct {
 // it in the provider field.
 func (c *Conn) Provider() string { return c.provider }
 
+// Read reads from the target through the provider. A failure names the provider and says whether
+// its connection died or it reset the stream, so that the access log explains a cut transfer.
+func (c *Conn) Read(b []byte) (int, error) {
+	n, err := c.stream.Read(b)
+	return n, c.explain(err)
+}
+
+// Write writes towards the target through the provider; failures are explained as in Read.
+func (c *Conn) Write(b []byte) (int, error) {
+	n, err := c.stream.Write(b)
+	return n, c.explain(err)
+}
+
+func (c *Conn) explain(err error) error {
+	switch {
+	case err == nil || err == io.EOF || errors.Is(err, yamux.ErrTimeout):
+		return err
+	case c.Stream.Session().IsClosed():
+		return fmt.Errorf("provider %s disconnected: %w", c.provider, err)
+	case errors.Is(err, yamux.ErrStreamReset):
+		return fmt.Errorf("provider %s reset the stream (its connection to the target failed): %w", c.provider, err)
+	}
+	return err
+}
+
 // Close closes both directions of the stream.
 func (c *Conn) Close() error {
 	err := c.Stream.Close()

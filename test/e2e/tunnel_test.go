@@ -351,7 +351,7 @@ func TestTunnelProviderKilledMidDownload(t *testing.T) {
 		t.Errorf("curl stderr %q: want a connection reset", stderr.String())
 	}
 	rec := b.WaitRecord(func(r accesslog.Record) bool { return r.Method == "CONNECT" })
-	if rec.Error == "" || !strings.Contains(rec.Error, "connection closed") || rec.Session != "dl" || rec.Provider == "" {
+	if !strings.Contains(rec.Error, "provider "+rec.Provider+" disconnected") || rec.Session != "dl" || rec.Provider == "" {
 		t.Fatalf("log record %+v: want an error saying the provider connection closed", rec)
 	}
 	b.waitProviders("dl", 0)
