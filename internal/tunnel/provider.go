@@ -36,6 +36,9 @@ type Backoff struct {
 	Min, Max, AuthRetry time.Duration
 }
 
+// stableConnection is how long a connection must last for the reconnect backoff to start over.
+const stableConnection = 10 * time.Second
+
 // DefaultBackoff is used for zero Backoff fields.
 var DefaultBackoff = Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second, AuthRetry: time.Minute}
 
@@ -88,6 +91,7 @@ func (p *Provider) Run(ctx context.Context) error {
 	}
 	attempt := 0
 	for {
+		start := time.Now()
 		connected, err := p.connect(ctx, cfg, logger)
 		if ctx.Err() != nil {
 			return nil
@@ -98,7 +102,9 @@ func (p *Provider) Run(ctx context.Context) error {
 			delay = bo.AuthRetry
 			logger.Error("broker refused this provider; check the ticket", "broker", p.Broker, "code", ae.Code, "reason", ae.Reason, "retry_in", delay)
 		} else {
-			if connected {
+			if connected && time.Since(start) >= stableConnection {
+				// Start the schedule over only after a connection that lasted: a broker that
+				// accepts and drops at once must not be redialed in a tight loop.
 				attempt = 0
 			}
 			delay = jitter(min(bo.Min<<min(attempt, 20), bo.Max))
