@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -162,6 +163,9 @@ func TestRenderShells(t *testing.T) {
 	for _, sh := range shells {
 		t.Run(sh.argv[0], func(t *testing.T) {
 			if _, err := exec.LookPath(sh.argv[0]); err != nil {
+				if os.Getenv("CI") != "" {
+					t.Fatalf("%s is not installed and CI is set (scripts/test.sh installs it)", sh.argv[0])
+				}
 				t.Skipf("%s is not installed (scripts/test.sh installs it)", sh.argv[0])
 			}
 			var out bytes.Buffer
