@@ -788,3 +788,29 @@ func TestKeepaliveDetectsSilentPeer(t *testing.T) {
 		t.Fatalf("silent peer noticed after %v, want within about %v", d, keepalive)
 	}
 }
+
+func TestStreamCapPerSession(t *testing.T) {
+	e := newEnv(t, false, Config{MaxStreams: 2})
+	e.provider("s1", "loopback", nil).waitConnected(t)
+	target := echoServer(t)
+	a, err := e.broker.Dial(context.Background(), req("s1", target))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.broker.Dial(context.Background(), req("s1", target))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, err = e.broker.Dial(context.Background(), req("s1", target))
+	var de *dial.Error
+	if !errors.As(err, &de) || !strings.Contains(de.Reason, "already has 2 streams open") {
+		t.Fatalf("third stream: %v, want the session's cap", err)
+	}
+	a.Close()
+	c, err := e.broker.Dial(context.Background(), req("s1", target))
+	if err != nil {
+		t.Fatalf("after one closed: %v", err)
+	}
+	c.Close()
+}
