@@ -22,6 +22,9 @@ import (
 	"github.com/swarm-proxy/swarm-proxy/internal/ticket"
 )
 
+// maxPending bounds the provider connections that may be in their handshake at once.
+const maxPending = 1024
+
 // ErrClosed is returned by Serve after Close.
 var ErrClosed = errors.New("tunnel broker closed")
 
@@ -123,6 +126,13 @@ func (b *Broker) Serve(ln net.Listener) error {
 			b.mu.Unlock()
 			c.Close()
 			return ErrClosed
+		}
+		if len(b.pending) >= maxPending {
+			// A flood of connections that never finish their handshake must not pile up.
+			b.mu.Unlock()
+			c.Close()
+			b.Metrics.handshake("overload")
+			continue
 		}
 		b.pending[c] = struct{}{}
 		b.wg.Add(1)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -199,6 +200,9 @@ func (p *Provider) handshake(conn net.Conn, cfg Config, session, public, token s
 	conn.SetDeadline(time.Now().Add(cfg.HandshakeTimeout))
 	s, err := readFrame(conn)
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return "", fmt.Errorf("no hello from %s within %v: is it the broker's --provider-listen address? %w", p.Broker, cfg.HandshakeTimeout, err)
+		}
 		return "", fmt.Errorf("read broker hello: %w", err)
 	}
 	h, err := parseHello(s)

@@ -814,3 +814,14 @@ func TestStreamCapPerSession(t *testing.T) {
 	}
 	c.Close()
 }
+
+func TestHandshakeWithSilentPeerNamesTheAddress(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	p := &Provider{Broker: "127.0.0.1:8080"}
+	_, err := p.handshake(a, Config{HandshakeTimeout: 100 * time.Millisecond}.withDefaults(), "s", "v1.1.AAAAAAAA", "tok")
+	if err == nil || !strings.Contains(err.Error(), "is it the broker's --provider-listen address?") {
+		t.Fatalf("handshake with a silent peer: %v", err)
+	}
+}
