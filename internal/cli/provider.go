@@ -22,7 +22,7 @@ func newProviderCmd() *cobra.Command {
 	var (
 		broker, ticketFile, session, token, caFile, allowTargets, policyFile, logLevel string
 		useTLS                                                                         bool
-		keepalive, dialTimeout, authRetry                                              time.Duration
+		keepalive, dialTimeout, authRetry, drainTimeout                                time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "provider",
@@ -96,13 +96,14 @@ func newProviderCmd() *cobra.Command {
 			}
 			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
 			p := &tunnel.Provider{
-				Broker:      broker,
-				TLS:         tlsCfg,
-				Credentials: creds,
-				Dialer:      &dial.Direct{Policy: func() *policy.Policy { return pol }, Timeout: dialTimeout},
-				Config:      cfg,
-				Backoff:     tunnel.Backoff{AuthRetry: authRetry},
-				Logger:      logger,
+				Broker:       broker,
+				TLS:          tlsCfg,
+				Credentials:  creds,
+				Dialer:       &dial.Direct{Policy: func() *policy.Policy { return pol }, Timeout: dialTimeout},
+				Config:       cfg,
+				Backoff:      tunnel.Backoff{AuthRetry: authRetry},
+				Logger:       logger,
+				DrainTimeout: drainTimeout,
 			}
 			logger.Info("provider starting", "broker", broker, "tls", tlsCfg != nil, "targets", targetsName(policyFile, allowTargets))
 			return p.Run(cmd.Context())
@@ -120,6 +121,7 @@ func newProviderCmd() *cobra.Command {
 	fs.DurationVar(&keepalive, "keepalive", tunnel.DefaultKeepAlive, "a silent broker connection is declared dead after this long")
 	fs.DurationVar(&dialTimeout, "dial-timeout", dial.DefaultTimeout, "bound on resolving and connecting to a target")
 	fs.DurationVar(&authRetry, "auth-retry", tunnel.DefaultBackoff.AuthRetry, "wait this long before retrying after the broker refused the ticket")
+	fs.DurationVar(&drainTimeout, "drain-timeout", tunnel.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long open streams may finish (the broker sends no new ones)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level on stderr: debug, info, warn, error")
 	return cmd
 }

@@ -66,6 +66,9 @@ type provider struct {
 	session string
 	mux     *yamux.Session
 	active  atomic.Int64
+	// draining is set when the provider announced it is shutting down: it finishes its streams
+	// but gets no new ones.
+	draining atomic.Bool
 }
 
 func (b *Broker) init() {
@@ -179,6 +182,8 @@ func (b *Broker) handle(c net.Conn) {
 	}
 	b.Metrics.handshake("ok")
 	b.Logger.Info("provider connected", "session", session, "provider", p.id, "expires", expiry.Format(time.RFC3339))
+	b.wg.Add(1)
+	go b.acceptControl(p)
 	expire := time.AfterFunc(time.Until(expiry), func() {
 		b.Logger.Info("provider ticket expired; disconnecting it", "session", session, "provider", p.id)
 		mux.Close()
@@ -187,6 +192,28 @@ func (b *Broker) handle(c net.Conn) {
 	expire.Stop()
 	b.unregister(p)
 	b.Logger.Info("provider disconnected", "session", session, "provider", p.id, "streams_open", p.active.Load())
+}
+
+// acceptControl serves the streams a provider opens: the only one defined is DRAIN, which marks the
+// provider draining and is acknowledged by closing the stream.
+func (b *Broker) acceptControl(p *provider) {
+	defer b.wg.Done()
+	for {
+		st, err := p.mux.AcceptStream()
+		if err != nil {
+			return
+		}
+		st.SetDeadline(time.Now().Add(b.cfg.HandshakeTimeout))
+		msg, err := readFrame(st)
+		if err != nil || msg != drainMsg {
+			st.Reset()
+			b.Logger.Warn("unexpected stream from provider", "provider", p.id, "frame", short(msg), "err", err)
+			continue
+		}
+		p.draining.Store(true)
+		b.Logger.Info("provider draining: no new streams for it", "session", p.session, "provider", p.id, "streams_open", p.active.Load())
+		st.Close()
+	}
 }
 
 // handshake sends the hello with a fresh nonce and checks the provider's proof. Refusals are
@@ -337,7 +364,7 @@ func (b *Broker) acquire(req *dial.Request, skip map[*provider]bool) (*provider,
 	var live []*provider
 	if g != nil {
 		for _, p := range g.providers {
-			if !skip[p] && !p.mux.IsClosed() {
+			if !skip[p] && !p.draining.Load() && !p.mux.IsClosed() {
 				live = append(live, p)
 			}
 		}
@@ -464,6 +491,10 @@ func (b *Broker) open(ctx context.Context, p *provider, req *dial.Request) (*yam
 		st.Reset()
 		if ctx.Err() != nil {
 			return nil, timeoutErr(err)
+		}
+		if p.draining.Load() || p.mux.IsClosed() {
+			// The provider is leaving; nothing was sent to the target yet, so another may serve.
+			return nil, fmt.Errorf("%w: %w", errProviderGone, err)
 		}
 		return nil, &dial.Error{Kind: dial.KindUnreachable, Target: t, Err: err,
 			Reason: fmt.Sprintf("provider %s dropped the stream before answering", p.id)}

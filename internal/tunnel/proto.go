@@ -133,6 +133,10 @@ const (
 	RefuseShutdown  = "shutting_down"
 )
 
+// drainMsg is the only frame on a stream the provider opens: it is shutting down and wants no new
+// streams. The broker answers by closing the stream.
+const drainMsg = "DRAIN"
+
 // openMsg is the broker's first frame on a stream: "OPEN <request-id> <host> <port>".
 type openMsg struct {
 	ID     string

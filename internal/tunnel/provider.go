@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -64,7 +65,13 @@ type Provider struct {
 	Logger *slog.Logger
 	// OnConnect, when set, is called with the id the broker gave this provider after each handshake.
 	OnConnect func(id string)
+	// DrainTimeout is how long open streams may finish when ctx ends, after the broker has been
+	// told to send no new ones; zero means DefaultDrainTimeout.
+	DrainTimeout time.Duration
 }
+
+// DefaultDrainTimeout is used when Provider.DrainTimeout is zero.
+const DefaultDrainTimeout = 30 * time.Second
 
 // Run connects to the broker and serves streams, reconnecting with backoff, until ctx ends. It
 // returns nil when ctx ends and an error only for unusable settings.
@@ -174,24 +181,38 @@ func (p *Provider) connect(ctx context.Context, cfg Config, logger *slog.Logger)
 		conn.Close()
 		return false, fmt.Errorf("start multiplexer: %w", err)
 	}
-	stop := context.AfterFunc(ctx, func() { mux.Close() })
+	var open streamCount
+	stop := context.AfterFunc(ctx, func() {
+		p.drain(mux, cfg, &open, logger)
+		mux.Close()
+	})
 	defer stop()
 	logger.Info("connected to broker", "broker", p.Broker, "session", session, "provider", id)
 	if p.OnConnect != nil {
 		p.OnConnect(id)
 	}
-	var wg sync.WaitGroup
+	// Streams outlive ctx while draining; closing the multiplexer ends them.
+	sctx := context.WithoutCancel(ctx)
 	for {
 		st, err := mux.AcceptStream()
 		if err != nil {
 			mux.Close()
-			wg.Wait()
+			<-open.zero()
 			return true, fmt.Errorf("connection to broker lost: %w", err)
 		}
-		wg.Add(1)
+		open.add(1)
 		go func() {
-			defer wg.Done()
-			p.serveStream(ctx, cfg, logger, session, st, &wg)
+			relayFn := p.serveStream(sctx, cfg, logger, session, st)
+			if relayFn == nil {
+				open.add(-1)
+				return
+			}
+			// The relay runs on a fresh goroutine: this one's stack grew deep while dialing, and
+			// an open tunnel should not keep it.
+			go func() {
+				defer open.add(-1)
+				relayFn()
+			}()
 		}()
 	}
 }
@@ -231,24 +252,24 @@ func (p *Provider) handshake(conn net.Conn, cfg Config, session, public, token s
 	return "", &AuthError{Code: code, Reason: reason}
 }
 
-// serveStream reads one open header, dials the target under the provider's policy, answers, and
-// starts the relay on a goroutine counted in wg. A refusal is answered on the stream and the
-// stream is closed.
-func (p *Provider) serveStream(ctx context.Context, cfg Config, logger *slog.Logger, session string, st *yamux.Stream, wg *sync.WaitGroup) {
+// serveStream reads one open header, dials the target under the provider's policy and answers. It
+// returns the relay to run once the target is connected, or nil after a refusal, which is answered
+// on the stream before the stream is closed.
+func (p *Provider) serveStream(ctx context.Context, cfg Config, logger *slog.Logger, session string, st *yamux.Stream) (relayFn func()) {
 	start := time.Now()
 	st.SetDeadline(time.Now().Add(cfg.HandshakeTimeout))
 	s, err := readFrame(st)
 	if err != nil {
 		st.Reset()
 		logger.Debug("stream closed before its open header", "err", err)
-		return
+		return nil
 	}
 	o, err := parseOpen(s)
 	if err != nil {
 		writeFrame(st, reply{Status: StatusBadGateway, Kind: dial.KindInternal.String(), Reason: err.Error()}.String())
 		st.Close()
 		logger.Warn("bad open header from broker", "err", err)
-		return
+		return nil
 	}
 	st.SetDeadline(time.Time{})
 	req := &dial.Request{Target: o.Target, ID: o.ID, Session: session, Client: "broker"}
@@ -258,21 +279,15 @@ func (p *Provider) serveStream(ctx context.Context, cfg Config, logger *slog.Log
 		writeFrame(st, r.String())
 		st.Close()
 		logger.Info("open refused", "id", o.ID, "target", o.Target.String(), "status", r.Status, "kind", r.Kind, "reason", r.Reason)
-		return
+		return nil
 	}
 	if err := writeFrame(st, reply{Status: StatusOK, Kind: "ok", Reason: "connected to " + up.RemoteAddr().String()}.String()); err != nil {
 		relay.Abort(up)
 		st.Reset()
 		logger.Info("broker gave up on the open before the target answered", "id", o.ID, "target", o.Target.String())
-		return
+		return nil
 	}
-	// The relay runs on a fresh goroutine: this one's stack grew deep while dialing, and an open
-	// tunnel should not keep it.
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		relayStream(logger, o, st, up, start)
-	}()
+	return func() { relayStream(logger, o, st, up, start) }
 }
 
 // relayStream carries an opened stream's bytes to and from its target and logs the outcome.
@@ -285,4 +300,76 @@ func relayStream(logger *slog.Logger, o openMsg, st *yamux.Stream, up net.Conn, 
 		return
 	}
 	logger.Info("stream done", attrs...)
+}
+
+// drain tells the broker to send no new streams, waits for its acknowledgement, then lets open
+// streams finish for up to DrainTimeout.
+func (p *Provider) drain(mux *yamux.Session, cfg Config, open *streamCount, logger *slog.Logger) {
+	timeout := p.DrainTimeout
+	if timeout == 0 {
+		timeout = DefaultDrainTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	st, err := mux.OpenStream(ctx)
+	if err != nil {
+		return
+	}
+	st.SetDeadline(time.Now().Add(cfg.HandshakeTimeout))
+	if err := writeFrame(st, drainMsg); err != nil {
+		st.Reset()
+		return
+	}
+	// The broker closes the stream once it will send no new streams here.
+	if _, err := io.Copy(io.Discard, st); err != nil {
+		logger.Warn("broker did not acknowledge the drain", "err", err)
+	}
+	st.Close()
+	if n := open.get(); n > 0 {
+		logger.Info("draining: waiting for open streams", "streams", n, "timeout", timeout)
+		select {
+		case <-open.zero():
+			logger.Info("drained")
+		case <-ctx.Done():
+			logger.Warn("drain timeout reached: cutting the remaining streams", "streams", open.get())
+		}
+	}
+}
+
+// streamCount counts open streams and tells when none is left.
+type streamCount struct {
+	mu      sync.Mutex
+	n       int
+	waiters []chan struct{}
+}
+
+func (c *streamCount) add(d int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n += d
+	if c.n == 0 {
+		for _, w := range c.waiters {
+			close(w)
+		}
+		c.waiters = nil
+	}
+}
+
+func (c *streamCount) get() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// zero returns a channel that is closed once no stream is open.
+func (c *streamCount) zero() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan struct{})
+	if c.n == 0 {
+		close(ch)
+	} else {
+		c.waiters = append(c.waiters, ch)
+	}
+	return ch
 }

@@ -170,13 +170,14 @@ func (e *env) provider(session string, targets string, mod func(*Provider)) *tes
 	}
 	tp := &testProvider{done: make(chan struct{}), connected: make(chan string, 16), conns: make(chan net.Conn, 16), logs: &syncBuffer{}, env: e}
 	p := &Provider{
-		Broker:      e.addr,
-		TLS:         e.clientTLS,
-		Credentials: func() (string, string, error) { return session, tk.Token, nil },
-		Dialer:      &dial.Direct{Policy: func() *policy.Policy { return pol }, Timeout: 2 * time.Second},
-		Backoff:     Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond, AuthRetry: time.Hour},
-		Logger:      slog.New(slog.NewTextHandler(tp.logs, nil)),
-		OnConnect:   func(id string) { tp.connected <- id },
+		Broker:       e.addr,
+		TLS:          e.clientTLS,
+		Credentials:  func() (string, string, error) { return session, tk.Token, nil },
+		Dialer:       &dial.Direct{Policy: func() *policy.Policy { return pol }, Timeout: 2 * time.Second},
+		Backoff:      Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond, AuthRetry: time.Hour},
+		DrainTimeout: 5 * time.Second,
+		Logger:       slog.New(slog.NewTextHandler(tp.logs, nil)),
+		OnConnect:    func(id string) { tp.connected <- id },
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 			if err == nil {
@@ -520,7 +521,7 @@ func TestProviderVanishesMidTransfer(t *testing.T) {
 	if _, err := io.ReadFull(worker, make([]byte, 1<<20)); err != nil {
 		t.Fatal(err)
 	}
-	tp.stop() // the provider goes away mid-transfer
+	(<-tp.conns).Close() // the provider's connection dies mid-transfer
 	worker.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_, err = io.Copy(io.Discard, worker)
 	if err == nil || !errors.Is(err, syscall.ECONNRESET) {
@@ -823,5 +824,58 @@ func TestHandshakeWithSilentPeerNamesTheAddress(t *testing.T) {
 	_, err := p.handshake(a, Config{HandshakeTimeout: 100 * time.Millisecond}.withDefaults(), "s", "v1.1.AAAAAAAA", "tok")
 	if err == nil || !strings.Contains(err.Error(), "is it the broker's --provider-listen address?") {
 		t.Fatalf("handshake with a silent peer: %v", err)
+	}
+}
+
+func TestProviderDrains(t *testing.T) {
+	e := newEnv(t, false, Config{})
+	a := e.provider("s1", "loopback", func(p *Provider) { p.DrainTimeout = time.Minute })
+	idA := a.waitConnected(t)
+	target := echoServer(t)
+	c, err := e.broker.Dial(context.Background(), req("s1", target))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.(*Conn).Provider() != idA {
+		t.Fatal("stream not on the only provider")
+	}
+	b := e.provider("s1", "loopback", nil)
+	idB := b.waitConnected(t)
+
+	a.cancel() // a is asked to stop: it drains
+	waitFor(t, "provider a to drain", func() bool { return strings.Contains(e.logs.String(), "provider draining") })
+	for range 4 {
+		n, err := e.broker.Dial(context.Background(), req("s1", target))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := n.(*Conn).Provider(); got != idB {
+			t.Fatalf("new stream went to %s, want %s (a is draining)", got, idB)
+		}
+		n.Close()
+	}
+	// The stream a still carries keeps working until it ends by itself.
+	if _, err := c.Write([]byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 10)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "still here" {
+		t.Fatalf("stream on the draining provider: %q, %v", buf, err)
+	}
+	select {
+	case <-a.done:
+		t.Fatal("provider a quit with a stream still open")
+	default:
+	}
+	c.(*Conn).CloseWrite()
+	io.ReadAll(c)
+	c.Close()
+	select {
+	case <-a.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("provider a did not quit once its last stream ended")
+	}
+	if !strings.Contains(a.logs.String(), "drained") {
+		t.Fatalf("provider log:\n%s", a.logs.String())
 	}
 }

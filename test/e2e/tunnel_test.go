@@ -563,3 +563,47 @@ func TestTunnelBrokerRestart(t *testing.T) {
 		t.Fatalf("after broker restart: exit %d %q %q", r.Code, r.Stdout, r.Stderr)
 	}
 }
+
+func TestTunnelProviderDrainsOnSIGTERM(t *testing.T) {
+	b := startBroker(t)
+	tf, tk := b.ticket("drain", "1h")
+	first := b.provider(tf, "drain", 1)
+
+	addr, started, release := blockingDownload(t)
+	out := filepath.Join(t.TempDir(), "download")
+	curl := exec.Command("curl", "-sS", "--max-time", "60", "-p", "--proxy", "http://"+b.Addr, "--proxy-user", proxyUser(tk), "-o", out, "http://"+addr+"/big")
+	curl.Env = cleanEnv()
+	var stderr bytes.Buffer
+	curl.Stderr = &stderr
+	if err := curl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-time.After(waitTimeout):
+		curl.Process.Kill()
+		t.Fatal("download did not start")
+	}
+	b.provider(tf, "drain", 2)
+	first.Signal(syscall.SIGTERM)
+	b.WaitStderr("provider draining")
+	first.WaitStderr("draining: waiting for open streams")
+
+	// New requests go to the other provider while the first finishes its download.
+	srv := pingServer(t)
+	r := Curl(t, "-f", "--proxy", "http://"+b.Addr, "--proxy-user", proxyUser(tk), srv.URL+"/ping.txt")
+	if r.Code != 0 || r.Stdout != "pong from swarm-proxy test\n" {
+		t.Fatalf("request during the drain: exit %d %q %q", r.Code, r.Stdout, r.Stderr)
+	}
+	close(release)
+	if err := curl.Wait(); err != nil {
+		t.Fatalf("download through the draining provider failed: %v: %s", err, stderr.String())
+	}
+	if fi, _ := os.Stat(out); fi.Size() != 100<<20 {
+		t.Fatalf("downloaded %d bytes, want %d", fi.Size(), 100<<20)
+	}
+	if code := first.Wait(); code != 0 {
+		t.Fatalf("drained provider exited %d", code)
+	}
+	b.waitProviders("drain", 1)
+}
