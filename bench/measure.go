@@ -311,6 +311,9 @@ func (b *bench) storm(ctx context.Context) {
 	b.add(mStormFail, "count", float64(failures.Load()))
 	if b.p.providerPid != 0 {
 		b.add(mStormConns, "count", float64(maxConns.Load()))
+		if maxConns.Load() != 1 {
+			b.log("  %-9s storm: the provider held %d connections to the broker; its log:\n%s", b.p.name, maxConns.Load(), b.p.procs[len(b.p.procs)-1].log())
+		}
 	}
 }
 
