@@ -22,7 +22,7 @@ func newProviderCmd() *cobra.Command {
 	var (
 		broker, ticketFile, session, token, caFile, allowTargets, policyFile, logLevel string
 		useTLS                                                                         bool
-		keepalive, dialTimeout, authRetry, drainTimeout                                time.Duration
+		keepalive, dialTimeout, authRetry, drainTimeout, policyPoll                    time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "provider",
@@ -95,11 +95,16 @@ func newProviderCmd() *cobra.Command {
 				}
 			}
 			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
+			holder := policy.NewHolder(pol)
+			if policyFile != "" {
+				// Streams dial under the policy in force when they open; no cached state to drop.
+				go watchPolicy(cmd.Context(), policyFile, policyPoll, holder, func() {}, logger)
+			}
 			p := &tunnel.Provider{
 				Broker:       broker,
 				TLS:          tlsCfg,
 				Credentials:  creds,
-				Dialer:       &dial.Direct{Policy: func() *policy.Policy { return pol }, Timeout: dialTimeout},
+				Dialer:       &dial.Direct{Policy: holder.Load, Timeout: dialTimeout},
 				Config:       cfg,
 				Backoff:      tunnel.Backoff{AuthRetry: authRetry},
 				Logger:       logger,
@@ -117,7 +122,8 @@ func newProviderCmd() *cobra.Command {
 	fs.StringVar(&caFile, "ca", "", "CA certificate (PEM) to verify the broker with; implies --tls")
 	fs.BoolVar(&useTLS, "tls", false, "connect to the broker over TLS, verifying it with the system roots (or --ca)")
 	fs.StringVar(&allowTargets, "allow-targets", policy.TargetsPublic, "what this machine will dial: public, loopback or any")
-	fs.StringVar(&policyFile, "policy", "", "target policy file (instead of --allow-targets)")
+	fs.StringVar(&policyFile, "policy", "", "target policy file (instead of --allow-targets); reloaded on SIGHUP and when it changes")
+	fs.DurationVar(&policyPoll, "policy-poll", 2*time.Second, "how often to check --policy for changes (0: only on SIGHUP)")
 	fs.DurationVar(&keepalive, "keepalive", tunnel.DefaultKeepAlive, "a silent broker connection is declared dead after this long")
 	fs.DurationVar(&dialTimeout, "dial-timeout", dial.DefaultTimeout, "bound on resolving and connecting to a target")
 	fs.DurationVar(&authRetry, "auth-retry", tunnel.DefaultBackoff.AuthRetry, "wait this long before retrying after the broker refused the ticket")

@@ -88,7 +88,7 @@ func (b *brokerEnv) ticket(session, ttl string) (string, map[string]string) {
 func (b *brokerEnv) provider(ticketFile, session string, want int, extra ...string) *Proc {
 	b.t.Helper()
 	args := append([]string{"provider", "--ticket", ticketFile, "--broker", b.ProviderAddr}, extra...)
-	if !strings.Contains(strings.Join(extra, " "), "--allow-targets") {
+	if joined := strings.Join(extra, " "); !strings.Contains(joined, "--allow-targets") && !strings.Contains(joined, "--policy") {
 		args = append(args, "--allow-targets", "loopback")
 	}
 	p := Start(b.t, "connected to broker", args...)
@@ -606,4 +606,28 @@ func TestTunnelProviderDrainsOnSIGTERM(t *testing.T) {
 		t.Fatalf("drained provider exited %d", code)
 	}
 	b.waitProviders("drain", 1)
+}
+
+func TestTunnelProviderPolicyFileReloads(t *testing.T) {
+	// CONNECT, so every request opens a new stream: a policy change applies to new connections
+	// (a kept-alive plain-HTTP upstream connection is not re-checked).
+	srv, ca := TLSServer(t, pingServer(t).Config.Handler)
+	b := startBroker(t)
+	tf, tk := b.ticket("pol", "1h")
+	polFile := WriteFile(t, "provider-policy.yaml", LoopbackPolicy("enforce", ""))
+	prov := b.provider(tf, "pol", 1, "--policy", polFile, "--policy-poll", "100ms")
+	get := func() Result {
+		return Curl(t, "-v", "--proxy", "http://"+b.Addr, "--proxy-user", proxyUser(tk), "--cacert", ca, srv.URL+"/ping.txt")
+	}
+	if r := get(); r.Code != 0 || r.Stdout != "pong from swarm-proxy test\n" {
+		t.Fatalf("allowed by the provider's policy file: exit %d\n%s", r.Code, r.Stderr)
+	}
+	if err := os.WriteFile(polFile, []byte("mode: enforce\nallow:\n  - host: example.com\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	prov.WaitStderr("policy reloaded")
+	// curl hides a refused CONNECT's body; the status and the reason header show.
+	if r := get(); !strings.Contains(r.Stderr, "< HTTP/1.1 403 ") || !strings.Contains(r.Stderr, "loopback address") {
+		t.Fatalf("after the provider's policy changed: exit %d\n%s\n%s", r.Code, r.Stdout, r.Stderr)
+	}
 }
