@@ -36,7 +36,7 @@ import (
 var testSecret = []byte("test-secret-test-secret-test-secret!")
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -62,7 +62,7 @@ func (l *countingListener) Accept() (net.Conn, error) {
 }
 
 type env struct {
-	t         *testing.T
+	t         testing.TB
 	auth      *ticket.Authority
 	broker    *Broker
 	addr      string
@@ -98,7 +98,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func newEnv(t *testing.T, useTLS bool, cfg Config) *env {
+func newEnv(t testing.TB, useTLS bool, cfg Config) *env {
 	t.Helper()
 	auth, err := ticket.New(testSecret)
 	if err != nil {
@@ -126,7 +126,7 @@ func (e *env) start(addr string) {
 	go e.broker.Serve(e.ln)
 }
 
-func testTLS(t *testing.T) (*tls.Config, *tls.Config) {
+func testTLS(t testing.TB) (*tls.Config, *tls.Config) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -204,7 +204,7 @@ func (tp *testProvider) stop() {
 	<-tp.done
 }
 
-func (tp *testProvider) waitConnected(t *testing.T) string {
+func (tp *testProvider) waitConnected(t testing.TB) string {
 	t.Helper()
 	select {
 	case id := <-tp.connected:
@@ -218,7 +218,7 @@ func (tp *testProvider) waitConnected(t *testing.T) string {
 }
 
 // echoServer echoes every connection until EOF, then closes its write side.
-func echoServer(t *testing.T) policy.Target {
+func echoServer(t testing.TB) policy.Target {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -241,7 +241,7 @@ func echoServer(t *testing.T) policy.Target {
 	return targetOf(t, ln.Addr())
 }
 
-func targetOf(t *testing.T, a net.Addr) policy.Target {
+func targetOf(t testing.TB, a net.Addr) policy.Target {
 	ap := netip.MustParseAddrPort(a.String())
 	return policy.Target{Host: ap.Addr().String(), Port: int(ap.Port())}
 }
@@ -289,7 +289,7 @@ func TestOpenAndRelay(t *testing.T) {
 }
 
 // silentProvider completes the handshake and accepts streams but never answers an open.
-func silentProvider(t *testing.T, e *env, session string) {
+func silentProvider(t testing.TB, e *env, session string) {
 	t.Helper()
 	tk, _ := e.auth.Issue(session, time.Hour)
 	pub, _ := ticket.Public(tk.Token)
@@ -469,7 +469,7 @@ func TestAuthFailureBacksOff(t *testing.T) {
 }
 
 // streamTarget sends data forever.
-func streamTarget(t *testing.T) policy.Target {
+func streamTarget(t testing.TB) policy.Target {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
