@@ -1,0 +1,152 @@
+package dial
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+)
+
+// rebindingResolver answers a public address first and loopback afterwards, as a DNS-rebinding
+// attacker would.
+type rebindingResolver struct {
+	mu    sync.Mutex
+	calls int
+}
+
+func (r *rebindingResolver) LookupNetIP(context.Context, string, string) ([]netip.Addr, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	if r.calls == 1 {
+		return []netip.Addr{netip.MustParseAddr("192.0.2.10")}, nil
+	}
+	return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+}
+
+type staticResolver []string
+
+func (s staticResolver) LookupNetIP(context.Context, string, string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, a := range s {
+		out = append(out, netip.MustParseAddr(a))
+	}
+	return out, nil
+}
+
+// recorder is a DialContext that records addresses and connects nowhere.
+type recorder struct {
+	mu    sync.Mutex
+	addrs []string
+	err   error
+}
+
+func (r *recorder) DialContext(_ context.Context, _, addr string) (net.Conn, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.addrs = append(r.addrs, addr)
+	if r.err != nil {
+		return nil, r.err
+	}
+	c1, c2 := net.Pipe()
+	c2.Close()
+	return c1, nil
+}
+
+func target(host string, port int) *Request { return &Request{Target: policy.Target{Host: host, Port: port}} }
+
+// TestResolveOnceDialChecked: the address that is dialed is the one that was checked, from a single
+// lookup, so a rebinding answer on a second lookup cannot be used.
+func TestResolveOnceDialChecked(t *testing.T) {
+	res := &rebindingResolver{}
+	rec := &recorder{}
+	d := &Direct{Policy: policy.Default, Resolver: res, DialContext: rec.DialContext}
+	req := target("rebind.example", 443)
+	c, err := d.Dial(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if res.calls != 1 || len(rec.addrs) != 1 || rec.addrs[0] != "192.0.2.10:443" {
+		t.Fatalf("lookups %d, dialed %v; want one lookup and 192.0.2.10:443", res.calls, rec.addrs)
+	}
+	if req.Decision.Code != policy.CodeDiscovery {
+		t.Errorf("decision %+v not recorded on the request", req.Decision)
+	}
+}
+
+func TestDirectRefusals(t *testing.T) {
+	enforce, err := policy.Parse("p.yaml", []byte("mode: enforce\nallow:\n  - host: ok.example\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		pol      *policy.Policy
+		resolver Resolver
+		req      *Request
+		lookups  bool
+	}{
+		{"enforce refuses before resolving", enforce, staticResolver{"192.0.2.1"}, target("other.example", 443), false},
+		{"private answer refused", policy.Default(), staticResolver{"10.1.2.3", "fe80::1"}, target("x.example", 80), true},
+		{"metadata literal", policy.Default(), staticResolver{}, target("169.254.169.254", 80), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := &recorder{}
+			d := &Direct{Policy: func() *policy.Policy { return tt.pol }, Resolver: tt.resolver, DialContext: rec.DialContext}
+			_, err := d.Dial(context.Background(), tt.req)
+			var de *Error
+			if !errors.As(err, &de) || de.Kind != KindDenied || de.Decision == nil {
+				t.Fatalf("err = %v, want a denial", err)
+			}
+			if len(rec.addrs) != 0 {
+				t.Fatalf("dialed %v", rec.addrs)
+			}
+		})
+	}
+}
+
+func TestClassify(t *testing.T) {
+	tgt := policy.Target{Host: "x.example", Port: 80}
+	tests := []struct {
+		err  error
+		kind Kind
+	}{
+		{&net.DNSError{Err: "no such host", IsNotFound: true}, KindResolve},
+		{fmt.Errorf("dial: %w", context.DeadlineExceeded), KindTimeout},
+		{&net.OpError{Op: "dial", Err: errors.New("connect: connection refused")}, KindUnreachable},
+		{fmt.Errorf("wrapped: %w", &Error{Kind: KindNoProvider}), KindNoProvider},
+	}
+	for _, tt := range tests {
+		if got := Classify(tgt, tt.err); got.Kind != tt.kind {
+			t.Errorf("Classify(%v) = %v, want %v", tt.err, got.Kind, tt.kind)
+		}
+	}
+}
+
+// TestDialsNextCheckedAddress: when the first checked address fails, the next one is tried.
+func TestDialsNextCheckedAddress(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port // nothing listens on 127.0.0.2 at this port: refused
+	pol, _ := policy.Parse("p.yaml", []byte("mode: discovery\nallow:\n  - cidr: 127.0.0.0/8\n"))
+	d := &Direct{Policy: func() *policy.Policy { return pol }, Resolver: staticResolver{"127.0.0.2", "127.0.0.1"}, Timeout: 5 * time.Second}
+	c, err := d.Dial(context.Background(), target("two.example", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := c.RemoteAddr().String(); got != ln.Addr().String() {
+		t.Fatalf("connected to %s, want %s", got, ln.Addr())
+	}
+}
