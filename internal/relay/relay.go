@@ -95,8 +95,8 @@ func spliceable(dst, src net.Conn) bool {
 // tunnel costs little memory; once reads fill it, it borrows a large pooled one until the flow
 // drops back to a trickle.
 const (
-	smallBufSize = 512
-	largeBufSize = 32 << 10
+	smallBufSize = 256
+	largeBufSize = 64 << 10
 )
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, largeBufSize); return &b }}
