@@ -91,6 +91,11 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// maxMessageSize bounds the multiplexer frames this end sends: large enough that one 64 KiB relay
+// read goes out as one frame (the yamux default, 64 KiB including the header, split it in two),
+// and within the peer's initial 256 KiB window.
+const maxMessageSize = 128 << 10
+
 // yamuxConfig builds the multiplexer settings. A keepalive ping is sent after KeepAlive/2 without
 // traffic and must be answered within KeepAlive/2, so a dead peer is noticed within KeepAlive.
 func (c Config) yamuxConfig(logger *slog.Logger) *yamux.Config {
@@ -99,6 +104,7 @@ func (c Config) yamuxConfig(logger *slog.Logger) *yamux.Config {
 	y.KeepAliveInterval = c.KeepAlive / 2
 	y.ConnectionWriteTimeout = c.KeepAlive / 2
 	y.MaxStreamWindowSize = c.MaxStreamWindow
+	y.MaxMessageSize = maxMessageSize
 	y.MaxIncomingStreams = uint32(c.MaxStreams)
 	y.AcceptBacklog = max(256, c.MaxStreams)
 	y.LogOutput = &logWriter{logger: logger}
