@@ -59,7 +59,9 @@ func (r *recorder) DialContext(_ context.Context, _, addr string) (net.Conn, err
 	return c1, nil
 }
 
-func target(host string, port int) *Request { return &Request{Target: policy.Target{Host: host, Port: port}} }
+func target(host string, port int) *Request {
+	return &Request{Target: policy.Target{Host: host, Port: port}}
+}
 
 // TestResolveOnceDialChecked: the address that is dialed is the one that was checked, from a single
 // lookup, so a rebinding answer on a second lookup cannot be used.
