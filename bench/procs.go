@@ -231,7 +231,9 @@ func descendants(roots []int) ([]int, error) {
 	return out, nil
 }
 
-// tcpConnsTo counts the established TCP connections that process pid holds to remotePort.
+// tcpConnsTo counts the established TCP connections that process pid holds to remotePort. It
+// counts socket inodes, not lines: /proc/net/tcp is read in chunks while the table changes, and a
+// busy table can list one socket twice in one read.
 func tcpConnsTo(pid, remotePort int) (int, error) {
 	inodes := map[string]bool{}
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
@@ -248,7 +250,7 @@ func tcpConnsTo(pid, remotePort int) (int, error) {
 			inodes[strings.TrimSuffix(ino, "]")] = true
 		}
 	}
-	n := 0
+	seen := map[string]bool{}
 	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		data, err := os.ReadFile(f)
 		if err != nil {
@@ -264,9 +266,9 @@ func tcpConnsTo(pid, remotePort int) (int, error) {
 				continue
 			}
 			if p, err := strconv.ParseInt(port, 16, 32); err == nil && int(p) == remotePort {
-				n++
+				seen[fs[9]] = true
 			}
 		}
 	}
-	return n, nil
+	return len(seen), nil
 }
