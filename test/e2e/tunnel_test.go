@@ -386,7 +386,8 @@ func TestTunnelProviderKilledMidDownload(t *testing.T) {
 }
 
 // tcpConnsTo counts pid's established TCP connections to remote port, from /proc/<pid>/fd socket
-// inodes matched against /proc/<pid>/net/tcp and tcp6.
+// inodes matched against /proc/<pid>/net/tcp and tcp6. It counts distinct inodes: a table that
+// changes while it is read can list one socket twice.
 func tcpConnsTo(t *testing.T, pid int, remotePort int) int {
 	t.Helper()
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
@@ -400,7 +401,7 @@ func tcpConnsTo(t *testing.T, pid int, remotePort int) int {
 			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
 		}
 	}
-	n := 0
+	seen := map[string]bool{}
 	for _, file := range []string{"tcp", "tcp6"} {
 		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, file))
 		if err != nil {
@@ -413,11 +414,11 @@ func tcpConnsTo(t *testing.T, pid int, remotePort int) int {
 			}
 			_, portHex, _ := strings.Cut(f[2], ":")
 			if p, _ := strconv.ParseInt(portHex, 16, 32); int(p) == remotePort {
-				n++
+				seen[f[9]] = true
 			}
 		}
 	}
-	return n
+	return len(seen)
 }
 
 func TestTunnelStormOverOneConnection(t *testing.T) {
