@@ -196,7 +196,7 @@ func (p *Policy) decideAddr(t Target, a netip.Addr, hostRule *Rule) (Decision, *
 		if t.Host == a.String() {
 			d.Reason = fmt.Sprintf("%s is a %s address, which is refused unless an allow rule with a cidr covers it", a, kind)
 		}
-		d.Fix = fmt.Sprintf("if this destination is intended, add to allow in %s:  - cidr: %s/%d\n     ports: [%d]", p.sourceName(), a, a.BitLen(), t.Port)
+		d.Fix = fmt.Sprintf("if this destination is intended, add to allow in %s: - {cidr: \"%s/%d\", ports: [%d]}", p.sourceName(), a, a.BitLen(), t.Port)
 		return d, nil
 	}
 	switch {
@@ -227,9 +227,9 @@ func (p *Policy) allow(r *Rule, addrs []netip.Addr) Decision {
 
 func (p *Policy) noRule(t Target) Decision {
 	d := p.deny(CodeNoRule, nil, t, fmt.Sprintf("no allow rule matches %s (mode: enforce)", t))
-	d.Fix = fmt.Sprintf("to allow it, add to allow in %s:  - host: %s\n     ports: [%d]", p.sourceName(), t.Host, t.Port)
+	d.Fix = fmt.Sprintf("to allow it, add to allow in %s: - {host: %s, ports: [%d]}", p.sourceName(), t.Host, t.Port)
 	if _, isIP := t.Addr(); isIP {
-		d.Fix = fmt.Sprintf("to allow it, add to allow in %s:  - cidr: %s\n     ports: [%d]", p.sourceName(), t.Host, t.Port)
+		d.Fix = fmt.Sprintf("to allow it, add to allow in %s: - {cidr: \"%s\", ports: [%d]}", p.sourceName(), t.Host, t.Port)
 	}
 	return d
 }

@@ -418,7 +418,7 @@ func (b *Broker) Dial(ctx context.Context, req *dial.Request) (net.Conn, error) 
 		// refuses rather than let the name through unchecked.
 		d.Allow, d.Pending, d.Code = false, false, policy.CodeNoRule
 		d.Reason = fmt.Sprintf("the broker's policy allows %s only by a cidr rule, which a broker cannot check: its provider resolves the name", req.Target.Host)
-		d.Fix = fmt.Sprintf("add to allow in the broker's policy:  - host: %s\n     ports: [%d]", req.Target.Host, req.Target.Port)
+		d.Fix = fmt.Sprintf("add to allow in the broker's policy: - {host: %s, ports: [%d]}", req.Target.Host, req.Target.Port)
 		b.Metrics.open(dial.KindDenied.String())
 		return nil, dial.Denied(req.Target, d)
 	}

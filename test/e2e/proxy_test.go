@@ -106,8 +106,7 @@ func TestEnforceBlockShowsClearError(t *testing.T) {
 	body := r.Stdout[strings.Index(r.Stdout, "\r\n\r\n")+4:]
 	want := fmt.Sprintf(`swarm-proxy blocked blocked.example:80
 reason: no allow rule matches blocked.example:80 (mode: enforce)
-fix: to allow it, add to allow in %s:  - host: blocked.example
-     ports: [80]
+fix: to allow it, add to allow in %s: - {host: blocked.example, ports: [80]}
 request id: %s
 `, polFile, id[1])
 	if !strings.HasPrefix(r.Stdout, "HTTP/1.1 403 Forbidden") || body != want {
