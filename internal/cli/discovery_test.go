@@ -138,26 +138,25 @@ func TestPolicyGenerateReplayRoundTrip(t *testing.T) {
 		t.Fatalf("check: %v %s", r.err, r.stdout)
 	}
 
-	// The metadata address and the host an existing rule denies would still be denied: exit 3.
+	// The metadata address, the host an existing rule denies, and a name that only the mirror cidr
+	// rule could admit but whose log records show no address in it would be denied: exit 3.
 	r = runCLI(t, "", "policy", "replay", "--json", pol, fixtureRotated, fixtureCurrent)
-	if ExitCode(r.err) != ExitReplayDenied || !strings.Contains(r.err.Error(), "2 of 26 observed requests (to 2 hosts) would be denied") {
+	if ExitCode(r.err) != ExitReplayDenied || !strings.Contains(r.err.Error(), "3 of 26 observed requests (to 3 hosts) would be denied") {
 		t.Fatalf("replay: exit %d, error %v", ExitCode(r.err), r.err)
 	}
 	var res logstats.ReplayResult
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
 		t.Fatal(err)
 	}
-	if res.DeniedRequests != 2 || len(res.WouldDeny) != 2 || res.Mode != "enforce" {
+	if res.DeniedRequests != 3 || len(res.WouldDeny) != 3 || res.Mode != "enforce" {
 		t.Errorf("replay result %+v", res)
 	}
-	// A name with no host rule is judged by the rules alone: the mirror cidr rule could admit it
-	// once resolved, so it is reported as pending, not denied.
 	pending := false
-	for _, g := range res.WouldAllow {
+	for _, g := range res.WouldDeny {
 		pending = pending || g.Host == "intranet.corp.example" && g.Pending
 	}
 	if !pending {
-		t.Errorf("intranet.corp.example is not a pending allow: %+v", res.WouldAllow)
+		t.Errorf("intranet.corp.example is not a pending denial: %+v", res.WouldDeny)
 	}
 	// The denied ones were already refused when recorded: without them, everything passes.
 	r = runCLI(t, "", "policy", "replay", "--exclude-blocked", pol, fixtureRotated, fixtureCurrent)

@@ -21,6 +21,7 @@ type Entry struct {
 	Port     int
 	Decision string // accesslog.DecisionAllow or accesslog.DecisionDeny
 	Error    string // failure kind: "private_address", "no_rule_matched", "resolve", ... or ""
+	Upstream string // the address the proxy dialed (host:port), when it dialed one
 	BytesIn  int64
 	BytesOut int64
 }
@@ -111,6 +112,8 @@ func (d *decoder) decode(line []byte, e *Entry) error {
 				i, err = d.strField(line, i, &e.Decision)
 			case accesslog.FieldError:
 				i, err = d.strField(line, i, &e.Error)
+			case accesslog.FieldUpstream:
+				i, err = d.strField(line, i, &e.Upstream)
 			case accesslog.FieldPort:
 				var n int64
 				n, i, err = intValue(line, i)

@@ -177,13 +177,16 @@ deny:
 		{Host: "bad.example.com", Port: 443, Client: "10.0.0.3", Session: "s9", Decision: "deny"},
 		{Host: "10.20.1.1", Port: 5432, Client: "10.0.0.1", Decision: "allow"},
 		{Host: "10.30.1.1", Port: 5432, Client: "10.0.0.1", Decision: "allow"},
-		{Host: "db.internal", Port: 5432, Client: "10.0.0.1", Decision: "allow"},
+		// Names that only the cidr rule could admit: decided by the address dialed when recorded.
+		{Host: "db.internal", Port: 5432, Client: "10.0.0.1", Decision: "allow", Upstream: "10.20.3.4:5432"},
+		{Host: "db2.internal", Port: 5432, Client: "10.0.0.1", Decision: "allow", Upstream: "10.40.3.4:5432"},
+		{Host: "new.internal", Port: 5432, Client: "10.0.0.4", Decision: "deny", Error: ErrorPrivateAddress},
 	} {
 		r.Add(&e)
 	}
 	res := r.Result()
-	if res.Requests != 7 || res.DeniedRequests != 3 {
-		t.Fatalf("requests %d denied %d, want 7 and 3", res.Requests, res.DeniedRequests)
+	if res.Requests != 9 || res.DeniedRequests != 5 {
+		t.Fatalf("requests %d denied %d, want 9 and 5", res.Requests, res.DeniedRequests)
 	}
 	type row struct {
 		host, code, rule string
@@ -201,12 +204,14 @@ deny:
 		{"10.30.1.1", "private_address", "", 1, false},
 		{"a.example.com", "no_rule_matched", "", 1, false},
 		{"bad.example.com", "denied_by_rule", "deny#1", 1, false},
+		{"db2.internal", "private_address", "", 1, false},
+		{"new.internal", "allowed_by_rule", "", 1, true},
 	}
 	if !slices.Equal(deny, wantDeny) {
 		t.Errorf("would deny %+v\nwant %+v", deny, wantDeny)
 	}
 	if len(allow) != 3 || allow[0] != (row{"a.example.com", "allowed_by_rule", "example", 2, false}) ||
-		allow[1].host != "10.20.1.1" || allow[2].host != "db.internal" || !allow[2].pending {
+		allow[1].host != "10.20.1.1" || allow[2] != (row{"db.internal", "allowed_by_rule", "allow#2", 1, false}) {
 		t.Errorf("would allow %+v", allow)
 	}
 	if g := res.WouldDeny[2]; !slices.Equal(g.Clients, []string{"10.0.0.3"}) || !slices.Equal(g.Sessions, []string{"s9"}) || g.WasBlocked != 1 {

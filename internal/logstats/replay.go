@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/netip"
 	"slices"
 	"text/tabwriter"
 
@@ -13,14 +14,22 @@ import (
 )
 
 // Replayer runs recorded requests against a candidate policy. Names are judged by the policy's
-// rules alone: the proxy resolves names when it dials, so a name whose addresses turn out to be
-// private is refused then, whatever replay says.
+// rules and, where only an allow cidr rule could admit a name, by the address the proxy dialed for
+// it when the request was recorded; replay itself never resolves a name. The proxy resolves names
+// when it dials, so a name whose addresses turn out to be private is refused then, whatever replay
+// says.
 type Replayer struct {
 	p        *policy.Policy
-	cache    map[policy.Target]policy.Decision
+	cache    map[replayTarget]policy.Decision
 	groups   map[replayKey]*replayGroup
 	requests int64
 	denied   int64
+}
+
+// replayTarget is a target and the address it was dialed at, when that decides.
+type replayTarget struct {
+	policy.Target
+	addr netip.Addr
 }
 
 type replayKey struct {
@@ -38,17 +47,12 @@ type replayGroup struct {
 
 // NewReplayer replays against p.
 func NewReplayer(p *policy.Policy) *Replayer {
-	return &Replayer{p: p, cache: make(map[policy.Target]policy.Decision), groups: make(map[replayKey]*replayGroup)}
+	return &Replayer{p: p, cache: make(map[replayTarget]policy.Decision), groups: make(map[replayKey]*replayGroup)}
 }
 
 // Add replays e, which must name a host. An IP-literal host is checked as the address it is.
 func (r *Replayer) Add(e *Entry) {
-	t := policy.Target{Host: e.Host, Port: e.Port}
-	d, ok := r.cache[t]
-	if !ok {
-		d = r.p.Decide(t, nil)
-		r.cache[t] = d
-	}
+	d := r.decide(e)
 	k := replayKey{host: e.Host, allow: d.Allow, rule: d.RuleID()}
 	if k.rule == "" {
 		k.rule = string(d.Code)
@@ -80,6 +84,35 @@ func (r *Replayer) Add(e *Entry) {
 	}
 }
 
+// decide is the candidate policy's decision for e. A name that only an allow cidr rule could admit
+// is decided with the address the proxy dialed for it; with none in the log it would be denied,
+// since nothing shows that it resolves into the rule.
+func (r *Replayer) decide(e *Entry) policy.Decision {
+	k := replayTarget{Target: policy.Target{Host: e.Host, Port: e.Port}}
+	d, ok := r.cache[k]
+	if !ok {
+		d = r.p.Decide(k.Target, nil)
+		r.cache[k] = d
+	}
+	if !d.Pending {
+		return d
+	}
+	ap, err := netip.ParseAddrPort(e.Upstream)
+	if err != nil {
+		d.Allow = false
+		d.Reason = fmt.Sprintf("%s is allowed only if its addresses fall in an allow cidr rule, and the log has no address it was dialed at", e.Host)
+		d.Fix = fmt.Sprintf("to allow it by name, add to allow: - {host: %s, ports: [%d]}", e.Host, e.Port)
+		return d
+	}
+	k.addr = ap.Addr().Unmap()
+	if d, ok := r.cache[k]; ok {
+		return d
+	}
+	d = r.p.Decide(k.Target, []netip.Addr{k.addr})
+	r.cache[k] = d
+	return d
+}
+
 // ReplayGroup is the requests to one host that got the same outcome from the same rule.
 type ReplayGroup struct {
 	Host     string `json:"host"`
@@ -93,7 +126,7 @@ type ReplayGroup struct {
 	Code       string   `json:"code"`
 	Reason     string   `json:"reason"`
 	Fix        string   `json:"fix,omitempty"`
-	// Pending marks names that only an allow cidr rule could admit, once resolved.
+	// Pending marks names that only an allow cidr rule could admit, for which the log has no address.
 	Pending bool `json:"pending,omitempty"`
 }
 
@@ -187,10 +220,7 @@ func (res *ReplayResult) WriteTable(w io.Writer) error {
 		fmt.Fprintln(tw, "HOST\tPORTS\tREQUESTS\tRULE")
 		for _, g := range res.WouldAllow {
 			rule := g.Rule
-			switch {
-			case g.Pending:
-				rule = "only if it resolves into an allow cidr rule"
-			case rule == "":
+			if rule == "" {
 				rule = g.Code
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", printable(g.Host), ints(g.Ports), g.Requests, rule)
