@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -55,10 +56,11 @@ func (f *forwarders) get(session string) *httputil.ReverseProxy {
 			pr.Out.URL.User = nil // never forward (or log) credentials from the URL
 			pr.Out.Header.Add("Via", "1.1 swarm-proxy")
 		},
-		Transport:    t,
-		BufferPool:   bufferPool{},
-		ErrorHandler: f.s.forwardError,
-		ErrorLog:     nil,
+		ModifyResponse: watchResponseBody,
+		Transport:      t,
+		BufferPool:     bufferPool{},
+		ErrorHandler:   f.s.forwardError,
+		ErrorLog:       slog.NewLogLogger(f.s.Logger.Handler(), slog.LevelDebug),
 	}
 	f.bySession[session] = rp
 	f.transport[session] = t
@@ -87,6 +89,34 @@ type forwardState struct {
 	req     *Request
 	failure *Failure
 	conn    atomic.Pointer[decidedConn] // the upstream connection that served the request
+	bodyErr error                       // why reading the target's response body failed, if it did
+}
+
+// watchResponseBody is the ReverseProxy's ModifyResponse hook: it wraps the target's response body
+// so that a read failure in the middle of the body is known when the request is logged.
+func watchResponseBody(resp *http.Response) error {
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return nil // the body is the upgraded connection, which ReverseProxy needs writable
+	}
+	if st, _ := resp.Request.Context().Value(forwardKey{}).(*forwardState); st != nil && resp.Body != nil {
+		resp.Body = &watchedBody{ReadCloser: resp.Body, st: st}
+	}
+	return nil
+}
+
+// watchedBody records the first error other than EOF that reading a response body returns. The
+// handler's goroutine both reads it and logs the request, so no lock is needed.
+type watchedBody struct {
+	io.ReadCloser
+	st *forwardState
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.st.bodyErr == nil {
+		b.st.bodyErr = err
+	}
+	return n, err
 }
 
 // decidedConn remembers the policy decision under which an upstream connection was dialed.
@@ -139,7 +169,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		r.Body = body
 	}
 	cw := &countingWriter{ResponseWriter: w, s: s}
-	s.forwarders.get(req.Session).ServeHTTP(cw, r.WithContext(ctx))
+	aborted := s.serveForward(cw, r.WithContext(ctx), req.Session)
 
 	rec := s.record(req)
 	rec.Status = cw.status
@@ -165,7 +195,32 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 			rec.Rule = f.Rule
 		}
 	}
+	if aborted {
+		rec.Error, rec.Reason = "client_closed", "the client went away before the response was complete"
+		if st.bodyErr != nil {
+			rec.Error, rec.Reason = "upstream", "the response body from the target broke off: "+st.bodyErr.Error()
+		}
+		s.finish(req, rec)
+		// Abort the client connection as net/http does for this panic: ending the response normally
+		// would make a truncated body look complete.
+		panic(http.ErrAbortHandler)
+	}
 	s.finish(req, rec)
+}
+
+// serveForward runs the ReverseProxy for r. It reports whether the proxy aborted the response in the
+// middle of its body (ReverseProxy panics with http.ErrAbortHandler when copying the body fails).
+func (s *Server) serveForward(w http.ResponseWriter, r *http.Request, session string) (aborted bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				panic(p)
+			}
+			aborted = true
+		}
+	}()
+	s.forwarders.get(session).ServeHTTP(w, r)
+	return false
 }
 
 // forwardError is the ReverseProxy's error handler: it maps the failure and answers the client.

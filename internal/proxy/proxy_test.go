@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -360,5 +361,48 @@ func TestProxyAuthentication(t *testing.T) {
 	recs := tp.records(t)
 	if last := recs[len(recs)-1]; !strings.Contains(last, `"session":"s1"`) || strings.Contains(last, "good") {
 		t.Fatalf("record lacks the session or leaks the token: %s", last)
+	}
+}
+
+// TestTruncatedResponseIsAbortedAndLogged: when the target's response breaks off in the middle of
+// its body, the client's connection is aborted (a chunked response must not get its final chunk, a
+// sized one must come up short) and the request still gets its log record, saying why.
+func TestTruncatedResponseIsAbortedAndLogged(t *testing.T) {
+	for _, chunked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) {
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if !chunked {
+					w.Header().Set("Content-Length", "1000000")
+				}
+				w.Write(bytes.Repeat([]byte("x"), 100<<10))
+				http.NewResponseController(w).Flush()
+				conn, _, err := http.NewResponseController(w).Hijack()
+				if err == nil {
+					conn.Close()
+				}
+			}))
+			defer up.Close()
+			upAddr := up.Listener.Addr().String()
+			pol := fmt.Sprintf("mode: enforce\nallow:\n  - cidr: 127.0.0.1/32\n    ports: [%d]\n", up.Listener.Addr().(*net.TCPAddr).Port)
+			tp := startProxy(t, pol, nil, []string{upAddr})
+			c, br := dialProxy(t, tp.addr)
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			fmt.Fprintf(c, "GET http://%s/big HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("read response: %v", err)
+			}
+			n, err := io.Copy(io.Discard, resp.Body)
+			if err == nil {
+				t.Fatalf("read %d bytes of a broken-off body with no error: the truncation was hidden", n)
+			}
+			var rec accesslog.Record
+			for _, line := range tp.records(t) {
+				json.Unmarshal([]byte(line), &rec)
+			}
+			if rec.Path != "/big" || rec.Error != "upstream" || !strings.Contains(rec.Reason, "broke off") || rec.BytesIn < n {
+				t.Fatalf("record %+v: want error upstream, a reason saying the body broke off and bytes_in >= %d", rec, n)
+			}
+		})
 	}
 }
