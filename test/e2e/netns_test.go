@@ -3,13 +3,16 @@ package e2e
 // The sidecar deployment of deploy/compose.yaml, rebuilt with Linux network namespaces:
 //
 //	agent ns  10.213.0.1 ──veth── 10.213.0.2 (:8080)  proxy ns  10.213.0.5 ──veth── 10.213.0.6   target ns
-//	(curl, git, pip, npm;          swarm-proxy proxy, the command                   10.213.0.10  (HTTP :80,
+//	(curl, git, pip, npm;          swarm-proxy proxy, the command                   203.0.113.10 (HTTP :80,
 //	 firewall applied)             of compose.yaml, admin on 127.0.0.1:9090                      HTTPS :443)
 //
 // The proxy namespace forwards packets, so without the firewall the agent could reach the target
 // directly: the test shows that it can, applies `swarm-proxy firewall --apply`, and shows that it no
 // longer can. The agent's tools get their proxy configuration only from `swarm-proxy env`. The policy
-// allows the target's 10.213.0.4/30; 10.213.0.10 is outside it and must be blocked.
+// allows the target's 10.213.0.4/30. 203.0.113.10 is outside it and must be blocked because no rule
+// allows it: a public-looking address (TEST-NET-3, not one the proxy refuses as special), so the
+// refusal is the policy's no_rule_matched, not private_address. It exists only on the target's veth,
+// so its traffic never leaves the test's namespaces.
 
 import (
 	"archive/zip"
@@ -52,10 +55,10 @@ import (
 // Addresses of the namespaces' private subnets (only inside namespaces the test makes).
 const (
 	nsAgentIP     = "10.213.0.1"
-	nsProxyIP     = "10.213.0.2"  // the proxy's address on the agent side
-	nsProxyFarIP  = "10.213.0.5"  // the proxy's address on the target side
-	nsTargetIP    = "10.213.0.6"  // allowed by the policy
-	nsOutsideIP   = "10.213.0.10" // on the target too, outside the policy
+	nsProxyIP     = "10.213.0.2"   // the proxy's address on the agent side
+	nsProxyFarIP  = "10.213.0.5"   // the proxy's address on the target side
+	nsTargetIP    = "10.213.0.6"   // allowed by the policy
+	nsOutsideIP   = "203.0.113.10" // on the target too, public-looking, outside the policy
 	nsProxyPort   = "8080"
 	nsAllowedCIDR = "10.213.0.4/30"
 	// IPv6 (unique local addresses): not used by the proxy, only to show the firewall rejects it too.
@@ -600,6 +603,9 @@ func TestNetnsSidecar(t *testing.T) {
 	}{
 		{"curl http", []string{"curl", "-sS", "--max-time", "20", "-f", "http://" + nsOutsideIP + "/hello"}, "403"},
 		{"curl http body", []string{"curl", "-sS", "--max-time", "20", "http://" + nsOutsideIP + "/hello"}, "swarm-proxy blocked " + nsOutsideIP + ":80"},
+		{"curl http reason", []string{"curl", "-sS", "--max-time", "20", "http://" + nsOutsideIP + "/hello"}, "reason: no allow rule matches " + nsOutsideIP + ":80 (mode: enforce)"},
+		// curl hides a refused CONNECT's body but shows its headers with -v.
+		{"curl https header", []string{"curl", "-sS", "-v", "--max-time", "20", "--cacert", target.caFile, "https://" + nsOutsideIP + "/hello"}, "code=no_rule_matched"},
 		{"curl https", []string{"curl", "-sS", "--max-time", "20", "--cacert", target.caFile, "https://" + nsOutsideIP + "/hello"}, "403"},
 		{"git clone", []string{"git", "clone", "-q", "http://" + nsOutsideIP + "/git/repo.git", filepath.Join(home, "blocked-clone")}, "403"},
 		// pip hides an index page's error ("from versions: none"), but shows it for a file.
@@ -613,7 +619,7 @@ func TestNetnsSidecar(t *testing.T) {
 			if !strings.Contains(out, tt.want) {
 				t.Fatalf("exit %d, want the proxy's error %q in the output:\n%s", r.Code, tt.want, out)
 			}
-			if tt.name != "curl http body" && r.Code == 0 {
+			if !strings.HasPrefix(tt.name, "curl http ") && r.Code == 0 {
 				t.Fatalf("exit 0 for a blocked host:\n%s", out)
 			}
 			t.Logf("%s shows: %s", tt.argv[0], firstLineWith(out, tt.want))
@@ -622,7 +628,13 @@ func TestNetnsSidecar(t *testing.T) {
 	rec := waitLog(t, logFile, "the blocked host", func(r accesslog.Record) bool {
 		return r.Host == nsOutsideIP && r.Method == "GET" && r.Port == 80 && r.Decision == accesslog.DecisionDeny && r.Status == http.StatusForbidden
 	})
-	t.Logf("blocked: %s %s:%d rule=%q reason=%q", rec.Method, rec.Host, rec.Port, rec.Rule, rec.Reason)
+	t.Logf("blocked: %s %s:%d rule=%q reason=%q error=%q", rec.Method, rec.Host, rec.Port, rec.Rule, rec.Reason, rec.Error)
+	if rec.Error != "no_rule_matched" {
+		t.Errorf("the blocked host's record has error %q, want no_rule_matched (enforce mode, no rule allows it)", rec.Error)
+	}
+	waitLog(t, logFile, "the blocked CONNECT", func(r accesslog.Record) bool {
+		return r.Host == nsOutsideIP && r.Method == "CONNECT" && r.Port == 443 && r.Decision == accesslog.DecisionDeny && r.Error == "no_rule_matched"
+	})
 	if c := target.clients(""); slices.Contains(c, nsAgentIP) {
 		t.Errorf("the target saw the agent's own address %s: traffic bypassed the proxy", nsAgentIP)
 	}
