@@ -21,24 +21,35 @@ import (
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
-// forwarders holds one upstream transport per session, so that kept-alive upstream connections,
-// which belong to the session that dialed them, are never reused by another session.
+// forwarders holds one upstream transport per session and policy. Kept-alive upstream connections
+// belong to the session that dialed them and were checked under the policy in force then: a
+// connection is never reused by another session, nor after the policy changed.
 type forwarders struct {
-	s         *Server
-	mu        sync.Mutex
-	bySession map[string]*httputil.ReverseProxy
-	transport map[string]*http.Transport
+	s  *Server
+	mu sync.Mutex
+	by map[forwarderKey]*forwarder
+}
+
+type forwarderKey struct {
+	session string
+	policy  *policy.Policy
+}
+
+type forwarder struct {
+	proxy     *httputil.ReverseProxy
+	transport *http.Transport
 }
 
 func newForwarders(s *Server) *forwarders {
-	return &forwarders{s: s, bySession: map[string]*httputil.ReverseProxy{}, transport: map[string]*http.Transport{}}
+	return &forwarders{s: s, by: map[forwarderKey]*forwarder{}}
 }
 
-func (f *forwarders) get(session string) *httputil.ReverseProxy {
+func (f *forwarders) get(session string, pol *policy.Policy) *httputil.ReverseProxy {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if rp, ok := f.bySession[session]; ok {
-		return rp
+	k := forwarderKey{session, pol}
+	if fw, ok := f.by[k]; ok {
+		return fw.proxy
 	}
 	t := &http.Transport{
 		Proxy:                 nil, // never chain to the proxy of the proxy's own environment
@@ -62,16 +73,29 @@ func (f *forwarders) get(session string) *httputil.ReverseProxy {
 		ErrorHandler:   f.s.forwardError,
 		ErrorLog:       slog.NewLogLogger(f.s.Logger.Handler(), slog.LevelDebug),
 	}
-	f.bySession[session] = rp
-	f.transport[session] = t
+	f.by[k] = &forwarder{proxy: rp, transport: t}
 	return rp
+}
+
+// retire drops the transports of every policy but current and closes their idle connections. A
+// connection busy at that moment goes back to a transport that no request uses any more, where the
+// idle timeout closes it.
+func (f *forwarders) retire(current *policy.Policy) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k, fw := range f.by {
+		if k.policy != current {
+			fw.transport.CloseIdleConnections()
+			delete(f.by, k)
+		}
+	}
 }
 
 func (f *forwarders) closeIdle() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, t := range f.transport {
-		t.CloseIdleConnections()
+	for _, fw := range f.by {
+		fw.transport.CloseIdleConnections()
 	}
 }
 
@@ -169,7 +193,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		r.Body = body
 	}
 	cw := &countingWriter{ResponseWriter: w, s: s}
-	aborted := s.serveForward(cw, r.WithContext(ctx), req.Session)
+	aborted := s.serveForward(cw, r.WithContext(ctx), s.forwarders.get(req.Session, pol))
 
 	rec := s.record(req)
 	rec.Status = cw.status
@@ -210,7 +234,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 
 // serveForward runs the ReverseProxy for r. It reports whether the proxy aborted the response in the
 // middle of its body (ReverseProxy panics with http.ErrAbortHandler when copying the body fails).
-func (s *Server) serveForward(w http.ResponseWriter, r *http.Request, session string) (aborted bool) {
+func (s *Server) serveForward(w http.ResponseWriter, r *http.Request, rp *httputil.ReverseProxy) (aborted bool) {
 	defer func() {
 		if p := recover(); p != nil {
 			if p != http.ErrAbortHandler {
@@ -219,7 +243,7 @@ func (s *Server) serveForward(w http.ResponseWriter, r *http.Request, session st
 			aborted = true
 		}
 	}()
-	s.forwarders.get(session).ServeHTTP(w, r)
+	rp.ServeHTTP(w, r)
 	return false
 }
 

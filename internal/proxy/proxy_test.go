@@ -406,3 +406,61 @@ func TestTruncatedResponseIsAbortedAndLogged(t *testing.T) {
 		})
 	}
 }
+
+// TestReloadRetiresBusyUpstreamConnections: an upstream connection that was busy when the policy
+// changed must not be reused afterwards, or a target the new policy refuses would stay reachable.
+func TestReloadRetiresBusyUpstreamConnections(t *testing.T) {
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			entered <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, "ok")
+	}))
+	defer up.Close()
+	port := up.Listener.Addr().(*net.TCPAddr).Port
+	tp := startProxy(t, "mode: discovery\nallow:\n  - cidr: 127.0.0.1/32\n", fakeResolver{"up.test": {"127.0.0.1"}},
+		[]string{up.Listener.Addr().String()})
+
+	slow := make(chan int, 1)
+	go func() {
+		c, err := net.Dial("tcp", tp.addr)
+		if err != nil {
+			slow <- 0
+			return
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET http://up.test:%d/slow HTTP/1.1\r\nHost: up.test\r\n\r\n", port)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			slow <- 0
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		slow <- resp.StatusCode
+	}()
+	<-entered
+	newPol, err := policy.Parse("policy.yaml", []byte("mode: discovery\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.srv.Policy.Store(newPol)
+	tp.srv.PolicyChanged()
+	// A request after the reload and before the busy connection is free again: with one transport
+	// for all policies it would make that transport keep connections that become idle.
+	c0, br0 := dialProxy(t, tp.addr)
+	if resp, _ := roundTrip(t, c0, br0, "GET http://nowhere.test/ HTTP/1.1\r\nHost: nowhere.test\r\n\r\n"); resp.StatusCode != 502 {
+		t.Fatalf("unknown name: %d, want 502", resp.StatusCode)
+	}
+	close(release)
+	if code := <-slow; code != 200 {
+		t.Fatalf("the request in flight during the reload got %d, want 200", code)
+	}
+	// The connection that served it is idle again now; the new policy refuses loopback.
+	c, br := dialProxy(t, tp.addr)
+	resp, body := roundTrip(t, c, br, fmt.Sprintf("GET http://up.test:%d/x HTTP/1.1\r\nHost: up.test\r\n\r\n", port))
+	if resp.StatusCode != 403 || !strings.Contains(body, "loopback") {
+		t.Fatalf("after the reload: %d %q, want 403 for a loopback address", resp.StatusCode, body)
+	}
+}

@@ -152,11 +152,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// PolicyChanged drops idle upstream connections so that the next requests are dialed, and so
-// checked, under the new policy.
+// PolicyChanged retires the upstream connections kept alive under earlier policies, idle or busy,
+// so that every later request is dialed, and so checked, under the policy in force.
 func (s *Server) PolicyChanged() {
 	s.init()
-	s.forwarders.closeIdle()
+	s.forwarders.retire(s.Policy.Load())
 }
 
 // Request is one request or tunnel going through the pipeline, whatever front end it came from.
