@@ -93,9 +93,19 @@ func TestDiscoveryRoundTrip(t *testing.T) {
 		b = serveOn(t, "127.0.0.2")
 	}
 	tlsSrv, ca := TLSServer(t, a.Config.Handler)
-	newHost := serveOn(t, "127.0.0.3")
 	newPort := serveOn(t, "127.0.0.1")
 	pa, pb, pc := port(t, a), port(t, b), port(t, tlsSrv)
+	// newHost's port must be one that no generated cidr rule allows: see newName.
+	newHost := serveOn(t, "127.0.0.3")
+	for i := 0; port(t, newHost) == pb || port(t, newHost) == pc || port(t, newHost) == pa; i++ {
+		if i == 10 {
+			t.Fatal("no distinct port for 127.0.0.3")
+		}
+		newHost = serveOn(t, "127.0.0.3")
+	}
+	// A name the workload never used, on a port no cidr rule allows: enforce mode refuses it by rule
+	// (no_rule_matched) before any lookup, so it needs no DNS (.test is reserved and never resolved).
+	newName := fmt.Sprintf("new-host.test:%d", port(t, newHost))
 
 	dir := t.TempDir()
 	// Loopback targets are refused unless a cidr rule admits them: discovery mode plus one cidr rule.
@@ -170,8 +180,9 @@ func TestDiscoveryRoundTrip(t *testing.T) {
 	}
 	drive(t, e.Addr, enforceLog, append(workload,
 		metadata,
-		step{"a new host", newHost.URL + "/ping.txt", nil, 403},
+		step{"a new loopback address", newHost.URL + "/ping.txt", nil, 403},
 		step{"a known host on a new port", newPort.URL + "/ping.txt", nil, 403},
+		step{"a new host name", "http://" + newName + "/ping.txt", nil, 403},
 	))
 	recs := logRecords(t, enforceLog)
 	for i, rec := range recs {
@@ -186,8 +197,12 @@ func TestDiscoveryRoundTrip(t *testing.T) {
 			t.Errorf("%s:%d allowed by rule %q, want a generated rule", rec.Host, rec.Port, rec.Rule)
 		}
 	}
-	if last := recs[len(recs)-2]; last.Host != "127.0.0.3" || last.Error != "private_address" {
-		t.Errorf("new host record %+v, want 127.0.0.3 refused as private_address", last)
+	if rec := recs[len(recs)-3]; rec.Host != "127.0.0.3" || rec.Error != "private_address" {
+		t.Errorf("new loopback address record %+v, want 127.0.0.3 refused as private_address", rec)
+	}
+	// Refused because no rule allows it, not because of its address.
+	if rec := recs[len(recs)-1]; rec.Host != "new-host.test" || rec.Error != "no_rule_matched" || rec.Upstream != "" {
+		t.Errorf("new host name record %+v, want new-host.test refused as no_rule_matched without a lookup", rec)
 	}
 
 	// Replaying the enforce log against the same policy shows the two new destinations.
@@ -210,6 +225,7 @@ func TestDiscoveryRoundTrip(t *testing.T) {
 		fmt.Sprintf("127.0.0.1:[%d]:[127.0.0.1]", port(t, newPort)),
 		fmt.Sprintf("127.0.0.3:[%d]:[127.0.0.1]", port(t, newHost)),
 		"169.254.169.254:[80]:[127.0.0.1]",
+		fmt.Sprintf("new-host.test:[%d]:[127.0.0.1]", port(t, newHost)),
 	}
 	if strings.Join(denied, " ") != strings.Join(want, " ") {
 		t.Errorf("replay would deny %v, want %v", denied, want)
@@ -217,6 +233,9 @@ func TestDiscoveryRoundTrip(t *testing.T) {
 	if r := swarm(t, "policy", "explain", pol, fmt.Sprintf("127.0.0.3:%d", port(t, newHost))); r.Code != 0 ||
 		!strings.Contains(r.Stdout, "a loopback address, which is refused unless an allow rule with a cidr covers it") {
 		t.Errorf("explain of the new host: exit %d:\n%s", r.Code, r.Stdout)
+	}
+	if r := swarm(t, "policy", "explain", pol, newName); r.Code != 0 || !strings.Contains(r.Stdout, "no allow rule matches "+newName) {
+		t.Errorf("explain of the new host name: exit %d:\n%s", r.Code, r.Stdout)
 	}
 }
 
