@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 )
@@ -78,10 +79,17 @@ func badRequest(reason string) *Failure {
 
 // writeFailure answers an HTTP client with f: the status, the decision or error header (curl hides
 // CONNECT response bodies, so the header carries the reason too) and a short plain-text body.
-func writeFailure(w http.ResponseWriter, r *http.Request, req *Request, f *Failure) {
+func (s *Server) writeFailure(w http.ResponseWriter, r *http.Request, req *Request, f *Failure) {
 	if r.Body != nil && r.ContentLength != 0 {
-		// Read a bounded part of the body so the client sees this response instead of a reset.
-		io.CopyN(io.Discard, r.Body, discardLimit)
+		// Read a bounded part of the body, for a bounded time, so the client sees this response
+		// instead of a reset, and a client that stalls cannot hold the connection.
+		rc := http.NewResponseController(w)
+		rc.SetReadDeadline(time.Now().Add(min(discardTimeout, orDefault(s.IdleTimeout, DefaultIdleTimeout))))
+		if _, err := io.CopyN(io.Discard, r.Body, discardLimit); err == io.EOF {
+			rc.SetReadDeadline(time.Time{})
+		}
+		// Otherwise the deadline stays: the server's own attempt to drain the rest before it answers
+		// ends at once, and it closes the connection after the response.
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")

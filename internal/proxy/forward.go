@@ -188,7 +188,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		}
 	}}
 	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), forwardKey{}, st), trace)
-	body := &countingReader{r: r.Body}
+	body := &countingReader{r: r.Body, rc: http.NewResponseController(w), idle: orDefault(s.IdleTimeout, DefaultIdleTimeout)}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = body
 	}
@@ -256,7 +256,7 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error)
 		if cw, ok := w.(*countingWriter); ok && cw.status != 0 {
 			return // the response had begun; the connection is closed by the server
 		}
-		writeFailure(w, r, st.req, f)
+		s.writeFailure(w, r, st.req, f)
 	}
 }
 
@@ -280,14 +280,25 @@ func isTimeout(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
+// countingReader counts a request body and times the client out when the body stops arriving for
+// idle: each read extends the connection's read deadline.
 type countingReader struct {
-	r io.ReadCloser
-	n atomic.Int64
+	r    io.ReadCloser
+	n    atomic.Int64
+	rc   *http.ResponseController
+	idle time.Duration
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
+	c.rc.SetReadDeadline(time.Now().Add(c.idle))
 	n, err := c.r.Read(p)
 	c.n.Add(int64(n))
+	if err == io.EOF {
+		// Cleared at once: the server's own read of the connection starts at the end of the body.
+		// After a failed read the deadline stays, so that the server's attempt to drain the rest
+		// ends at once and the connection is closed.
+		c.rc.SetReadDeadline(time.Time{})
+	}
 	return n, err
 }
 

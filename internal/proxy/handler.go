@@ -96,7 +96,7 @@ func proxyCredentials(h string) (user, pass string, err error) {
 
 // fail answers the client with f and logs it.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, req *Request, f *Failure) {
-	writeFailure(w, r, req, f)
+	s.writeFailure(w, r, req, f)
 	s.LogFailure(req, f)
 	level := s.Logger.Debug
 	if !f.Denied && f.Status != http.StatusBadRequest {

@@ -464,3 +464,37 @@ func TestReloadRetiresBusyUpstreamConnections(t *testing.T) {
 		t.Fatalf("after the reload: %d %q, want 403 for a loopback address", resp.StatusCode, body)
 	}
 }
+
+// TestStalledBodyIsTimedOut: a client that announces a body and stops sending it is timed out after
+// the idle timeout, whether its request was refused (the proxy still answers 403) or allowed (the
+// connection is closed and the request logged).
+func TestStalledBodyIsTimedOut(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	}))
+	defer up.Close()
+	upAddr := up.Listener.Addr().String()
+	pol := fmt.Sprintf("mode: enforce\nallow:\n  - cidr: 127.0.0.1/32\n    ports: [%d]\n", up.Listener.Addr().(*net.TCPAddr).Port)
+	tp := startProxy(t, pol, nil, []string{upAddr}, func(s *Server) { s.IdleTimeout = 300 * time.Millisecond })
+
+	c, br := dialProxy(t, tp.addr)
+	resp, body := roundTrip(t, c, br, "POST http://blocked.test/ HTTP/1.1\r\nHost: blocked.test\r\nContent-Length: 1000\r\n\r\nabc")
+	if resp.StatusCode != 403 || !strings.Contains(body, "blocked.test") {
+		t.Fatalf("refused request with a stalled body: %d %q", resp.StatusCode, body)
+	}
+
+	c, br = dialProxy(t, tp.addr)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "POST http://%s/upload HTTP/1.1\r\nHost: %s\r\nContent-Length: 1000\r\n\r\nabc", upAddr, upAddr)
+	if _, err := io.ReadAll(br); err != nil {
+		t.Fatalf("the proxy did not close the stalled connection: %v", err)
+	}
+	var rec accesslog.Record
+	for _, line := range tp.records(t) {
+		json.Unmarshal([]byte(line), &rec)
+	}
+	if rec.Path != "/upload" || rec.Error == "" || rec.BytesOut != 3 {
+		t.Fatalf("record %+v: want the upload logged with an error and bytes_out 3", rec)
+	}
+}

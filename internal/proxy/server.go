@@ -39,6 +39,9 @@ const (
 	// discardLimit bounds how much of a refused request's body is read so the client sees the
 	// error response instead of a reset.
 	discardLimit = 256 << 10
+	// discardTimeout bounds the time spent reading a refused request's body (IdleTimeout, when
+	// shorter, bounds it too).
+	discardTimeout = 5 * time.Second
 )
 
 // DefaultAllowClients are the client ranges served when none are configured: loopback and the
