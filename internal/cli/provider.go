@@ -105,6 +105,7 @@ func newProviderCmd() *cobra.Command {
 				TLS:          tlsCfg,
 				Credentials:  creds,
 				Dialer:       &dial.Direct{Policy: holder.Load, Timeout: dialTimeout},
+				RefusalNote:  refusalNote(policyFile, allowTargets),
 				Config:       cfg,
 				Backoff:      tunnel.Backoff{AuthRetry: authRetry},
 				Logger:       logger,
@@ -152,4 +153,18 @@ func targetsName(policyFile, allow string) string {
 		return policyFile
 	}
 	return allow
+}
+
+// refusalNote tells a worker whose target this provider refused what the provider dials: a built-in
+// target set has no policy file that the refusal's reason could point to.
+func refusalNote(policyFile, allow string) string {
+	switch {
+	case policyFile != "":
+		return ""
+	case allow == policy.TargetsLoopback:
+		return "this provider only dials loopback targets (--allow-targets loopback)"
+	case allow == policy.TargetsPublic:
+		return "this provider does not dial private, loopback or metadata addresses (--allow-targets public)"
+	}
+	return ""
 }

@@ -62,6 +62,7 @@ type Error struct {
 	Target   policy.Target
 	Decision *policy.Decision // set for KindDenied
 	Reason   string
+	Provider string // the tunnel provider that refused or failed the dial; "" when none took part
 	Err      error
 }
 

@@ -468,7 +468,7 @@ func (b *Broker) open(ctx context.Context, p *provider, req *dial.Request) (*yam
 		if errors.Is(ctx.Err(), context.Canceled) {
 			return dial.Classify(t, context.Canceled)
 		}
-		return &dial.Error{Kind: dial.KindTimeout, Target: t, Err: err,
+		return &dial.Error{Kind: dial.KindTimeout, Target: t, Err: err, Provider: p.id,
 			Reason: fmt.Sprintf("provider %s did not answer the open within %v", p.id, b.cfg.OpenTimeout)}
 	}
 	st, err := p.mux.OpenStream(ctx)
@@ -496,17 +496,17 @@ func (b *Broker) open(ctx context.Context, p *provider, req *dial.Request) (*yam
 			// The provider is leaving; nothing was sent to the target yet, so another may serve.
 			return nil, fmt.Errorf("%w: %w", errProviderGone, err)
 		}
-		return nil, &dial.Error{Kind: dial.KindUnreachable, Target: t, Err: err,
+		return nil, &dial.Error{Kind: dial.KindUnreachable, Target: t, Err: err, Provider: p.id,
 			Reason: fmt.Sprintf("provider %s dropped the stream before answering", p.id)}
 	}
 	r, err := parseReply(s)
 	if err != nil {
 		st.Reset()
-		return nil, &dial.Error{Kind: dial.KindInternal, Target: t, Err: err, Reason: fmt.Sprintf("provider %s sent a bad answer", p.id)}
+		return nil, &dial.Error{Kind: dial.KindInternal, Target: t, Err: err, Provider: p.id, Reason: fmt.Sprintf("provider %s sent a bad answer", p.id)}
 	}
 	if r.Status != StatusOK {
 		st.Reset()
-		return nil, &dial.Error{Kind: kindOf(r), Target: t, Reason: fmt.Sprintf("provider %s: %s", p.id, r.Reason)}
+		return nil, &dial.Error{Kind: kindOf(r), Target: t, Provider: p.id, Reason: fmt.Sprintf("provider %s: %s", p.id, r.Reason)}
 	}
 	st.SetDeadline(time.Time{})
 	return st, nil

@@ -55,6 +55,9 @@ type Provider struct {
 	Credentials func() (session, token string, err error)
 	// Dialer connects to targets; it carries the provider's own target policy. Required.
 	Dialer dial.Dialer
+	// RefusalNote, when set, is appended to the reason of every refusal by the target policy, to
+	// say what this provider dials: the worker sees the reason, not the provider's settings.
+	RefusalNote string
 	// Config tunes the connection; zero fields mean the defaults.
 	Config Config
 	// Backoff is the reconnect schedule; zero fields mean DefaultBackoff's.
@@ -276,6 +279,9 @@ func (p *Provider) serveStream(ctx context.Context, cfg Config, logger *slog.Log
 	up, err := p.Dialer.Dial(ctx, req)
 	if err != nil {
 		r := replyFor(err)
+		if r.Status == StatusDenied && p.RefusalNote != "" {
+			r.Reason += "; " + p.RefusalNote
+		}
 		writeFrame(st, r.String())
 		st.Close()
 		logger.Info("open refused", "id", o.ID, "target", o.Target.String(), "status", r.Status, "kind", r.Kind, "reason", r.Reason)

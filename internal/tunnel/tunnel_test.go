@@ -335,11 +335,14 @@ func (fakeResolver) LookupNetIP(ctx context.Context, network, host string) ([]ne
 
 func TestDialFailures(t *testing.T) {
 	e := newEnv(t, false, Config{OpenTimeout: 300 * time.Millisecond})
-	e.provider("public", "public", nil).waitConnected(t)
-	e.provider("loop", "loopback", nil).waitConnected(t)
-	e.provider("dns", "any", func(p *Provider) { p.Dialer.(*dial.Direct).Resolver = fakeResolver{} }).waitConnected(t)
+	ids := map[string]string{
+		"public": e.provider("public", "public", nil).waitConnected(t),
+		"loop":   e.provider("loop", "loopback", func(p *Provider) { p.RefusalNote = "loopback only" }).waitConnected(t),
+		"dns":    e.provider("dns", "any", func(p *Provider) { p.Dialer.(*dial.Direct).Resolver = fakeResolver{} }).waitConnected(t),
+	}
 	silentProvider(t, e, "silent")
 	waitFor(t, "silent provider", func() bool { return len(e.broker.Providers("silent")) == 1 })
+	ids["silent"] = e.broker.Providers("silent")[0]
 
 	closed, _ := net.Listen("tcp", "127.0.0.1:0")
 	closedTarget := targetOf(t, closed.Addr())
@@ -355,6 +358,7 @@ func TestDialFailures(t *testing.T) {
 	}{
 		{"no provider", "nobody", echo, dial.KindNoProvider, "no provider is connected for session nobody"},
 		{"provider policy denies", "public", echo, dial.KindDenied, "loopback address"},
+		{"provider policy denies with a note", "loop", policy.Target{Host: "8.8.8.8", Port: 22}, dial.KindDenied, "no allow rule matches 8.8.8.8:22 (mode: enforce); loopback only"},
 		{"target refuses", "loop", closedTarget, dial.KindRefused, "connection refused"},
 		{"name does not resolve", "dns", policy.Target{Host: "nothing.example", Port: 80}, dial.KindResolve, "no such host"},
 		{"provider does not answer", "silent", echo, dial.KindTimeout, "did not answer the open within 300ms"},
@@ -375,6 +379,14 @@ func TestDialFailures(t *testing.T) {
 			}
 			if de.Kind == dial.KindDenied && (de.Decision != nil) != r.Decision.Pending {
 				t.Fatalf("decision %+v: a provider's refusal carries none, the broker's own refusal does", de.Decision)
+			}
+			// The provider that refused or failed is named, for the access log's provider field.
+			want := ids[tt.session]
+			if r.Decision.Pending {
+				want = "" // the broker refused before asking a provider
+			}
+			if de.Provider != want {
+				t.Fatalf("Provider = %q, want %q", de.Provider, want)
 			}
 		})
 	}

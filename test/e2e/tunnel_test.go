@@ -131,6 +131,16 @@ func (b *brokerEnv) waitStreamsClosed(session string) {
 
 func proxyUser(tk map[string]string) string { return tk["session_id"] + ":" + tk["token"] }
 
+// providerID is the id the broker gave a provider, from the provider's "connected to broker" line.
+func providerID(t *testing.T, p *Proc) string {
+	t.Helper()
+	m := regexp.MustCompile(`connected to broker.*provider=(\S+)`).FindStringSubmatch(p.Stderr())
+	if m == nil {
+		t.Fatalf("provider did not log its id:\n%s", p.Stderr())
+	}
+	return m[1]
+}
+
 // brokerCert writes a self-signed certificate for 127.0.0.1 and its key as PEM files.
 func brokerCert(t *testing.T) (certFile, keyFile string) {
 	t.Helper()
@@ -184,7 +194,7 @@ func testTunnelCurl(t *testing.T, useTLS bool) {
 	if r.Code != 0 || r.Stdout != "pong from swarm-proxy test\n" {
 		t.Fatalf("CONNECT through broker: exit %d stdout %q stderr %q", r.Code, r.Stdout, r.Stderr)
 	}
-	provID := regexp.MustCompile(`provider=(\S+)`).FindStringSubmatch(prov.Stderr())[1]
+	provID := providerID(t, prov)
 	for _, method := range []string{"GET", "CONNECT"} {
 		rec := b.WaitRecord(func(r accesslog.Record) bool { return r.Method == method })
 		if rec.Status != 200 || rec.Session != "smoke" || rec.Provider != provID || rec.Host != "127.0.0.1" {
@@ -229,7 +239,8 @@ func TestTunnelFailuresReachTheWorker(t *testing.T) {
 	tfLoop, tkLoop := b.ticket("loop", "1h")
 	loopProv := b.provider(tfLoop, "loop", 1, "--allow-targets", "loopback", "--dial-timeout", "10s")
 	tfPub, tkPub := b.ticket("pub", "1h")
-	b.provider(tfPub, "pub", 1, "--allow-targets", "public")
+	pubProv := b.provider(tfPub, "pub", 1, "--allow-targets", "public")
+	loopID, pubID := providerID(t, loopProv), providerID(t, pubProv)
 	_, tkNone := b.ticket("lonely", "1h")
 	_, tkShort := b.ticket("loop", "1s")
 	expires, _ := time.Parse(time.RFC3339, tkShort["expires_at"])
@@ -245,15 +256,19 @@ func TestTunnelFailuresReachTheWorker(t *testing.T) {
 		status    int
 		body      string // in what the worker sees
 		logReason string // in the access log record's reason
+		provider  string // the access log record's provider: the one that refused or failed
 	}{
-		{"wrong token", "loop:v1.123.AAAAAAAA.bad", srv.URL + "/ping.txt", 407, "malformed token", "malformed token"},
-		{"token of another session", "pub:" + tkLoop["token"], srv.URL + "/ping.txt", 407, "issued for another session", "issued for another session"},
-		{"expired token", proxyUser(tkShort), srv.URL + "/ping.txt", 407, "token has expired", "token has expired"},
-		{"no provider", proxyUser(tkNone), srv.URL + "/ping.txt", 502, "no provider is connected for session lonely", "no provider is connected for session lonely"},
-		{"provider does not answer in time", proxyUser(tkLoop), hang, 504, "did not answer the open within 1s", "did not answer the open within 1s"},
-		{"provider refuses the target", proxyUser(tkPub), srv.URL + "/ping.txt", 403, "loopback address", "loopback address"},
-		{"target refuses the provider", proxyUser(tkLoop), closedURL, 502, "connection refused", "connection refused"},
-		{"broker policy refuses first", proxyUser(tkLoop), "http://blocked.example/", 403, "denied by rule no-blocked", "denied by rule no-blocked"},
+		{"wrong token", "loop:v1.123.AAAAAAAA.bad", srv.URL + "/ping.txt", 407, "malformed token", "malformed token", ""},
+		{"token of another session", "pub:" + tkLoop["token"], srv.URL + "/ping.txt", 407, "issued for another session", "issued for another session", ""},
+		{"expired token", proxyUser(tkShort), srv.URL + "/ping.txt", 407, "token has expired", "token has expired", ""},
+		{"no provider", proxyUser(tkNone), srv.URL + "/ping.txt", 502, "no provider is connected for session lonely", "no provider is connected for session lonely", ""},
+		{"provider does not answer in time", proxyUser(tkLoop), hang, 504, "did not answer the open within 1s", "did not answer the open within 1s", loopID},
+		{"provider refuses the target", proxyUser(tkPub), srv.URL + "/ping.txt", 403, "loopback address", "does not dial private, loopback or metadata addresses (--allow-targets public)", pubID},
+		{"loopback provider refuses a public target", proxyUser(tkLoop), "http://8.8.8.8:22/", 403,
+			"no allow rule matches 8.8.8.8:22 (mode: enforce); this provider only dials loopback targets (--allow-targets loopback)",
+			"this provider only dials loopback targets (--allow-targets loopback)", loopID},
+		{"target refuses the provider", proxyUser(tkLoop), closedURL, 502, "connection refused", "connection refused", loopID},
+		{"broker policy refuses first", proxyUser(tkLoop), "http://blocked.example/", 403, "denied by rule no-blocked", "denied by rule no-blocked", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -272,8 +287,8 @@ func TestTunnelFailuresReachTheWorker(t *testing.T) {
 				t.Fatalf("no request id in:\n%s", r.Stdout)
 			}
 			rec := b.WaitRecord(func(r accesslog.Record) bool { return r.RequestID == id[1] })
-			if rec.Status != tt.status || !strings.Contains(rec.Reason, tt.logReason) {
-				t.Fatalf("log record %+v, want status %d and reason containing %q", rec, tt.status, tt.logReason)
+			if rec.Status != tt.status || !strings.Contains(rec.Reason, tt.logReason) || rec.Provider != tt.provider {
+				t.Fatalf("log record %+v, want status %d, reason containing %q and provider %q", rec, tt.status, tt.logReason, tt.provider)
 			}
 		})
 	}
