@@ -193,6 +193,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		r.Body = body
 	}
 	cw := &countingWriter{ResponseWriter: w, s: s}
+	defer cw.untrack() // after the record is written, so Shutdown waits for it
 	aborted := s.serveForward(cw, r.WithContext(ctx), s.forwarders.get(req.Session, pol))
 
 	rec := s.record(req)
@@ -305,7 +306,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 func (c *countingReader) Close() error { return c.r.Close() }
 
 // countingWriter records the status and counts response bytes, including those of an upgraded
-// (101) connection, which it tracks as a tunnel.
+// (101) connection, which it tracks as a tunnel so that Shutdown waits for it.
 type countingWriter struct {
 	http.ResponseWriter
 	s      *Server
@@ -313,6 +314,7 @@ type countingWriter struct {
 	n      atomic.Int64
 	upIn   atomic.Int64
 	upOut  atomic.Int64
+	tunnel *tunnel // set once the connection is upgraded
 }
 
 func (c *countingWriter) WriteHeader(code int) {
@@ -337,14 +339,31 @@ func (c *countingWriter) Flush() { http.NewResponseController(c.ResponseWriter).
 
 // Hijack hands the client connection to ReverseProxy after a 101 and counts what crosses it.
 func (c *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	t := &tunnel{}
+	if !c.s.track(t) {
+		return nil, nil, errShuttingDown
+	}
 	conn, brw, err := http.NewResponseController(c.ResponseWriter).Hijack()
 	if err != nil {
+		c.s.untrack(t)
 		return nil, nil, err
 	}
+	c.s.mu.Lock()
+	t.client = conn
+	c.s.mu.Unlock()
+	c.tunnel = t
 	// ReverseProxy hijacks only to relay an upgraded connection, after writing the 101 itself.
 	c.status = http.StatusSwitchingProtocols
 	c.s.Metrics.tunnelDelta(1)
 	return &countingConn{Conn: conn, in: &c.upIn, out: &c.upOut, done: func() { c.s.Metrics.tunnelDelta(-1) }}, brw, nil
+}
+
+var errShuttingDown = errors.New("the proxy is shutting down")
+
+func (c *countingWriter) untrack() {
+	if c.tunnel != nil {
+		c.s.untrack(c.tunnel)
+	}
 }
 
 type countingConn struct {

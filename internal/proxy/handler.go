@@ -211,14 +211,16 @@ func upstreamAddr(c net.Conn) string {
 	return ""
 }
 
-// tunnel is an open relay, tracked so Shutdown can wait for it and abort it when time runs out.
-// Its connections are set (under Server.mu) once they exist.
+// tunnel is an open relay or upgraded connection, tracked so Shutdown can wait for it and abort it
+// when time runs out. Its connections are set (under Server.mu) once they exist; an upgraded
+// connection has only a client side here (ReverseProxy holds the upstream and ends it with it).
 type tunnel struct{ client, upstream net.Conn }
 
 func (t *tunnel) abort() {
-	if t.client != nil {
-		relay.Abort(t.client)
-		relay.Abort(t.upstream)
+	for _, c := range []net.Conn{t.client, t.upstream} {
+		if c != nil {
+			relay.Abort(c)
+		}
 	}
 }
 

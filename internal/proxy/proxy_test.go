@@ -227,7 +227,9 @@ func TestDialFailures(t *testing.T) {
 
 // TestUpgradeRelaysBothWays runs a WebSocket-style upgrade through the proxy: after the 101, bytes
 // flow both ways until the client closes.
-func TestUpgradeRelaysBothWays(t *testing.T) {
+// echoUpgradeServer accepts "Upgrade: echo" requests and echoes bytes after its 101.
+func echoUpgradeServer(t *testing.T) *httptest.Server {
+	t.Helper()
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "echo" {
 			http.Error(w, "want upgrade", 400)
@@ -242,7 +244,12 @@ func TestUpgradeRelaysBothWays(t *testing.T) {
 		brw.Flush()
 		io.Copy(conn, brw)
 	}))
-	defer up.Close()
+	t.Cleanup(up.Close)
+	return up
+}
+
+func TestUpgradeRelaysBothWays(t *testing.T) {
+	up := echoUpgradeServer(t)
 	upAddr := up.Listener.Addr().String()
 	tp := startProxy(t, "mode: enforce\nallow:\n  - cidr: 127.0.0.1/32\n", nil, []string{upAddr})
 
@@ -496,5 +503,50 @@ func TestStalledBodyIsTimedOut(t *testing.T) {
 	}
 	if rec.Path != "/upload" || rec.Error == "" || rec.BytesOut != 3 {
 		t.Fatalf("record %+v: want the upload logged with an error and bytes_out 3", rec)
+	}
+}
+
+// TestShutdownWaitsForUpgradedConnection: an upgraded (101) connection is a tunnel like CONNECT's:
+// Shutdown lets it finish and its record is written before Shutdown returns.
+func TestShutdownWaitsForUpgradedConnection(t *testing.T) {
+	up := echoUpgradeServer(t)
+	upAddr := up.Listener.Addr().String()
+	tp := startProxy(t, "mode: enforce\nallow:\n  - cidr: 127.0.0.1/32\n", nil, []string{upAddr})
+	c, br := dialProxy(t, tp.addr)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET http://%s/ws HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n", upAddr, upAddr)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	shutdown := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shutdown <- tp.srv.Shutdown(ctx)
+	}()
+	// The server is shutting down once it refuses new connections; the upgraded one still works.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		probe, err := net.Dial("tcp", tp.addr)
+		if err != nil {
+			break
+		}
+		probe.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the proxy still accepts connections 10s after Shutdown began")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	io.WriteString(c, "after shutdown began")
+	got := make([]byte, len("after shutdown began"))
+	if _, err := io.ReadFull(br, got); err != nil {
+		t.Fatalf("the upgraded connection was cut when shutdown began: %v", err)
+	}
+	c.Close()
+	if err := <-shutdown; err != nil {
+		t.Fatalf("Shutdown: %v, want nil after the connection finished", err)
+	}
+	if recs := tp.records(t); len(recs) != 1 || !strings.Contains(recs[0], `"status":101`) {
+		t.Fatalf("records when Shutdown returned: %v", recs)
 	}
 }
