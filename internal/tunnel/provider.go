@@ -225,7 +225,12 @@ func (p *Provider) handshake(conn net.Conn, cfg Config, session, public, token s
 	s, err := readFrame(conn)
 	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return "", fmt.Errorf("no hello from %s within %v: is it the broker's --provider-listen address? %w", p.Broker, cfg.HandshakeTimeout, err)
+			// A TLS broker waits for a ClientHello that a plaintext provider never sends.
+			hint := "is it the broker's --provider-listen address?"
+			if p.TLS == nil {
+				hint = "is it the broker's --provider-listen address, and if the broker uses TLS, was --tls or --ca given?"
+			}
+			return "", fmt.Errorf("no hello from %s within %v: %s %w", p.Broker, cfg.HandshakeTimeout, hint, err)
 		}
 		return "", fmt.Errorf("read broker hello: %w", err)
 	}

@@ -829,13 +829,38 @@ func TestStreamCapPerSession(t *testing.T) {
 }
 
 func TestHandshakeWithSilentPeerNamesTheAddress(t *testing.T) {
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	p := &Provider{Broker: "127.0.0.1:8080"}
-	_, err := p.handshake(a, Config{HandshakeTimeout: 100 * time.Millisecond}.withDefaults(), "s", "v1.1.AAAAAAAA", "tok")
-	if err == nil || !strings.Contains(err.Error(), "is it the broker's --provider-listen address?") {
-		t.Fatalf("handshake with a silent peer: %v", err)
+	for _, useTLS := range []bool{false, true} {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		p := &Provider{Broker: "127.0.0.1:8080"}
+		if useTLS {
+			p.TLS = &tls.Config{}
+		}
+		_, err := p.handshake(a, Config{HandshakeTimeout: 100 * time.Millisecond}.withDefaults(), "s", "v1.1.AAAAAAAA", "tok")
+		if err == nil || !strings.Contains(err.Error(), "within 100ms: is it the broker's --provider-listen address") {
+			t.Fatalf("handshake with a silent peer (tls %v): %v", useTLS, err)
+		}
+		// Only a plaintext provider can be talking to a TLS broker by mistake.
+		if strings.Contains(err.Error(), "--tls or --ca") == useTLS {
+			t.Fatalf("handshake with a silent peer (tls %v): %v", useTLS, err)
+		}
+	}
+}
+
+// TestPlaintextProviderAtTLSBroker: the TLS broker waits for a ClientHello while the provider waits
+// for the hello; the provider's error must point at TLS.
+func TestPlaintextProviderAtTLSBroker(t *testing.T) {
+	e := newEnv(t, true, Config{})
+	tp := e.provider("s1", "loopback", func(p *Provider) {
+		p.TLS = nil
+		p.Config.HandshakeTimeout = 200 * time.Millisecond
+	})
+	waitFor(t, "the provider to give up on the handshake", func() bool {
+		return strings.Contains(tp.logs.String(), "broker connection failed")
+	})
+	if log := tp.logs.String(); !strings.Contains(log, "was --tls or --ca given?") {
+		t.Fatalf("provider log does not mention TLS:\n%s", log)
 	}
 }
 
