@@ -10,6 +10,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -21,6 +22,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/linter"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"github.com/moby/buildkit/frontend/dockerfile/shell"
+	"golang.org/x/net/publicsuffix"
 	"gopkg.in/yaml.v3"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/agentenv"
@@ -56,6 +58,8 @@ func parseDockerfile(t *testing.T, src string) ([]instructions.Stage, []string) 
 // compose is the part of compose.yaml the invariants look at.
 type compose struct {
 	Services map[string]struct {
+		Image       string            `yaml:"image"`
+		Entrypoint  []string          `yaml:"entrypoint"`
 		Command     []string          `yaml:"command"`
 		Networks    []string          `yaml:"networks"`
 		Volumes     []string          `yaml:"volumes"`
@@ -275,6 +279,14 @@ func TestComposeInvariants(t *testing.T) {
 	if agent.DependsOn["proxy"].Condition != "service_healthy" {
 		t.Error("agent does not wait for a healthy proxy")
 	}
+	// docs/agents.md's quick start runs curl https://... in the agent: its image must have curl and
+	// CA certificates (debian:*-slim has neither), and must stay up rather than run curl once.
+	if !strings.HasPrefix(agent.Image, "curlimages/curl:") {
+		t.Errorf("agent image %q: the quick start's curl needs an image with curl and CA certificates (curlimages/curl)", agent.Image)
+	}
+	if len(agent.Entrypoint) == 0 || agent.Entrypoint[0] != "sleep" {
+		t.Errorf("agent entrypoint %q: curlimages/curl's own entrypoint runs curl and exits", agent.Entrypoint)
+	}
 
 	// The agent's environment is exactly what "swarm-proxy env" prints for this proxy.
 	var out, errb bytes.Buffer
@@ -304,5 +316,157 @@ func TestPolicyExample(t *testing.T) {
 	}
 	if p.Mode != policy.Enforce {
 		t.Errorf("mode %s, want enforce", p.Mode)
+	}
+	var f struct {
+		Allow []struct {
+			Host string `yaml:"host"`
+		} `yaml:"allow"`
+	}
+	data, err := os.ReadFile("policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, &f); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range f.Allow {
+		if wildcardOnPublicSuffix(r.Host) {
+			t.Errorf("allow host %q: a wildcard over a public suffix admits every owner's names; list the hosts", r.Host)
+		}
+	}
+}
+
+// wildcardOnPublicSuffix reports whether host is "*.S" for a public suffix S (ICANN or private
+// section, such as githubusercontent.com).
+func wildcardOnPublicSuffix(host string) bool {
+	base, ok := strings.CutPrefix(host, "*.")
+	if !ok {
+		return false
+	}
+	suffix, _ := publicsuffix.PublicSuffix(base)
+	return suffix == base
+}
+
+func TestWildcardOnPublicSuffix(t *testing.T) {
+	for host, want := range map[string]bool{
+		"*.githubusercontent.com": true, "*.github.io": true, "*.co.uk": true, "*.com": true,
+		"*.github.com": false, "raw.githubusercontent.com": false, "*.pythonhosted.org": false,
+	} {
+		if got := wildcardOnPublicSuffix(host); got != want {
+			t.Errorf("wildcardOnPublicSuffix(%q) = %v, want %v", host, got, want)
+		}
+	}
+}
+
+// dockerignoreRule is one line of .dockerignore.
+type dockerignoreRule struct {
+	pattern string
+	keep    bool // a "!" line: re-include what earlier lines left out
+}
+
+func loadDockerignore(t *testing.T) []dockerignoreRule {
+	t.Helper()
+	data, err := os.ReadFile("../.dockerignore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules []dockerignoreRule
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		p, keep := strings.CutPrefix(line, "!")
+		rules = append(rules, dockerignoreRule{path.Clean(p), keep})
+	}
+	return rules
+}
+
+// ignored applies rules the way Docker does: the last rule that matches p or one of its parent
+// directories decides. Patterns are path.Match globs, with a leading "**/" matching any depth.
+func ignored(rules []dockerignoreRule, p string) bool {
+	out := false
+	for _, r := range rules {
+		for q := p; q != "." && q != "/"; q = path.Dir(q) {
+			if globMatch(r.pattern, q) {
+				out = !r.keep
+				break
+			}
+		}
+	}
+	return out
+}
+
+func globMatch(pattern, name string) bool {
+	if rest, ok := strings.CutPrefix(pattern, "**/"); ok {
+		parts := strings.Split(name, "/")
+		for i := range parts {
+			if globMatch(rest, strings.Join(parts[i:], "/")) {
+				return true
+			}
+		}
+		return false
+	}
+	ok, _ := path.Match(pattern, name)
+	return ok
+}
+
+// TestDockerignore checks that the build context keeps what deploy/Dockerfile builds from (its COPY
+// sources and every file of the packages of cmd/swarm-proxy) and leaves out history, benchmark
+// results and the rest.
+func TestDockerignore(t *testing.T) {
+	rules := loadDockerignore(t)
+	for _, p := range []string{".git", ".git/HEAD", "bench/results/run.json", "bench/main.go", "docs/agents.md",
+		"README.md", "test/e2e/netns_test.go", "swarm-proxy", "deploy/compose.yaml", ".ci/run",
+		"internal/policy/policy_test.go", "internal/logstats/testdata/e2e/policy.yaml"} {
+		if !ignored(rules, p) {
+			t.Errorf("%s is in the build context", p)
+		}
+	}
+
+	need := []string{"go.mod", "go.sum"}
+	src, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stages, _ := parseDockerfile(t, string(src))
+	for _, s := range stages {
+		for _, cmd := range s.Commands {
+			if c, ok := cmd.(*instructions.CopyCommand); ok && c.From == "" {
+				for _, p := range c.SourcePaths {
+					if p != "." {
+						need = append(need, p)
+					}
+				}
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", "list", "-deps",
+		"-f", `{{if and .Module .Module.Main}}{{range .GoFiles}}{{$.Dir}}/{{.}}{{"\n"}}{{end}}{{range .EmbedFiles}}{{$.Dir}}/{{.}}{{"\n"}}{{end}}{{end}}`,
+		"../cmd/swarm-proxy").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := strings.Fields(string(out))
+	if len(files) < 10 {
+		t.Fatalf("go list found %d files of cmd/swarm-proxy", len(files))
+	}
+	for _, f := range files {
+		rel, err := filepath.Rel(root, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		need = append(need, filepath.ToSlash(rel))
+	}
+	for _, p := range need {
+		if ignored(rules, p) {
+			t.Errorf("%s is left out of the build context, but the Dockerfile needs it", p)
+		}
 	}
 }
