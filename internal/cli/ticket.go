@@ -54,10 +54,12 @@ log in to the broker with it (provider --ticket FILE).`,
 				return nil
 			}
 			fmt.Fprintf(out, "session_id:  %s\ntoken:       %s\nexpires_at:  %s\n", tk.SessionID, tk.Token, tk.ExpiresAt.Format(time.RFC3339))
-			if broker != "" {
-				fmt.Fprintf(out, "broker_addr: %s\n\nworkers:     export HTTPS_PROXY=http://%s:%s@%s HTTP_PROXY=http://%s:%s@%s\n",
-					broker, tk.SessionID, tk.Token, broker, tk.SessionID, tk.Token, broker)
+			if broker == "" {
+				fmt.Fprintf(out, "broker_addr: (none: give --broker HOST:PORT, the broker's --listen address, to put it in the ticket)\n")
+				return nil
 			}
+			fmt.Fprintf(out, "broker_addr: %s\n\nworkers:     export HTTPS_PROXY=http://%s:%s@%s HTTP_PROXY=http://%s:%s@%s\n",
+				broker, tk.SessionID, tk.Token, broker, tk.SessionID, tk.Token, broker)
 			return nil
 		},
 	}
@@ -66,7 +68,7 @@ log in to the broker with it (provider --ticket FILE).`,
 	fs.DurationVar(&ttl, "ttl", time.Hour, "how long the ticket is valid")
 	fs.StringVar(&broker, "broker", "", "broker address to put in the ticket (the workers' proxy address)")
 	fs.StringVar(&secretFile, "secret-file", "", "file holding the broker's secret, at least 32 bytes (default: $"+ticket.EnvSecret+")")
-	fs.BoolVar(&asJSON, "json", false, `print {"session_id","token","broker_addr","expires_at"} as JSON`)
+	fs.BoolVar(&asJSON, "json", false, `print {"session_id","token","broker_addr","expires_at"} as JSON (broker_addr is "" without --broker)`)
 	cmd.MarkFlagRequired("session")
 	return cmd
 }

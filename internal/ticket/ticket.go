@@ -51,7 +51,7 @@ var (
 type Ticket struct {
 	SessionID  string    `json:"session_id"`
 	Token      string    `json:"token"`
-	BrokerAddr string    `json:"broker_addr,omitempty"`
+	BrokerAddr string    `json:"broker_addr"` // "" when the issuer did not give it
 	ExpiresAt  time.Time `json:"expires_at"`
 }
 

@@ -165,18 +165,21 @@ func TestIssueRejects(t *testing.T) {
 
 func TestTicketJSON(t *testing.T) {
 	a := newTestAuthority(t, time.Unix(1_800_000_000, 0))
-	tk, _ := a.Issue("s1", time.Hour)
-	tk.BrokerAddr = "127.0.0.1:7000"
-	b, _ := json.Marshal(tk)
-	var m map[string]any
-	json.Unmarshal(b, &m)
-	for _, k := range []string{"session_id", "token", "broker_addr", "expires_at"} {
-		if _, ok := m[k]; !ok {
-			t.Errorf("ticket JSON %s lacks %q", b, k)
+	// Every field is always present: readers need not tell a missing broker_addr from an empty one.
+	for _, broker := range []string{"127.0.0.1:7000", ""} {
+		tk, _ := a.Issue("s1", time.Hour)
+		tk.BrokerAddr = broker
+		b, _ := json.Marshal(tk)
+		var m map[string]any
+		json.Unmarshal(b, &m)
+		for _, k := range []string{"session_id", "token", "broker_addr", "expires_at"} {
+			if _, ok := m[k]; !ok {
+				t.Errorf("ticket JSON %s lacks %q", b, k)
+			}
 		}
-	}
-	if m["expires_at"] != "2027-01-15T09:00:00Z" {
-		t.Errorf("expires_at = %v", m["expires_at"])
+		if m["broker_addr"] != broker || m["expires_at"] != "2027-01-15T09:00:00Z" {
+			t.Errorf("ticket JSON %s: want broker_addr %q and expires_at 2027-01-15T09:00:00Z", b, broker)
+		}
 	}
 }
 

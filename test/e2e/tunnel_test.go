@@ -83,6 +83,24 @@ func (b *brokerEnv) ticket(session, ttl string) (string, map[string]string) {
 	return WriteFile(b.t, "ticket.json", r.Stdout), tk
 }
 
+// TestTicketWithoutBroker: without --broker the JSON still has broker_addr (empty) and the text
+// says how to set it.
+func TestTicketWithoutBroker(t *testing.T) {
+	secret := WriteFile(t, "secret", "e2e-secret-0123456789-0123456789-0123456789\n")
+	r := Run(t, nil, binary, "ticket", "--session", "s1", "--secret-file", secret, "--json")
+	var tk map[string]any
+	if err := json.Unmarshal([]byte(r.Stdout), &tk); r.Code != 0 || err != nil {
+		t.Fatalf("ticket --json: exit %d, %q: %v", r.Code, r.Stdout, err)
+	}
+	if v, ok := tk["broker_addr"]; !ok || v != "" {
+		t.Fatalf("ticket --json without --broker printed %s: want \"broker_addr\":\"\"", r.Stdout)
+	}
+	r = Run(t, nil, binary, "ticket", "--session", "s1", "--secret-file", secret)
+	if r.Code != 0 || !strings.Contains(r.Stdout, "broker_addr: (none: give --broker HOST:PORT") || strings.Contains(r.Stdout, "HTTPS_PROXY") {
+		t.Fatalf("ticket without --broker: exit %d\n%s", r.Code, r.Stdout)
+	}
+}
+
 // provider starts `swarm-proxy provider` for a ticket and waits until the broker counts want
 // providers for the session.
 func (b *brokerEnv) provider(ticketFile, session string, want int, extra ...string) *Proc {
