@@ -95,8 +95,8 @@ type logFlags struct {
 
 func (f *logFlags) register(cmd *cobra.Command, blockedOnly bool) {
 	fs := cmd.Flags()
-	fs.StringVar(&f.since, "since", "", "only records at or after this time: RFC 3339, a date, or a duration before now (2h)")
-	fs.StringVar(&f.until, "until", "", "only records at or before this time (same forms as --since)")
+	fs.StringVar(&f.since, "since", "", "only records at or after this time: RFC 3339, a date (from its start, UTC), or a duration before now (2h)")
+	fs.StringVar(&f.until, "until", "", "only records at or before this time (same forms as --since; a date includes that whole day, UTC)")
 	fs.StringSliceVar(&f.sessions, "session", nil, "only records of this session (repeat or comma-separate for several)")
 	fs.StringSliceVar(&f.clients, "client", nil, "only records from this client address or prefix (repeatable)")
 	if blockedOnly {
@@ -113,7 +113,7 @@ func (f *logFlags) filter(now time.Time) (logstats.Filter, error) {
 		}
 	}
 	if f.until != "" {
-		if out.Until, err = logstats.ParseTime(f.until, now); err != nil {
+		if out.Until, err = logstats.ParseUntil(f.until, now); err != nil {
 			return out, fmt.Errorf("--until: %w", err)
 		}
 	}

@@ -58,7 +58,7 @@ func ParseClient(s string) (netip.Prefix, error) {
 	return p.Masked(), nil
 }
 
-// ParseTime parses a --since or --until value: an RFC 3339 time, a date (midnight UTC), or a
+// ParseTime parses a --since value: an RFC 3339 time, a date (its start, midnight UTC), or a
 // duration meaning that long before now ("2h").
 func ParseTime(s string, now time.Time) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
@@ -71,4 +71,14 @@ func ParseTime(s string, now time.Time) (time.Time, error) {
 		return now.Add(-d).UTC(), nil
 	}
 	return time.Time{}, fmt.Errorf("time %q: want RFC 3339 (2026-01-02T15:04:05Z), a date (2026-01-02) or a duration before now (2h)", s)
+}
+
+// ParseUntil parses an --until value like ParseTime, except that a date means the end of that day:
+// "--until 2026-11-24" includes the 24th. As Filter.Until is inclusive, the bound is the last
+// instant before the next day's midnight (UTC).
+func ParseUntil(s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.DateOnly, s); err == nil {
+		return t.AddDate(0, 0, 1).Add(-time.Nanosecond), nil
+	}
+	return ParseTime(s, now)
 }
