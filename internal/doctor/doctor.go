@@ -139,28 +139,19 @@ func Run(ctx context.Context, c Config, emit func(Result)) []Result {
 	return out
 }
 
-// checkVariables checks the proxy variables and returns the proxy URL the checks that follow use.
+// checkVariables checks the proxy variables, one result per pair of spellings, and returns the proxy
+// URL the checks that follow use.
 func checkVariables(c Config, env func(string) string, add func(Result)) *url.URL {
 	const fix = `eval "$(swarm-proxy env --proxy URL)" before starting the agent (or --format dockerfile/compose for images)`
 	var chosen *url.URL
 	for _, names := range [][2]string{{"HTTP_PROXY", "http_proxy"}, {"HTTPS_PROXY", "https_proxy"}} {
 		upper, lower := env(names[0]), env(names[1])
 		check := names[0] + "/" + names[1]
-		switch {
-		case upper == "" && lower == "":
+		if upper == "" && lower == "" {
 			add(Result{Fail, check, "not set: tools connect directly (and the firewall, if applied, refuses them)", fix})
 			continue
-		case upper != "" && lower != "" && upper != lower:
-			add(Result{Warn, check, fmt.Sprintf("differ (%s vs %s): which one a tool uses depends on the tool", redact(upper), redact(lower)), "set both to the same URL: " + fix})
-		case lower == "" && names[1] == "http_proxy":
-			add(Result{Warn, check, "only HTTP_PROXY is set: curl and git read only the lowercase http_proxy", "set http_proxy too: " + fix})
-		case upper == "" || lower == "":
-			add(Result{Warn, check, "only one spelling is set: some tools read only the other", "set both: " + fix})
 		}
-		v := lower
-		if v == "" {
-			v = upper
-		}
+		v := firstNonEmpty(lower, upper)
 		u, err := parseProxyURL(v)
 		if err != nil {
 			add(Result{Fail, check, err.Error(), fix})
@@ -173,7 +164,18 @@ func checkVariables(c Config, env func(string) string, add func(Result)) *url.UR
 				continue
 			}
 		}
-		add(Result{OK, check, redact(v), ""})
+		switch {
+		case upper != "" && lower != "" && upper != lower:
+			add(Result{Warn, check, fmt.Sprintf("differ (%s vs %s): which one a tool uses depends on the tool", redact(upper), redact(lower)), "set both to the same URL: " + fix})
+		case lower == "" && names[1] == "http_proxy":
+			add(Result{Warn, check, fmt.Sprintf("only HTTP_PROXY is set (%s): curl and git read only the lowercase http_proxy", redact(v)), "set http_proxy too: " + fix})
+		case lower == "":
+			add(Result{Warn, check, fmt.Sprintf("only %s is set (%s): some tools read only %s", names[0], redact(v), names[1]), "set both: " + fix})
+		case upper == "":
+			add(Result{Warn, check, fmt.Sprintf("only %s is set (%s): some tools read only %s", names[1], redact(v), names[0]), "set both: " + fix})
+		default:
+			add(Result{OK, check, redact(v), ""})
+		}
 		if chosen == nil || names[0] == "HTTPS_PROXY" {
 			chosen = u
 		}
@@ -246,15 +248,24 @@ func redact(v string) string {
 }
 
 func checkNoProxy(env func(string) string, add func(Result)) {
-	const check = "NO_PROXY/no_proxy"
 	upper, lower := env("NO_PROXY"), env("no_proxy")
-	v := firstNonEmpty(lower, upper)
-	if upper != "" && lower != "" && upper != lower {
-		add(Result{Warn, check, fmt.Sprintf("differ (%q vs %q)", upper, lower), "set both to the same list"})
+	r := noProxyResult(firstNonEmpty(lower, upper))
+	if upper != "" && lower != "" && upper != lower && r.Status != Fail {
+		// One line for the check: the mismatch, and what is wrong with the lowercase list, if anything.
+		msg, fix := fmt.Sprintf("differ (%q vs %q)", upper, lower), "set both to the same list"
+		if r.Status == Warn {
+			msg, fix = msg+"; no_proxy: "+r.Message, fix+"; "+r.Fix
+		}
+		r = Result{Warn, r.Check, msg, fix}
 	}
+	add(r)
+}
+
+// noProxyResult judges one NO_PROXY list.
+func noProxyResult(v string) Result {
+	const check = "NO_PROXY/no_proxy"
 	if v == "" {
-		add(Result{Warn, check, "not set: requests to localhost go to the proxy, which refuses loopback targets", "NO_PROXY=localhost,127.0.0.1,::1 (swarm-proxy env sets it)"})
-		return
+		return Result{Warn, check, "not set: requests to localhost go to the proxy, which refuses loopback targets", "NO_PROXY=localhost,127.0.0.1,::1 (swarm-proxy env sets it)"}
 	}
 	var bypass, cidrs []string
 	loopback := false
@@ -263,8 +274,7 @@ func checkNoProxy(env func(string) string, add func(Result)) {
 		switch {
 		case e == "":
 		case e == "*":
-			add(Result{Fail, check, `"*" sends every request around the proxy`, "remove * from NO_PROXY"})
-			return
+			return Result{Fail, check, `"*" sends every request around the proxy`, "remove * from NO_PROXY"}
 		case e == "localhost" || e == "127.0.0.1" || e == "::1" || e == "[::1]":
 			loopback = true
 		default:
@@ -280,11 +290,11 @@ func checkNoProxy(env func(string) string, add func(Result)) {
 		if len(cidrs) > 0 {
 			msg += "; CIDR entries are ignored by Python's urllib and curl before 7.86"
 		}
-		add(Result{Warn, check, msg, "keep only hosts the agent must reach without the proxy"})
+		return Result{Warn, check, msg, "keep only hosts the agent must reach without the proxy"}
 	case !loopback:
-		add(Result{Warn, check, "does not list localhost: local services go to the proxy", "add localhost,127.0.0.1,::1"})
+		return Result{Warn, check, "does not list localhost: local services go to the proxy", "add localhost,127.0.0.1,::1"}
 	default:
-		add(Result{OK, check, v, ""})
+		return Result{OK, check, v, ""}
 	}
 }
 
@@ -485,6 +495,11 @@ func checkTools(ctx context.Context, c Config, env func(string) string, add func
 		case "git":
 			if v := run(bin, "config", "--get-regexp", `^https?\..*proxy$`); v != "" {
 				add(Result{Warn, check, "git config overrides the variables: " + strings.ReplaceAll(v, "\n", "; "), "git config --global --unset http.proxy (or set it to the swarm-proxy URL)"})
+				continue
+			}
+			// git's HTTP transport is libcurl, which like curl ignores the uppercase HTTP_PROXY.
+			if env("http_proxy") == "" && env("HTTP_PROXY") != "" {
+				add(Result{Warn, check, "ignores HTTP_PROXY (uppercase) for http:// remotes, as libcurl does; http_proxy is not set", "set http_proxy too (swarm-proxy env does)"})
 				continue
 			}
 			add(Result{OK, check, "http(s):// remotes use http_proxy/https_proxy via libcurl; ssh:// remotes do not", "for SSH remotes see docs/agents.md (ProxyCommand)"})

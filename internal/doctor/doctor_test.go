@@ -86,6 +86,7 @@ func TestRun(t *testing.T) {
 		cfg      Config
 		tools    map[string]string // tool -> output of its command; absent: not installed
 		want     []string          // substrings of the printed results, in any order
+		notWant  []string          // substrings that must not be printed
 		wantFail bool
 	}{
 		{
@@ -99,9 +100,28 @@ func TestRun(t *testing.T) {
 			wantFail: true,
 		},
 		{
+			// git's HTTP transport is libcurl, which reads only the lowercase http_proxy, like curl.
 			name: "uppercase only", env: with(map[string]string{"http_proxy": ""}),
-			tools: map[string]string{"curl": ""},
-			want:  []string{"warn  HTTP_PROXY/http_proxy: only HTTP_PROXY is set", "warn  tool curl: ignores HTTP_PROXY"},
+			tools: map[string]string{"curl": "", "git": ""},
+			want: []string{"warn  HTTP_PROXY/http_proxy: only HTTP_PROXY is set (" + proxy.URL + ")",
+				"warn  tool curl: ignores HTTP_PROXY", "warn  tool git: ignores HTTP_PROXY"},
+			notWant: []string{"ok    HTTP_PROXY/http_proxy", "ok    tool git"},
+		},
+		{
+			name: "lowercase only", env: with(map[string]string{"HTTPS_PROXY": ""}),
+			tools:   map[string]string{"curl": "", "git": ""},
+			want:    []string{"warn  HTTPS_PROXY/https_proxy: only https_proxy is set", "ok    tool curl", "ok    tool git"},
+			notWant: []string{"ok    HTTPS_PROXY/https_proxy"},
+		},
+		{
+			name: "variables differ", env: with(map[string]string{"HTTPS_PROXY": "http://elsewhere:3128"}),
+			want:    []string{"warn  HTTPS_PROXY/https_proxy: differ (http://elsewhere:3128 vs " + proxy.URL + ")"},
+			notWant: []string{"ok    HTTPS_PROXY/https_proxy"},
+		},
+		{
+			name: "no_proxy differs", env: with(map[string]string{"NO_PROXY": "localhost", "no_proxy": "localhost,.corp"}),
+			want:    []string{`warn  NO_PROXY/no_proxy: differ ("localhost" vs "localhost,.corp"); no_proxy: .corp bypass the proxy`},
+			notWant: []string{"ok    NO_PROXY/no_proxy"},
 		},
 		{
 			name: "malformed", env: with(map[string]string{"HTTPS_PROXY": "ftp://x:1", "https_proxy": "ftp://x:1"}),
@@ -193,6 +213,19 @@ func TestRun(t *testing.T) {
 				if !strings.Contains(out, w) {
 					t.Errorf("output lacks %q", w)
 				}
+			}
+			for _, w := range tt.notWant {
+				if strings.Contains(out, w) {
+					t.Errorf("output has %q", w)
+				}
+			}
+			// One line per check: a warning is not followed by an ok for the same thing.
+			seen := map[string]bool{}
+			for _, r := range results {
+				if seen[r.Check] {
+					t.Errorf("check %q reported more than once", r.Check)
+				}
+				seen[r.Check] = true
 			}
 			if Failed(results) != tt.wantFail {
 				t.Errorf("Failed = %v, want %v", Failed(results), tt.wantFail)
