@@ -318,6 +318,27 @@ func TestSSHThroughForward(t *testing.T) {
 	bulkRecords(px, "CONNECT", s.Port)
 }
 
+// TestSSHThroughForwardBroker is TestSSHThroughForward with a broker and a provider instead of a
+// proxy: forward takes the broker and the credentials from the ticket.
+func TestSSHThroughForwardBroker(t *testing.T) {
+	s := startSSHD(t)
+	b := startBroker(t)
+	ticketFile, tk := b.ticket("ssh-forward", "1h")
+	b.provider(ticketFile, tk["session_id"], 1, "--allow-targets", "loopback")
+	fw := Start(t, "forward listening", "forward", "--ticket", ticketFile, fmt.Sprintf("127.0.0.1:0=127.0.0.1:%d", s.Port))
+	_, port, err := net.SplitHostPort(fw.Field("local"))
+	if err != nil {
+		t.Fatalf("forward ready line has no local address: %v\n%s", err, fw.Stderr())
+	}
+	checkEcho(t, s, "-p", port)
+	rec := sshRecord(b.Proc, "CONNECT", s.Port, 1, 1)
+	if rec.Session != "ssh-forward" || rec.Provider == "" {
+		t.Errorf("record %+v: want session ssh-forward and a provider", rec)
+	}
+	checkBulk(t, s, "-p", port)
+	bulkRecords(b.Proc, "CONNECT", s.Port)
+}
+
 func TestSSHThroughBroker(t *testing.T) {
 	s := startSSHD(t)
 	b := startBroker(t)
