@@ -916,3 +916,89 @@ func TestProviderDrains(t *testing.T) {
 		t.Fatalf("provider log:\n%s", a.logs.String())
 	}
 }
+
+// countingConn counts the bytes read from a connection.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// sizedTarget sends size bytes on its first connection, then closes it.
+func sizedTarget(t testing.TB, size int) policy.Target {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64<<10)
+		for sent := 0; sent < size; sent += len(buf) {
+			if _, err := c.Write(buf[:min(len(buf), size-sent)]); err != nil {
+				return
+			}
+		}
+	}()
+	return targetOf(t, ln.Addr())
+}
+
+// TestSlowReaderDoesNotStallOtherStreams: a stream whose reader stops reading fills only its own
+// window; another stream on the same provider connection moves 64 MiB meanwhile, and the stalled
+// stream resumes once it is read again.
+func TestSlowReaderDoesNotStallOtherStreams(t *testing.T) {
+	const bulk = 64 << 20
+	e := newEnv(t, false, Config{})
+	stalledTarget := streamTarget(t)
+	var fromStalled atomic.Int64 // bytes the provider took from the stalled stream's target
+	e.provider("s1", "loopback", func(p *Provider) {
+		p.Dialer.(*dial.Direct).DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err == nil && addr == stalledTarget.String() {
+				c = &countingConn{Conn: c, n: &fromStalled}
+			}
+			return c, err
+		}
+	}).waitConnected(t)
+
+	stalled, err := e.broker.Dial(context.Background(), req("s1", stalledTarget))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.(*Conn).Reset() // a FIN would leave the provider's side waiting on the full window
+	// Nobody reads the stalled stream: once the provider has taken its initial window's worth from
+	// the target, the window is (all but one relay buffer) used up and the provider blocks on it.
+	waitFor(t, "the stalled stream's window to fill", func() bool { return fromStalled.Load() >= 256<<10 })
+
+	fast, err := e.broker.Dial(context.Background(), req("s1", sizedTarget(t, bulk)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fast.Close()
+	start := time.Now()
+	fast.(*Conn).SetReadDeadline(start.Add(30 * time.Second))
+	n, err := io.Copy(io.Discard, fast)
+	if err != nil || n != bulk {
+		t.Fatalf("the other stream moved %d bytes in %v (%v), want %d: the slow reader stalled it", n, time.Since(start), err, bulk)
+	}
+	t.Logf("64 MiB on the other stream in %v", time.Since(start).Round(time.Millisecond))
+	if got := fromStalled.Load(); got > 1<<20 {
+		t.Fatalf("the provider took %d bytes for the unread stream: its window did not hold it back", got)
+	}
+
+	// The stalled stream was only paused.
+	stalled.(*Conn).SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(stalled, make([]byte, 4<<20)); err != nil {
+		t.Fatalf("the stalled stream does not resume: %v", err)
+	}
+}
