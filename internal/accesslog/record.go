@@ -51,11 +51,11 @@ type Record struct {
 	Status     int       `json:"status"`
 	Decision   string    `json:"decision"`
 	Mode       string    `json:"mode"`
-	Rule       string    `json:"rule,omitempty"`
-	Reason     string    `json:"reason,omitempty"`
+	Rule       string    `json:"rule"`
+	Reason     string    `json:"reason"`
 	Upstream   string    `json:"upstream,omitempty"`
 	BytesIn    int64     `json:"bytes_in"`
 	BytesOut   int64     `json:"bytes_out"`
 	DurationMS float64   `json:"duration_ms"`
-	Error      string    `json:"error,omitempty"`
+	Error      string    `json:"error"`
 }

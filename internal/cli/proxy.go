@@ -186,6 +186,9 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		}
 		adminAddr = aln.Addr().String()
 		ready := func() error {
+			if ctx.Err() != nil {
+				return errors.New("shutting down") // load balancers stop sending new clients
+			}
 			if rt.ready != nil {
 				return rt.ready()
 			}

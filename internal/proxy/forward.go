@@ -321,6 +321,9 @@ func (c *countingWriter) WriteHeader(code int) {
 	if c.status == 0 || c.status < 200 {
 		c.status = code
 	}
+	if h := c.Header(); h.Get("Content-Type") == "" {
+		h["Content-Type"] = nil // pass the target's response as it is: no sniffed type added
+	}
 	c.ResponseWriter.WriteHeader(code)
 }
 

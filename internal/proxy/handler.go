@@ -30,8 +30,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // admit runs the checks every request passes before its target is considered: client address,
-// credentials, and a well-formed proxy request.
+// credentials, and a well-formed proxy request. The target is parsed first, so that even a refused
+// client's log record and error name what it asked for.
 func (s *Server) admit(r *http.Request, req *Request) *Failure {
+	malformed := parseTarget(r, req)
 	if !s.ClientAllowed(req.Client.Addr()) {
 		return clientNotAllowed(req.Client.Addr().String())
 	}
@@ -45,6 +47,11 @@ func (s *Server) admit(r *http.Request, req *Request) *Failure {
 				Fix: "send the session ticket as proxy credentials (user SESSION_ID, password TOKEN): http://SESSION_ID:TOKEN@broker:port in HTTP_PROXY, curl --proxy-user SESSION_ID:TOKEN, or swarm-proxy connect --ticket FILE"}
 		}
 	}
+	return malformed
+}
+
+// parseTarget sets req's target (and path) from a proxy request, or says why it is malformed.
+func parseTarget(r *http.Request, req *Request) *Failure {
 	var err error
 	if r.Method == http.MethodConnect {
 		req.Target, err = policy.ParseTarget(r.Host, 0)

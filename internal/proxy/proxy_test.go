@@ -327,8 +327,11 @@ func TestClientNotAllowed(t *testing.T) {
 	})
 	c, br := dialProxy(t, tp.addr)
 	resp, body := roundTrip(t, c, br, "GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n\r\n")
-	if resp.StatusCode != 403 || !strings.Contains(body, "client 127.0.0.1 is not in --allow-clients") {
+	if resp.StatusCode != 403 || !strings.Contains(body, "blocked example.test:80") || !strings.Contains(body, "client 127.0.0.1 is not in --allow-clients") {
 		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if rec := tp.records(t)[0]; !strings.Contains(rec, `"host":"example.test","port":80`) || !strings.Contains(rec, `"error":"client_not_allowed"`) {
+		t.Fatalf("record %s: want the target and the reason", rec)
 	}
 	if d := tp.dialer.Dialed(); len(d) != 0 {
 		t.Fatalf("dialed %v for a refused client", d)
@@ -548,5 +551,24 @@ func TestShutdownWaitsForUpgradedConnection(t *testing.T) {
 	}
 	if recs := tp.records(t); len(recs) != 1 || !strings.Contains(recs[0], `"status":101`) {
 		t.Fatalf("records when Shutdown returned: %v", recs)
+	}
+}
+
+// TestResponseHeadersPassUnchanged: the proxy adds no Content-Type the target did not send.
+func TestResponseHeadersPassUnchanged(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Content-Type"] = nil
+		io.WriteString(w, "<html>no declared type</html>")
+	}))
+	defer up.Close()
+	upAddr := up.Listener.Addr().String()
+	tp := startProxy(t, "mode: enforce\nallow:\n  - cidr: 127.0.0.1/32\n", nil, []string{upAddr})
+	c, br := dialProxy(t, tp.addr)
+	resp, body := roundTrip(t, c, br, fmt.Sprintf("GET http://%s/ HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr))
+	if resp.StatusCode != 200 || body != "<html>no declared type</html>" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if ct, ok := resp.Header["Content-Type"]; ok {
+		t.Fatalf("Content-Type %q added by the proxy", ct)
 	}
 }

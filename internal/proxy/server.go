@@ -35,7 +35,9 @@ const (
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultUpstreamTimeout   = 60 * time.Second
-	DefaultMaxHeaderBytes    = 64 << 10
+	// DefaultMaxHeaderBytes answers 431 to request headers over 64 KiB: net/http allows 4 KiB over
+	// its MaxHeaderBytes setting.
+	DefaultMaxHeaderBytes = 64<<10 - 4<<10
 	// discardLimit bounds how much of a refused request's body is read so the client sees the
 	// error response instead of a reset.
 	discardLimit = 256 << 10
