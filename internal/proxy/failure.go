@@ -27,6 +27,7 @@ type Failure struct {
 	DialKind dial.Kind // for front ends with their own reply codes (SOCKS5)
 	Denied   bool      // refused by policy, client check or authentication
 	Rule     string    // the deciding rule, for policy refusals
+	Provider string    // broker: the provider that refused or failed the dial
 	Reason   string
 	Fix      string
 }
@@ -38,7 +39,7 @@ func FailureOf(err error) *Failure {
 	if !errors.As(err, &de) {
 		return &Failure{Status: http.StatusBadGateway, Kind: "internal", Reason: err.Error()}
 	}
-	f := &Failure{DialKind: de.Kind, Kind: de.Kind.String(), Reason: de.Reason}
+	f := &Failure{DialKind: de.Kind, Kind: de.Kind.String(), Reason: de.Reason, Provider: de.Provider}
 	switch de.Kind {
 	case dial.KindDenied:
 		f.Status, f.Denied = http.StatusForbidden, true

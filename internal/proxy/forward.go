@@ -215,6 +215,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		rec.BytesIn = 0 // the proxy's own error page, not bytes from the target
 		rec.Error = f.Kind
 		rec.Reason = f.Reason
+		if f.Provider != "" {
+			rec.Provider = f.Provider
+		}
 		if f.Denied {
 			rec.Decision = accesslog.DecisionDeny
 			rec.Rule = f.Rule

@@ -254,6 +254,7 @@ func (s *Server) LogFailure(req *Request, f *Failure) {
 	rec.Status = f.Status
 	rec.Error = f.Kind
 	rec.Reason = f.Reason
+	rec.Provider = f.Provider
 	if f.Denied || f.Status == http.StatusBadRequest {
 		rec.Decision = accesslog.DecisionDeny
 		rec.Rule = f.Rule
