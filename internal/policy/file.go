@@ -216,6 +216,15 @@ func ruleLines(doc *yaml.Node) lineIndex {
 
 var yamlLineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): `)
 
+// unknownKeyRE matches yaml's message for a key that the file format does not have.
+var unknownKeyRE = regexp.MustCompile(`^field (\S+) not found in type policy\.(File|RuleSpec)$`)
+
+// knownKeys names, for each type of the file format, what it is and the keys it has.
+var knownKeys = map[string]struct{ what, keys string }{
+	"File":     {"policy file", "version, mode, allow, deny"},
+	"RuleSpec": {"rule", "host, cidr, ports, name, comment"},
+}
+
 // yamlMessage turns yaml.v3's "yaml: line 3: problem" into "name:3: problem", so that every message
 // reads file:line: problem.
 func yamlMessage(name string, err error) string {
@@ -226,7 +235,11 @@ func yamlMessage(name string, err error) string {
 	}
 	for i, m := range msgs {
 		if loc := yamlLineRE.FindStringSubmatch(m); loc != nil {
-			msgs[i] = fmt.Sprintf("%s:%s: %s", name, loc[1], m[len(loc[0]):])
+			m = m[len(loc[0]):]
+			if k := unknownKeyRE.FindStringSubmatch(m); k != nil {
+				m = fmt.Sprintf("unknown key %q (a %s has: %s)", k[1], knownKeys[k[2]].what, knownKeys[k[2]].keys)
+			}
+			msgs[i] = fmt.Sprintf("%s:%s: %s", name, loc[1], m)
 		} else {
 			msgs[i] = fmt.Sprintf("%s: %s", name, strings.TrimPrefix(m, "yaml: "))
 		}

@@ -154,7 +154,7 @@ func TestParseErrors(t *testing.T) {
 		{"empty", "", "the file is empty"},
 		{"no mode", "allow: []\n", "p.yaml:1: mode is missing"},
 		{"bad mode", "mode: block\n", "p.yaml:1: mode \"block\" is not valid"},
-		{"unknown key", "mode: enforce\nalow:\n  - host: x\n", "p.yaml:2: field alow not found"},
+		{"unknown key", "mode: enforce\nalow:\n  - host: x\n", `p.yaml:2: unknown key "alow" (a policy file has: version, mode, allow, deny)`},
 		{"bad yaml", "mode: enforce\nallow: [\n", "p.yaml:2: did not find expected node content"},
 		{"wrong type", "mode: enforce\nallow:\n  - host: x\n    ports: 443\n", "p.yaml:4: cannot unmarshal"},
 		{"future version", "version: 2\nmode: enforce\n", "p.yaml:1: version 2 is not supported"},
