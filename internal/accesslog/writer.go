@@ -1,7 +1,6 @@
 package accesslog
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -24,11 +23,14 @@ var DefaultRotation = Rotation{MaxSizeMB: 100, MaxBackups: 10, Compress: true}
 // Writer writes records as JSON lines. It is safe for concurrent use; each record is written with a
 // single Write call so lines never interleave.
 type Writer struct {
-	mu  sync.Mutex
-	w   io.Writer
-	c   io.Closer
-	buf []byte
+	mu sync.Mutex
+	w  io.Writer
+	c  io.Closer
 }
+
+// lineBufs holds encoding buffers, so that records are encoded outside the writer's lock without an
+// allocation each.
+var lineBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // NewWriter writes records to w.
 func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
@@ -46,14 +48,14 @@ func OpenFile(path string, r Rotation) (*Writer, error) {
 
 // Write appends one record.
 func (w *Writer) Write(rec *Record) error {
+	bp := lineBufs.Get().(*[]byte)
+	line := append(rec.AppendJSON((*bp)[:0]), '\n')
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	b, err := json.Marshal(rec)
+	_, err := w.w.Write(line)
+	w.mu.Unlock()
+	*bp = line
+	lineBufs.Put(bp)
 	if err != nil {
-		return fmt.Errorf("encode access log record: %w", err)
-	}
-	w.buf = append(append(w.buf[:0], b...), '\n')
-	if _, err := w.w.Write(w.buf); err != nil {
 		return fmt.Errorf("write access log: %w", err)
 	}
 	return nil

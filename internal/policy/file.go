@@ -114,7 +114,7 @@ func Parse(name string, data []byte) (*Policy, error) {
 		}
 		return nil, fmt.Errorf("%w:\n%s", ErrInvalid, strings.Join(msgs, "\n"))
 	}
-	return p, nil
+	return p.prepare(), nil
 }
 
 func (s RuleSpec) rule(list string, index, line int) (Rule, error) {

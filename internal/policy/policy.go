@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 )
@@ -40,17 +41,23 @@ type Rule struct {
 	Host    string       // normalised name, "*.suffix" or "*"; empty for cidr rules
 	Prefix  netip.Prefix // valid for cidr rules
 	Ports   []int        // empty: any port
+
+	// id and allowReason are ID() and the reason of an allow by this rule, made once by
+	// Policy.prepare so that deciding a request formats no strings.
+	id, allowReason string
 }
 
 // ID names the rule in logs and headers: its name when it has one, else list#index.
 func (r *Rule) ID() string {
-	if r == nil {
+	switch {
+	case r == nil:
 		return ""
-	}
-	if r.Name != "" {
+	case r.id != "":
+		return r.id
+	case r.Name != "":
 		return r.Name
 	}
-	return fmt.Sprintf("%s#%d", r.List, r.Index)
+	return r.List + "#" + strconv.Itoa(r.Index)
 }
 
 // Describe says what the rule matches and where it is written.
@@ -220,7 +227,11 @@ func (p *Policy) hasCIDRAllowFor(port int) bool {
 
 func (p *Policy) allow(r *Rule, addrs []netip.Addr) Decision {
 	if r != nil {
-		return Decision{Allow: true, Code: CodeAllowedByRule, Rule: r, Reason: "allowed by rule " + r.Describe(p.Source), Addrs: addrs}
+		reason := r.allowReason
+		if reason == "" {
+			reason = "allowed by rule " + r.Describe(p.Source)
+		}
+		return Decision{Allow: true, Code: CodeAllowedByRule, Rule: r, Reason: reason, Addrs: addrs}
 	}
 	return Decision{Allow: true, Code: CodeDiscovery, Reason: "discovery mode allows what is not denied", Addrs: addrs}
 }
@@ -249,6 +260,18 @@ func (p *Policy) sourceName() string {
 	return p.Source
 }
 
+// prepare makes the strings that decisions by p's rules carry, once, when p is built.
+func (p *Policy) prepare() *Policy {
+	for _, list := range [][]Rule{p.Allow, p.Deny} {
+		for i := range list {
+			r := &list[i]
+			r.id = r.ID()
+			r.allowReason = "allowed by rule " + r.Describe(p.Source)
+		}
+	}
+	return p
+}
+
 // Default is the policy in force when no file is given: discovery mode, no rules, so every public
 // destination is allowed and logged while private and metadata addresses stay refused.
 func Default() *Policy { return &Policy{Mode: Discovery} }
@@ -275,9 +298,9 @@ func ForTargets(name string) (*Policy, error) {
 	case TargetsPublic:
 		return Default(), nil
 	case TargetsAny:
-		return &Policy{Mode: Discovery, Allow: cidrs("0.0.0.0/0", "::/0")}, nil
+		return (&Policy{Mode: Discovery, Allow: cidrs("0.0.0.0/0", "::/0")}).prepare(), nil
 	case TargetsLoopback:
-		return &Policy{Mode: Enforce, Allow: cidrs("127.0.0.0/8", "::1/128")}, nil
+		return (&Policy{Mode: Enforce, Allow: cidrs("127.0.0.0/8", "::1/128")}).prepare(), nil
 	}
 	return nil, fmt.Errorf("allow-targets %q: want any, public or loopback", name)
 }
