@@ -1,6 +1,8 @@
 package logstats
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -192,18 +194,44 @@ func (d *decoder) str(line []byte, i int) ([]byte, int, error) {
 // stringEnd returns the index of the quote that closes the string opening at line[i], and whether
 // the string holds escapes. Control characters are rejected, as JSON requires.
 func stringEnd(line []byte, i int) (end int, escaped bool, err error) {
-	for j := i + 1; j < len(line); j++ {
-		switch c := line[j]; {
-		case c == '"':
-			return j, escaped, nil
-		case c == '\\':
-			escaped = true
-			j++ // the escaped character cannot end the string
-		case c < 0x20:
+	for j := i + 1; j <= len(line); {
+		k := bytes.IndexByte(line[j:], '"')
+		if k < 0 {
+			break
+		}
+		seg := line[j : j+k]
+		if hasControl(seg) {
 			return 0, false, fmt.Errorf("%w: control character in string", errSyntax)
 		}
+		b := bytes.IndexByte(seg, '\\')
+		if b < 0 {
+			return j + k, escaped, nil
+		}
+		// An escape before the quote found: that quote may be the escaped character. Go on after
+		// the escaped character.
+		escaped = true
+		j += b + 2
 	}
 	return 0, false, fmt.Errorf("%w: unterminated string (truncated line?)", errSyntax)
+}
+
+// hasControl reports whether b holds a byte below 0x20, eight bytes at a time: a byte below 0x20
+// borrows when 0x20 is subtracted from it and has its high bit clear.
+func hasControl(b []byte) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for len(b) >= 8 {
+		x := binary.LittleEndian.Uint64(b)
+		if (x-0x20*ones)&^x&highs != 0 {
+			return true
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c < 0x20 {
+			return true
+		}
+	}
+	return false
 }
 
 func isNull(line []byte, i int) bool {
