@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 	"time"
 
@@ -106,4 +108,36 @@ func BenchmarkDomainsGzip(b *testing.B) {
 			b.Fatalf("records %d, err %v", st.Records, err)
 		}
 	}
+}
+
+// TestReadStreamsInBoundedMemory: reading a log much larger than the heap it may use keeps the heap
+// flat; memory follows the number of distinct hosts and clients, not the size of the log.
+func TestReadStreamsInBoundedMemory(t *testing.T) {
+	block := syntheticLog(t, 20000)
+	const copies = 12
+	readers := make([]io.Reader, copies)
+	for i := range readers {
+		readers[i] = bytes.NewReader(block)
+	}
+	runtime.GC()
+	var ms runtime.MemStats
+	var peak uint64
+	n := 0
+	d := NewDomains()
+	st, err := Read(context.Background(), []Source{StreamSource("big", io.MultiReader(readers...))}, func(e *Entry) {
+		d.Add(e)
+		if n++; n%50000 == 0 {
+			runtime.ReadMemStats(&ms)
+			peak = max(peak, ms.HeapAlloc)
+		}
+	})
+	if err != nil || st.Records != 20000*copies {
+		t.Fatalf("records %d, err %v", st.Records, err)
+	}
+	input := uint64(len(block) * copies)
+	// The block itself is in memory once; everything else must stay far below the input.
+	if limit := uint64(len(block)) + 32<<20; peak > limit {
+		t.Fatalf("heap peaked at %d MiB while reading %d MiB: want under %d MiB", peak>>20, input>>20, limit>>20)
+	}
+	t.Logf("read %d MiB with a heap of at most %d MiB", input>>20, peak>>20)
 }
