@@ -39,7 +39,7 @@ func main() {
 }
 
 // allPaths are the paths a run measures by default, in table order.
-var allPaths = []string{"direct", "proxy", "tunnel", "squid", "tinyproxy", "ssh"}
+var allPaths = []string{"direct", "proxy", "bare-go", "tunnel", "squid", "tinyproxy", "ssh"}
 
 // report is what -json writes.
 type report struct {
@@ -63,6 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	idle := fs.Int("idle", 0, "idle tunnels for the memory figure (default: 1000, 50 with -short)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "bound on the whole measurement")
 	binary := fs.String("binary", "", "swarm-proxy binary (default: build ./cmd/swarm-proxy without -race)")
+	bareBinary := fs.String("bare-binary", "", "bareproxy binary (default: build ./bench/bareproxy without -race)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -93,13 +94,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o755) // proxies that drop privileges must reach their directories
-	e := env{dir: dir, binary: *binary}
+	e := env{dir: dir, binary: *binary, bareBinary: *bareBinary}
 	if e.binary == "" && (slices.Contains(names, "proxy") || slices.Contains(names, "tunnel")) {
 		e.binary = filepath.Join(dir, "swarm-proxy")
 		logf("building swarm-proxy")
-		build := exec.CommandContext(ctx, "go", "build", "-o", e.binary, "github.com/swarm-proxy/swarm-proxy/cmd/swarm-proxy")
-		if out, err := build.CombinedOutput(); err != nil {
-			return fmt.Errorf("build swarm-proxy: %w\n%s", err, out)
+		if err := goBuild(ctx, e.binary, "github.com/swarm-proxy/swarm-proxy/cmd/swarm-proxy"); err != nil {
+			return err
+		}
+	}
+	if e.bareBinary == "" && slices.Contains(names, "bare-go") {
+		e.bareBinary = filepath.Join(dir, "bareproxy")
+		if err := goBuild(ctx, e.bareBinary, "github.com/swarm-proxy/swarm-proxy/bench/bareproxy"); err != nil {
+			return err
 		}
 	}
 	up, err := startUpstream()
@@ -175,6 +181,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 // own reports whether a path is swarm-proxy's (its failures fail the run) rather than a comparison.
+// goBuild builds pkg into out, without the race detector whatever the caller runs with.
+func goBuild(ctx context.Context, out, pkg string) error {
+	build := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	if msg, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %w\n%s", pkg, err, msg)
+	}
+	return nil
+}
+
 func own(name string) bool { return name == "direct" || name == "proxy" || name == "tunnel" }
 
 func newPath(ctx context.Context, name string, e env) (*path, error) {
@@ -183,6 +198,8 @@ func newPath(ctx context.Context, name string, e env) (*path, error) {
 		return directPath(), nil
 	case "proxy":
 		return swarmProxyPath(e)
+	case "bare-go":
+		return barePath(e)
 	case "tunnel":
 		return tunnelPath(e)
 	case "squid":

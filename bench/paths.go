@@ -52,10 +52,11 @@ func (p *path) alive() error {
 	return nil
 }
 
-// env is what path constructors share: a scratch directory and the swarm-proxy binary.
+// env is what path constructors share: a scratch directory and the binaries.
 type env struct {
-	dir    string
-	binary string
+	dir        string
+	binary     string
+	bareBinary string
 }
 
 func directPath() *path {
@@ -140,6 +141,20 @@ func swarmProxyPath(e env) (*path, error) {
 		return nil, err
 	}
 	return &path{name: "proxy", dial: connectDialer(addr, ""), proxyURL: &url.URL{Scheme: "http", Host: addr},
+		pids: []int{pr.pid()}, procs: []*proc{pr}}, nil
+}
+
+var bareListeningRE = regexp.MustCompile(`bareproxy listening on (\S+)`)
+
+// barePath runs bench/bareproxy: an HTTP proxy on net/http with nothing but CONNECT and forwarding,
+// the floor for a proxy written in Go, so that the table separates what swarm-proxy's own work
+// (policy, logging, metrics, limits) costs from what net/http and the extra hop cost.
+func barePath(e env) (*path, error) {
+	pr, addr, err := startProc(e.bareBinary, bareListeningRE, "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	return &path{name: "bare-go", dial: connectDialer(addr, ""), proxyURL: &url.URL{Scheme: "http", Host: addr},
 		pids: []int{pr.pid()}, procs: []*proc{pr}}, nil
 }
 
