@@ -52,7 +52,8 @@ func NormalizeHost(host string) (string, error) {
 	if h == "" {
 		return "", fmt.Errorf("%w: empty host name", ErrBadHost)
 	}
-	if len(h) > 253 {
+	if len(h) > 4*253 {
+		// No name this long in UTF-8 fits in 253 characters once converted; spare IDNA the work.
 		return "", fmt.Errorf("%w %q: longer than 253 characters", ErrBadHost, truncate(host))
 	}
 	if !utf8.ValidString(h) {
@@ -61,6 +62,10 @@ func NormalizeHost(host string) (string, error) {
 	ascii, err := profile.ToASCII(h)
 	if err != nil {
 		return "", fmt.Errorf("%w %q: %v", ErrBadHost, truncate(host), err)
+	}
+	if len(ascii) > 253 {
+		// Checked on the ASCII form: punycode makes international names longer.
+		return "", fmt.Errorf("%w %q: longer than 253 characters", ErrBadHost, truncate(host))
 	}
 	for _, label := range strings.Split(ascii, ".") {
 		if label == "" || len(label) > 63 {

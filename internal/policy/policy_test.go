@@ -182,6 +182,10 @@ func TestNormalizeHost(t *testing.T) {
 		{"exa mple.com", "", "disallowed rune"},
 		{"[example.com]", "", "brackets"},
 		{strings.Repeat("a", 64) + ".com", "", "label"},
+		{strings.Repeat(strings.Repeat("a", 63)+".", 3) + strings.Repeat("a", 61), strings.Repeat(strings.Repeat("a", 63)+".", 3) + strings.Repeat("a", 61), ""},
+		{strings.Repeat(strings.Repeat("a", 63)+".", 3) + strings.Repeat("a", 62), "", "longer than 253"},
+		// 251 bytes of UTF-8, but 363 characters in punycode: the limit applies to what is dialed.
+		{strings.Repeat("àaâaä.", 27) + "àaâaä", "", "longer than 253"},
 	}
 	for _, tt := range tests {
 		got, err := NormalizeHost(tt.in)
