@@ -67,7 +67,7 @@ func (f *forwarders) get(session string, pol *policy.Policy) *httputil.ReversePr
 			pr.Out.URL.User = nil // never forward (or log) credentials from the URL
 			pr.Out.Header.Add("Via", "1.1 swarm-proxy")
 		},
-		ModifyResponse: watchResponseBody,
+		ModifyResponse: modifyResponse,
 		Transport:      t,
 		BufferPool:     bufferPool{},
 		ErrorHandler:   f.s.forwardError,
@@ -116,9 +116,11 @@ type forwardState struct {
 	bodyErr error                       // why reading the target's response body failed, if it did
 }
 
-// watchResponseBody is the ReverseProxy's ModifyResponse hook: it wraps the target's response body
-// so that a read failure in the middle of the body is known when the request is logged.
-func watchResponseBody(resp *http.Response) error {
+// modifyResponse is the ReverseProxy's ModifyResponse hook. It adds Via, as RFC 9110 asks of a proxy
+// for every message it forwards, and wraps the target's response body so that a read failure in the
+// middle of the body is known when the request is logged.
+func modifyResponse(resp *http.Response) error {
+	resp.Header.Add("Via", "1.1 swarm-proxy")
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return nil // the body is the upgraded connection, which ReverseProxy needs writable
 	}

@@ -554,7 +554,8 @@ func TestShutdownWaitsForUpgradedConnection(t *testing.T) {
 	}
 }
 
-// TestResponseHeadersPassUnchanged: the proxy adds no Content-Type the target did not send.
+// TestResponseHeadersPassUnchanged: the proxy adds no Content-Type the target did not send, and
+// adds Via to the response as to the request.
 func TestResponseHeadersPassUnchanged(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header()["Content-Type"] = nil
@@ -570,5 +571,8 @@ func TestResponseHeadersPassUnchanged(t *testing.T) {
 	}
 	if ct, ok := resp.Header["Content-Type"]; ok {
 		t.Fatalf("Content-Type %q added by the proxy", ct)
+	}
+	if via := resp.Header.Get("Via"); via != "1.1 swarm-proxy" {
+		t.Fatalf("Via %q, want 1.1 swarm-proxy on the forwarded response", via)
 	}
 }
