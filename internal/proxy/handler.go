@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -203,9 +204,24 @@ func (s *Server) relay(t *tunnel, req *Request, rec *accesslog.Record, client, u
 	rec.BytesOut += res.AToB
 	rec.BytesIn += res.BToA
 	if res.Err != nil {
-		rec.Error = res.Err.Error()
+		rec.Error, rec.Reason = s.tunnelFailure(t, res.Err)
 	}
 	s.finish(req, rec)
+}
+
+// tunnelFailure names why an established tunnel ended in a failure: a kind for the record's error
+// field and the words for its reason.
+func (s *Server) tunnelFailure(t *tunnel, err error) (kind, reason string) {
+	s.mu.Lock()
+	aborted := t.aborted
+	s.mu.Unlock()
+	switch {
+	case aborted:
+		return "shutting_down", "the proxy shut down while the tunnel was open (--shutdown-timeout ran out): " + err.Error()
+	case errors.Is(err, relay.ErrIdle):
+		return "idle_timeout", fmt.Sprintf("no byte moved for %s (--tunnel-idle-timeout)", s.TunnelIdleTimeout)
+	}
+	return "tunnel_broken", "the tunnel broke: " + err.Error()
 }
 
 func upstreamAddr(c net.Conn) string {
@@ -221,9 +237,13 @@ func upstreamAddr(c net.Conn) string {
 // tunnel is an open relay or upgraded connection, tracked so Shutdown can wait for it and abort it
 // when time runs out. Its connections are set (under Server.mu) once they exist; an upgraded
 // connection has only a client side here (ReverseProxy holds the upstream and ends it with it).
-type tunnel struct{ client, upstream net.Conn }
+type tunnel struct {
+	client, upstream net.Conn
+	aborted          bool // by Shutdown, when its time ran out
+}
 
 func (t *tunnel) abort() {
+	t.aborted = true
 	for _, c := range []net.Conn{t.client, t.upstream} {
 		if c != nil {
 			relay.Abort(c)

@@ -344,8 +344,8 @@ func TestShutdownTimeoutAbortsIdleTunnel(t *testing.T) {
 		recs[0].BytesOut != 4 || recs[0].BytesIn != 4 {
 		t.Fatalf("tunnel record: %+v", recs)
 	}
-	// An aborted tunnel must not be logged as a clean end.
-	if recs[0].Error == "" {
-		t.Errorf("the record of the aborted tunnel has no error: %+v", recs[0])
+	// An aborted tunnel must not be logged as a clean end, and says why it ended.
+	if recs[0].Error != "shutting_down" || !strings.Contains(recs[0].Reason, "--shutdown-timeout") {
+		t.Errorf("the record of the aborted tunnel: error %q reason %q, want shutting_down and the flag", recs[0].Error, recs[0].Reason)
 	}
 }

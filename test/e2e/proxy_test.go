@@ -74,7 +74,7 @@ func TestCurlHTTPAndHTTPSThroughProxy(t *testing.T) {
 		}
 		if rec.Client != "127.0.0.1" || rec.Host != "127.0.0.1" || rec.Port != c.port || rec.Path != c.path ||
 			rec.Status != 200 || rec.Decision != "allow" || rec.Mode != "enforce" || rec.Rule != "test-loopback" ||
-			rec.RequestID == "" || rec.Upstream != fmt.Sprintf("127.0.0.1:%d", c.port) || !cleanEnd(rec.Error) {
+			rec.RequestID == "" || rec.Upstream != fmt.Sprintf("127.0.0.1:%d", c.port) || !cleanEnd(rec) {
 			t.Errorf("record fields wrong: %+v", rec)
 		}
 		if rec.BytesIn < c.minIn || rec.BytesOut < c.minOut || rec.DurationMS <= 0 {
@@ -89,9 +89,12 @@ func TestCurlHTTPAndHTTPSThroughProxy(t *testing.T) {
 	}
 }
 
-// cleanEnd accepts the error field of a completed exchange: empty, or a reset by curl, which may
-// close a finished TLS tunnel with unread bytes (the server's close_notify) and so send an RST.
-func cleanEnd(e string) bool { return e == "" || strings.Contains(e, "connection reset by peer") }
+// cleanEnd accepts the record of a completed exchange: no error, or a broken tunnel whose reason is
+// a reset by curl, which may close a finished TLS tunnel with unread bytes (the server's
+// close_notify) and so send an RST.
+func cleanEnd(rec accesslog.Record) bool {
+	return rec.Error == "" || rec.Error == "tunnel_broken" && strings.Contains(rec.Reason, "connection reset by peer")
+}
 
 func TestEnforceBlockShowsClearError(t *testing.T) {
 	plain := pingServer(t)

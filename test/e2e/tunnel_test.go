@@ -414,8 +414,8 @@ func testProviderKilledMidDownload(t *testing.T, method string) {
 	disconnected := "provider " + rec.Provider + " disconnected"
 	switch method {
 	case "CONNECT":
-		if !strings.Contains(rec.Error, disconnected) {
-			t.Fatalf("log record %+v: want an error saying %s", rec, disconnected)
+		if rec.Error != "tunnel_broken" || !strings.Contains(rec.Reason, disconnected) {
+			t.Fatalf("log record %+v: want error tunnel_broken and a reason saying %s", rec, disconnected)
 		}
 	case "GET":
 		if rec.Path != "/big" || rec.Error != "upstream" || !strings.HasPrefix(rec.Reason, "the response body from the target broke off: ") ||
