@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -324,4 +325,24 @@ func WriteFile(t *testing.T, name, content string) string {
 // tests' servers listen on (private and loopback addresses are otherwise refused).
 func LoopbackPolicy(mode string, extra string) string {
 	return fmt.Sprintf("mode: %s\nallow:\n  - cidr: 127.0.0.0/8\n    name: test-loopback\n%s", mode, extra)
+}
+
+// OpenTunnel opens a CONNECT tunnel through the proxy at proxyAddr to target and fails the test
+// unless the proxy answers 200. The connection has a waitTimeout deadline; reads go through br,
+// which may hold bytes read past the answer.
+func OpenTunnel(t *testing.T, proxyAddr, target string) (c net.Conn, br *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(waitTimeout))
+	br = bufio.NewReader(c)
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT %s: %v %v", target, resp, err)
+	}
+	return c, br
 }

@@ -330,18 +330,7 @@ func TestGracefulShutdownWithTunnelInFlight(t *testing.T) {
 	echoPort := echo.Addr().(*net.TCPAddr).Port
 	p := StartProxy(t, "--policy", WriteFile(t, "policy.yaml", portsPolicy("enforce", echoPort)), "--shutdown-timeout", "20s")
 
-	c, err := net.Dial("tcp", p.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(waitTimeout))
-	br := bufio.NewReader(c)
-	fmt.Fprintf(c, "CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n", echoPort, echoPort)
-	resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("CONNECT: %v %v", resp, err)
-	}
+	c, br := OpenTunnel(t, p.Addr, fmt.Sprintf("127.0.0.1:%d", echoPort))
 	echoOnce := func(msg string) {
 		t.Helper()
 		io.WriteString(c, msg)
