@@ -23,12 +23,19 @@ import (
 
 // forwarders holds one upstream transport per session and policy. Kept-alive upstream connections
 // belong to the session that dialed them and were checked under the policy in force then: a
-// connection is never reused by another session, nor after the policy changed.
+// connection is never reused by another session, nor after the policy changed. A transport that no
+// request has used for upstreamIdle is dropped, so a broker's memory follows its active sessions,
+// not every session it has ever served.
 type forwarders struct {
-	s  *Server
-	mu sync.Mutex
-	by map[forwarderKey]*forwarder
+	s         *Server
+	now       func() time.Time // time.Now; tests move it
+	mu        sync.Mutex
+	by        map[forwarderKey]*forwarder
+	lastSweep time.Time
 }
+
+// upstreamIdle is how long a kept-alive upstream connection, and a transport, may go unused.
+const upstreamIdle = 90 * time.Second
 
 type forwarderKey struct {
 	session string
@@ -38,17 +45,23 @@ type forwarderKey struct {
 type forwarder struct {
 	proxy     *httputil.ReverseProxy
 	transport *http.Transport
+	lastUsed  time.Time
 }
 
 func newForwarders(s *Server) *forwarders {
-	return &forwarders{s: s, by: map[forwarderKey]*forwarder{}}
+	return &forwarders{s: s, now: time.Now, by: map[forwarderKey]*forwarder{}}
 }
 
 func (f *forwarders) get(session string, pol *policy.Policy) *httputil.ReverseProxy {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	now := f.now()
+	if now.Sub(f.lastSweep) >= upstreamIdle {
+		f.sweep(now)
+	}
 	k := forwarderKey{session, pol}
 	if fw, ok := f.by[k]; ok {
+		fw.lastUsed = now
 		return fw.proxy
 	}
 	t := &http.Transport{
@@ -56,7 +69,7 @@ func (f *forwarders) get(session string, pol *policy.Policy) *httputil.ReversePr
 		DialContext:           f.s.dialForTransport,
 		MaxIdleConns:          1024,
 		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
+		IdleConnTimeout:       upstreamIdle,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: orDefault(f.s.UpstreamTimeout, DefaultUpstreamTimeout),
 		ExpectContinueTimeout: time.Second,
@@ -73,8 +86,20 @@ func (f *forwarders) get(session string, pol *policy.Policy) *httputil.ReversePr
 		ErrorHandler:   f.s.forwardError,
 		ErrorLog:       slog.NewLogLogger(f.s.Logger.Handler(), slog.LevelDebug),
 	}
-	f.by[k] = &forwarder{proxy: rp, transport: t}
+	f.by[k] = &forwarder{proxy: rp, transport: t, lastUsed: now}
 	return rp
+}
+
+// sweep drops the transports that no request has used for upstreamIdle. Their idle connections have
+// timed out by then; a request still running on one finishes undisturbed.
+func (f *forwarders) sweep(now time.Time) {
+	f.lastSweep = now
+	for k, fw := range f.by {
+		if now.Sub(fw.lastUsed) >= upstreamIdle {
+			fw.transport.CloseIdleConnections()
+			delete(f.by, k)
+		}
+	}
 }
 
 // retire drops the transports of every policy but current and closes their idle connections. A

@@ -576,3 +576,30 @@ func TestResponseHeadersPassUnchanged(t *testing.T) {
 		t.Fatalf("Via %q, want 1.1 swarm-proxy on the forwarded response", via)
 	}
 }
+
+// TestForwardersDropUnusedSessions: a transport that no request used for upstreamIdle is dropped
+// at the next sweep, so a broker does not keep one per session it ever served; one in use stays.
+func TestForwardersDropUnusedSessions(t *testing.T) {
+	s := &Server{Policy: policy.NewHolder(policy.Default())}
+	s.init()
+	f := s.forwarders
+	clock := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	f.now = func() time.Time { return clock }
+	pol := s.Policy.Load()
+	for i := range 100 {
+		f.get(fmt.Sprintf("s%d", i), pol)
+	}
+	busy := f.get("busy", pol)
+	clock = clock.Add(upstreamIdle / 2)
+	if f.get("busy", pol) != busy {
+		t.Fatal("a session's transport changed while in use")
+	}
+	clock = clock.Add(upstreamIdle / 2)
+	f.get("busy", pol) // sweeps: the 100 others have been unused for upstreamIdle
+	if n := len(f.by); n != 1 {
+		t.Fatalf("%d transports kept after the sweep, want only the busy session's", n)
+	}
+	if f.get("busy", pol) != busy {
+		t.Fatal("the busy session's transport was dropped")
+	}
+}
