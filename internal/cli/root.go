@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 )
@@ -46,7 +47,9 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          noArgs,
+		Version:       version(),
 	}
+	root.SetVersionTemplate("swarm-proxy {{.Version}}\n")
 	root.AddCommand(
 		newProxyCmd(),
 		newPolicyCmd(),
@@ -56,6 +59,30 @@ func newRootCmd() *cobra.Command {
 		newTicketCmd(), newBrokerCmd(), newProviderCmd(),
 	)
 	return root
+}
+
+// version says which build this is: the module version when installed with go install, else the
+// VCS revision the binary was built from (with "+dirty" for uncommitted changes), and Go's version.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown build)"
+	}
+	v := bi.Main.Version
+	if v == "" || v == "(devel)" {
+		v = "devel"
+		settings := map[string]string{}
+		for _, s := range bi.Settings {
+			settings[s.Key] = s.Value
+		}
+		if rev := settings["vcs.revision"]; rev != "" {
+			v += " " + rev[:min(12, len(rev))]
+			if settings["vcs.modified"] == "true" {
+				v += "+dirty"
+			}
+		}
+	}
+	return v + " " + bi.GoVersion
 }
 
 // noArgs rejects stray positional arguments with a message that names them.
