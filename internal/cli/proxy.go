@@ -211,7 +211,12 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		socksAddr = socksLn.Addr().String()
 		go func() { serveErr <- socksSrv.Serve(socksLn) }()
 	}
-	logger.Info("proxy listening", "addr", ln.Addr().String(), "socks", socksAddr, "admin", adminAddr, "mode", pol.Mode, "policy", orBuiltIn(f.policyFile))
+	attrs := []any{"addr", ln.Addr().String()}
+	if socksAddr != "" {
+		attrs = append(attrs, "socks", socksAddr)
+	}
+	attrs = append(attrs, "admin", adminAddr, "mode", pol.Mode, "policy", orBuiltIn(f.policyFile))
+	logger.Info("proxy listening", attrs...)
 
 	select {
 	case err := <-serveErr:
