@@ -248,18 +248,24 @@ func echoUpgradeServer(t *testing.T) *httptest.Server {
 	return up
 }
 
-func TestUpgradeRelaysBothWays(t *testing.T) {
-	up := echoUpgradeServer(t)
-	upAddr := up.Listener.Addr().String()
+// upgradeThroughProxy starts a proxy that allows upAddr and upgrades a connection through it to
+// upAddr's echo protocol.
+func upgradeThroughProxy(t *testing.T, upAddr string) (*testProxy, net.Conn, *bufio.Reader) {
+	t.Helper()
 	tp := startProxy(t, "mode: enforce\nallow:\n  - cidr: 127.0.0.1/32\n", nil, []string{upAddr})
-
 	c, br := dialProxy(t, tp.addr)
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprintf(c, "GET http://%s/ws HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n", upAddr, upAddr)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("upgrade: %v %v", resp, err)
 	}
+	return tp, c, br
+}
+
+func TestUpgradeRelaysBothWays(t *testing.T) {
+	up := echoUpgradeServer(t)
+	upAddr := up.Listener.Addr().String()
+	tp, c, br := upgradeThroughProxy(t, upAddr)
 	for _, msg := range []string{"hello", "second message"} {
 		io.WriteString(c, msg)
 		got := make([]byte, len(msg))
@@ -514,13 +520,7 @@ func TestStalledBodyIsTimedOut(t *testing.T) {
 func TestShutdownWaitsForUpgradedConnection(t *testing.T) {
 	up := echoUpgradeServer(t)
 	upAddr := up.Listener.Addr().String()
-	tp := startProxy(t, "mode: enforce\nallow:\n  - cidr: 127.0.0.1/32\n", nil, []string{upAddr})
-	c, br := dialProxy(t, tp.addr)
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	fmt.Fprintf(c, "GET http://%s/ws HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n", upAddr, upAddr)
-	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade: %v %v", resp, err)
-	}
+	tp, c, br := upgradeThroughProxy(t, upAddr)
 	shutdown := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
