@@ -185,13 +185,7 @@ func (s *Server) dialForTransport(ctx context.Context, network, addr string) (ne
 	if err != nil {
 		return nil, err
 	}
-	dreq := &dial.Request{Target: t, ID: st.req.ID, Session: st.req.Session, Client: st.req.Client.Addr().String(),
-		Decision: s.Policy.Load().Decide(t, nil)}
-	c, err := s.Dialer.Dial(ctx, dreq)
-	if err != nil {
-		return nil, err
-	}
-	return &decidedConn{Conn: c, decision: dreq.Decision}, nil
+	return s.dialUpstream(ctx, st.req, t)
 }
 
 // forward relays a plain-HTTP request (and, after a 101, the upgraded connection).
@@ -205,30 +199,39 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 	req.dial = &dial.Request{Target: req.Target, Decision: d}
 
 	st := &forwardState{req: req}
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		c := info.Conn
-		if tc, ok := c.(*tls.Conn); ok {
-			c = tc.NetConn()
-		}
-		if dc, ok := c.(*decidedConn); ok {
-			st.conn.Store(dc)
-		}
-	}}
-	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), forwardKey{}, st), trace)
-	body := &countingReader{r: r.Body, rc: http.NewResponseController(w), idle: orDefault(s.IdleTimeout, DefaultIdleTimeout)}
-	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = body
-	}
 	cw := &countingWriter{ResponseWriter: w, s: s}
 	defer cw.untrack() // after the record is written, so Shutdown waits for it
-	aborted := s.serveForward(cw, r.WithContext(ctx), s.forwarders.get(req.Session, pol))
+	var aborted bool
+	var body *countingReader
+	if simpleRequest(r) {
+		aborted = s.serveSimple(cw, r, st, pol)
+	} else {
+		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+			c := info.Conn
+			if tc, ok := c.(*tls.Conn); ok {
+				c = tc.NetConn()
+			}
+			if dc, ok := c.(*decidedConn); ok {
+				st.conn.Store(dc)
+			}
+		}}
+		ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), forwardKey{}, st), trace)
+		body = &countingReader{r: r.Body, rc: http.NewResponseController(w), idle: orDefault(s.IdleTimeout, DefaultIdleTimeout)}
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = body
+		}
+		aborted = s.serveForward(cw, r.WithContext(ctx), s.forwarders.get(req.Session, pol))
+	}
 
 	rec := s.record(req)
 	rec.Status = cw.status
 	if rec.Status == 0 {
 		rec.Status = http.StatusOK
 	}
-	rec.BytesOut = body.n.Load() + cw.upOut.Load()
+	rec.BytesOut = cw.upOut.Load()
+	if body != nil {
+		rec.BytesOut += body.n.Load()
+	}
 	rec.BytesIn = cw.n.Load() + cw.upIn.Load()
 	if dc := st.conn.Load(); dc != nil {
 		rec.Rule = dc.decision.RuleID()

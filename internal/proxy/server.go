@@ -85,6 +85,7 @@ type Server struct {
 	initOnce   sync.Once
 	srv        *http.Server
 	forwarders *forwarders
+	pool       *upstreamPool
 
 	mu       sync.Mutex
 	tunnels  map[*tunnel]struct{}
@@ -102,6 +103,7 @@ func (s *Server) init() {
 		}
 		s.tunnels = map[*tunnel]struct{}{}
 		s.forwarders = newForwarders(s)
+		s.pool = newUpstreamPool(s.Policy.Load)
 		s.srv = &http.Server{
 			Handler:           s,
 			ReadHeaderTimeout: orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
@@ -154,6 +156,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	s.forwarders.closeIdle()
+	s.pool.closeAll()
 	return err
 }
 
@@ -161,7 +164,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // so that every later request is dialed, and so checked, under the policy in force.
 func (s *Server) PolicyChanged() {
 	s.init()
-	s.forwarders.retire(s.Policy.Load())
+	pol := s.Policy.Load()
+	s.forwarders.retire(pol)
+	s.pool.retire(pol)
 }
 
 // Request is one request or tunnel going through the pipeline, whatever front end it came from.
