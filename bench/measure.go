@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -413,17 +416,6 @@ func (b *bench) http(ctx context.Context) {
 // httpLoad runs HTTPClients keep-alive clients against url for a round's share of HTTPDuration and
 // adds the requests and their latencies to r.
 func (b *bench) httpLoad(ctx context.Context, url string, r *httpRun) error {
-	tr := &http.Transport{
-		MaxIdleConnsPerHost: b.sz.HTTPClients,
-		MaxConnsPerHost:     b.sz.HTTPClients,
-		DisableCompression:  true,
-		ForceAttemptHTTP2:   false,
-	}
-	if b.p.proxyURL != nil {
-		tr.Proxy = http.ProxyURL(b.p.proxyURL)
-	}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: opTimeout}
 	const maxPerClient = 1 << 20
 	var (
 		wg   sync.WaitGroup
@@ -439,14 +431,20 @@ func (b *bench) httpLoad(ctx context.Context, url string, r *httpRun) error {
 			defer wg.Done()
 			var ds []time.Duration
 			var fails []error
-			for i := 0; i < maxPerClient && time.Now().Before(end) && ctx.Err() == nil; i++ {
+			c, err := b.newHTTPClient(url)
+			if err != nil {
+				fails = append(fails, err)
+			}
+			for i := 0; err == nil && i < maxPerClient && time.Now().Before(end) && ctx.Err() == nil; i++ {
 				t0 := time.Now()
-				err := get(ctx, client, url)
-				if err != nil {
+				if err := c.get(ctx); err != nil {
 					fails = append(fails, err)
 					continue
 				}
 				ds = append(ds, time.Since(t0))
+			}
+			if c != nil {
+				c.close()
 			}
 			mu.Lock()
 			all = append(all, ds...)
@@ -465,23 +463,113 @@ func (b *bench) httpLoad(ctx context.Context, url string, r *httpRun) error {
 	return nil
 }
 
-func get(ctx context.Context, c *http.Client, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+// httpClient is one keep-alive HTTP/1.1 client, the way a load generator such as wrk is one: the
+// request is written from a prepared buffer and the response parsed with net/http's reader, on the
+// caller's goroutine. http.Client would cost the benchmark several times more CPU per request (its
+// per-connection read and write goroutines), and on a two-core machine every cycle the load
+// generator spends is taken from the path under test.
+type httpClient struct {
+	b    *bench
+	addr string // where to connect: the HTTP proxy, or the target through the path's dialer
+	// proxied is set for an HTTP proxy: connect to it directly and send absolute-form requests.
+	proxied bool
+	req  []byte // the request, in absolute form for an HTTP proxy
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+func (b *bench) newHTTPClient(rawURL string) (*httpClient, error) {
+	u, err := url.Parse(rawURL)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	resp, err := c.Do(req)
+	c := &httpClient{b: b, addr: u.Host}
+	target, auth := u.RequestURI(), ""
+	if pu := b.p.proxyURL; pu != nil && pu.Scheme == "http" {
+		c.addr, target, c.proxied = pu.Host, rawURL, true
+		if pu.User != nil {
+			pass, _ := pu.User.Password()
+			auth = "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(pu.User.Username()+":"+pass)) + "\r\n"
+		}
+	}
+	c.req = []byte(fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: swarm-proxy-bench\r\n%s\r\n", target, u.Host, auth))
+	return c, nil
+}
+
+// get sends the request and reads the whole response, connecting first when needed. A request
+// on a kept-alive connection that the server closed before answering is sent again on a new
+// connection, as http.Transport does: tinyproxy closes its side after each response.
+func (c *httpClient) get(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		reused := c.conn != nil
+		if !reused {
+			if err := c.connect(ctx); err != nil {
+				return err
+			}
+		}
+		c.conn.SetDeadline(time.Now().Add(opTimeout))
+		resp, err := c.roundTrip()
+		if err != nil {
+			c.close()
+			if reused && attempt == 0 && errors.Is(err, errNothingBack) {
+				continue
+			}
+			return err
+		}
+		if resp.Close {
+			c.close()
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %s", resp.Status)
+		}
+		return nil
+	}
+}
+
+func (c *httpClient) connect(ctx context.Context) error {
+	dctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	var err error
+	if c.proxied {
+		c.conn, err = (&net.Dialer{}).DialContext(dctx, "tcp", c.addr)
+	} else {
+		c.conn, err = c.b.p.dial(dctx, c.addr) // direct, or through a SOCKS5 path
+	}
 	if err != nil {
-		return err
+		c.conn = nil
+		return fmt.Errorf("connect: %w", err)
 	}
-	defer resp.Body.Close()
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return fmt.Errorf("read body: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %s", resp.Status)
-	}
+	c.br = bufio.NewReaderSize(c.conn, 32<<10)
 	return nil
+}
+
+// errNothingBack is a connection closed before any byte of the response arrived.
+var errNothingBack = errors.New("connection closed before the response")
+
+func (c *httpClient) roundTrip() (*http.Response, error) {
+	if _, err := c.conn.Write(c.req); err != nil {
+		return nil, fmt.Errorf("send request: %w: %w", errNothingBack, err)
+	}
+	if _, err := c.br.Peek(1); err != nil {
+		return nil, fmt.Errorf("read response: %w: %w", errNothingBack, err)
+	}
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		return nil, fmt.Errorf("read response: %w", err)
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, fmt.Errorf("read body: %w", err)
+	}
+	return resp, nil
+}
+
+func (c *httpClient) close() {
+	if c.conn != nil {
+		c.conn.Close()
+		c.conn = nil
+	}
 }
 
 // idle measures the path's resident memory growth per open idle tunnel.
