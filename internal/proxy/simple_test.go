@@ -1,0 +1,306 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+)
+
+// loopbackPolicy allows the tests' loopback servers.
+const loopbackPolicy = "mode: enforce\nallow:\n  - cidr: 127.0.0.1/32\n"
+
+// countingServer is an httptest server that counts the connections it accepted.
+func countingServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic.Int32) {
+	t.Helper()
+	var conns atomic.Int32
+	up := httptest.NewUnstartedServer(h)
+	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	up.Start()
+	t.Cleanup(up.Close)
+	return up, &conns
+}
+
+func lastRecord(t *testing.T, tp *testProxy) accesslog.Record {
+	t.Helper()
+	recs := tp.records(t)
+	var rec accesslog.Record
+	if err := json.Unmarshal([]byte(recs[len(recs)-1]), &rec); err != nil {
+		t.Fatalf("record %q: %v", recs[len(recs)-1], err)
+	}
+	return rec
+}
+
+// TestSimplePathKeepsUpstreamConnectionsAlive: sequential GETs from different clients reuse one
+// upstream connection, and each is logged with its upstream.
+func TestSimplePathKeepsUpstreamConnectionsAlive(t *testing.T) {
+	up, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok "+r.URL.Path) })
+	upAddr := up.Listener.Addr().String()
+	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
+	for i := range 5 {
+		c, br := dialProxy(t, tp.addr)
+		resp, body := roundTrip(t, c, br, fmt.Sprintf("GET http://%s/%d HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, i, upAddr))
+		if resp.StatusCode != 200 || body != fmt.Sprintf("ok /%d", i) {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+		c.Close()
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("%d upstream connections for 5 sequential requests, want 1", n)
+	}
+	if rec := lastRecord(t, tp); rec.Upstream != upAddr || rec.BytesIn != 5 || rec.Status != 200 {
+		t.Fatalf("record %+v", rec)
+	}
+}
+
+// TestSimplePathRetriesClosedKeptAliveConnection: a target that closes an idle kept-alive
+// connection without a word (as servers do after their idle timeout) costs the client nothing: the
+// request is sent again on a new connection.
+func TestSimplePathRetriesClosedKeptAliveConnection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() {
+				// One response, announced as keep-alive; the next request on the connection closes
+				// it unanswered: the race a kept-alive connection meets when the server's idle
+				// timeout fires as a request is sent.
+				defer c.Close()
+				br := bufio.NewReader(c)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				br.Peek(1)
+			}()
+		}
+	}()
+	upAddr := ln.Addr().String()
+	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
+	for i := range 3 {
+		c, br := dialProxy(t, tp.addr)
+		resp, body := roundTrip(t, c, br, fmt.Sprintf("GET http://%s/ HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr))
+		if resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("request %d: %d %q: a closed kept-alive connection reached the client", i, resp.StatusCode, body)
+		}
+		c.Close()
+	}
+	if n := accepted.Load(); n != 3 {
+		t.Fatalf("%d upstream connections, want 3 (one per request)", n)
+	}
+}
+
+// waitFor polls cond every few milliseconds for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestSimplePathStreamsUnknownLength: a response of unknown length (a stream) reaches the client
+// chunk by chunk, not when the target finishes.
+func TestSimplePathStreamsUnknownLength(t *testing.T) {
+	release := make(chan struct{})
+	up, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "first\n")
+		http.NewResponseController(w).Flush()
+		<-release
+		io.WriteString(w, "second\n")
+	})
+	defer close(release)
+	upAddr := up.Listener.Addr().String()
+	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
+	c, br := dialProxy(t, tp.addr)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET http://%s/stream HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "first\n" {
+		t.Fatalf("first chunk: %q, %v (held back until the target finished?)", line, err)
+	}
+}
+
+// TestSimplePathPassesInformationalAndTrailers: a 103 Early Hints goes to the client before the
+// final response, and trailers follow the body.
+func TestSimplePathPassesInformationalAndTrailers(t *testing.T) {
+	up, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("Link")
+		w.Header().Set("Trailer", "X-Checksum")
+		io.WriteString(w, "body")
+		w.Header().Set("X-Checksum", "abc")
+	})
+	upAddr := up.Listener.Addr().String()
+	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
+	c, br := dialProxy(t, tp.addr)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET http://%s/ HTTP/1.1\r\nHost: %s\r\nTE: trailers\r\n\r\n", upAddr, upAddr)
+	hints, err := http.ReadResponse(br, nil)
+	if err != nil || hints.StatusCode != http.StatusEarlyHints || hints.Header.Get("Link") == "" {
+		t.Fatalf("first response: %v %v, want 103 with its Link", hints, err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("final response: %v %v", resp, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || string(body) != "body" || resp.Trailer.Get("X-Checksum") != "abc" {
+		t.Fatalf("body %q, trailer %v, %v", body, resp.Trailer, err)
+	}
+	if rec := lastRecord(t, tp); rec.Status != 200 {
+		t.Fatalf("logged status %d, want the final 200", rec.Status)
+	}
+}
+
+// TestSimplePathClientGoneStopsWaiting: when the client leaves while the target has not answered,
+// the upstream connection is closed at once (the target sees it) and the request is logged as
+// client_closed.
+func TestSimplePathClientGoneStopsWaiting(t *testing.T) {
+	entered, gone := make(chan struct{}), make(chan struct{})
+	up, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-r.Context().Done()
+		close(gone)
+	})
+	upAddr := up.Listener.Addr().String()
+	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
+	c, _ := dialProxy(t, tp.addr)
+	fmt.Fprintf(c, "GET http://%s/slow HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr)
+	<-entered
+	c.Close()
+	select {
+	case <-gone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the target still waits for the proxy 10 s after the client left")
+	}
+	waitFor(t, "the record", func() bool { return strings.Contains(tp.log.String(), "client_closed") })
+	if rec := lastRecord(t, tp); rec.Status != 499 || rec.Error != "client_closed" {
+		t.Fatalf("record %+v, want 499 client_closed", rec)
+	}
+}
+
+// TestSimplePathUpstreamTimeout: a target that never sends response headers gets a 504 naming the
+// timeout.
+func TestSimplePathUpstreamTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		var silent []net.Conn // answered never, closed when the test ends
+		defer func() {
+			for _, c := range silent {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			silent = append(silent, c)
+		}
+	}()
+	upAddr := ln.Addr().String()
+	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr}, func(s *Server) { s.UpstreamTimeout = 200 * time.Millisecond })
+	c, br := dialProxy(t, tp.addr)
+	resp, body := roundTrip(t, c, br, fmt.Sprintf("GET http://%s/ HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr))
+	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "did not send response headers within 200ms") {
+		t.Fatalf("%d %q, want 504 naming the timeout", resp.StatusCode, body)
+	}
+	if rec := lastRecord(t, tp); rec.Error != "timeout" || rec.Upstream != upAddr {
+		t.Fatalf("record %+v", rec)
+	}
+}
+
+// TestUpstreamPoolBoundsAndRetires: the pool keeps at most maxIdlePerTarget connections per key,
+// closes connections idle for upstreamIdle, and closes those of a retired policy, on reload or when
+// they come back from a request.
+func TestUpstreamPoolBoundsAndRetires(t *testing.T) {
+	oldPol, newPol := policy.Default(), policy.Default()
+	current := oldPol
+	p := newUpstreamPool(func() *policy.Policy { return current })
+	key := poolKey{session: "s", policy: oldPol, target: policy.Target{Host: "example.test", Port: 80}}
+	var closed atomic.Int32
+	conn := func(k poolKey) *upstreamConn {
+		a, b := net.Pipe()
+		b.Close()
+		return &upstreamConn{pool: p, key: k, conn: &decidedConn{Conn: closeCounter{a, &closed}}}
+	}
+	for range maxIdlePerTarget + 3 {
+		p.put(conn(key))
+	}
+	if p.n != maxIdlePerTarget || closed.Load() != 3 {
+		t.Fatalf("kept %d, closed %d; want %d kept and 3 closed", p.n, closed.Load(), maxIdlePerTarget)
+	}
+	// The most recently returned connection is used first.
+	if uc := p.get(key); uc == nil || p.n != maxIdlePerTarget-1 {
+		t.Fatal("get: no connection")
+	}
+	// Half of them have been idle for upstreamIdle.
+	list := p.idle[key]
+	for _, uc := range list[:len(list)/2] {
+		uc.idleSince = time.Now().Add(-upstreamIdle)
+	}
+	p.sweep()
+	if want := maxIdlePerTarget - 1 - (maxIdlePerTarget-1)/2; p.n != want {
+		t.Fatalf("after the sweep: %d idle, want %d", p.n, want)
+	}
+	current = newPol
+	p.retire(newPol)
+	if p.n != 0 || len(p.idle) != 0 {
+		t.Fatalf("after the reload: %d idle connections of the old policy kept", p.n)
+	}
+	before := closed.Load()
+	p.put(conn(key)) // busy during the reload, back now
+	if p.n != 0 || closed.Load() != before+1 {
+		t.Fatal("a connection dialed under the old policy was kept after the reload")
+	}
+	p.closeAll()
+	p.put(conn(poolKey{policy: newPol}))
+	if p.n != 0 {
+		t.Fatal("a connection was kept after closeAll")
+	}
+}
+
+type closeCounter struct {
+	net.Conn
+	n *atomic.Int32
+}
+
+func (c closeCounter) Close() error {
+	c.n.Add(1)
+	return c.Conn.Close()
+}
