@@ -473,9 +473,9 @@ type httpClient struct {
 	addr string // where to connect: the HTTP proxy, or the target through the path's dialer
 	// proxied is set for an HTTP proxy: connect to it directly and send absolute-form requests.
 	proxied bool
-	req  []byte // the request, in absolute form for an HTTP proxy
-	conn net.Conn
-	br   *bufio.Reader
+	req     []byte // the request, in absolute form for an HTTP proxy
+	conn    net.Conn
+	br      *bufio.Reader
 }
 
 func (b *bench) newHTTPClient(rawURL string) (*httpClient, error) {
