@@ -146,9 +146,10 @@ func swarmProxyPath(e env) (*path, error) {
 
 var bareListeningRE = regexp.MustCompile(`bareproxy listening on (\S+)`)
 
-// barePath runs bench/bareproxy: an HTTP proxy on net/http with nothing but CONNECT and forwarding,
-// the floor for a proxy written in Go, so that the table separates what swarm-proxy's own work
-// (policy, logging, metrics, limits) costs from what net/http and the extra hop cost.
+// barePath runs bench/bareproxy: an HTTP proxy with nothing but CONNECT and forwarding, written
+// without net/http's server or client, the floor for a proxy written in Go. The table then
+// separates what swarm-proxy's own work (policy, logging, metrics, limits, HTTP hygiene) costs from
+// what the extra hop costs on this machine.
 func barePath(e env) (*path, error) {
 	pr, addr, err := startProc(e.bareBinary, bareListeningRE, "127.0.0.1:0")
 	if err != nil {
