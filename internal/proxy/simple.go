@@ -58,25 +58,36 @@ func removeHopHeaders(h http.Header) {
 // outgoingRequest is r as the target gets it, with the same changes ReverseProxy makes on the other
 // path: hop-by-hop headers and the client's forwarding headers removed, TE reduced to trailers, no
 // credentials, no default User-Agent, and Via added.
-func outgoingRequest(ctx context.Context, r *http.Request) *http.Request {
-	out := r.Clone(ctx)
-	out.RequestURI = ""
-	out.Body = nil
-	out.Close = false
-	out.URL.User = nil
-	trailers := headerHasToken(r.Header["Te"], "trailers")
-	removeHopHeaders(out.Header)
-	for _, name := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
-		delete(out.Header, name)
+func outgoingRequest(r *http.Request) *http.Request {
+	u := *r.URL
+	u.User = nil
+	h := make(http.Header, len(r.Header)+1)
+	named := r.Header["Connection"]
+	for k, v := range r.Header {
+		if !forwardedHeader(k) || headerHasToken(named, k) {
+			continue
+		}
+		h[k] = v
 	}
-	if trailers {
-		out.Header.Set("Te", "trailers")
+	if headerHasToken(r.Header["Te"], "trailers") {
+		h["Te"] = []string{"trailers"}
 	}
-	if _, ok := out.Header["User-Agent"]; !ok {
-		out.Header["User-Agent"] = []string{""} // Request.Write would add Go's own
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = []string{""} // Request.Write would add Go's own
 	}
-	out.Header.Add("Via", "1.1 swarm-proxy")
-	return out
+	h["Via"] = append(h["Via"][:len(h["Via"]):len(h["Via"])], "1.1 swarm-proxy")
+	return &http.Request{Method: r.Method, URL: &u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h, Host: r.Host}
+}
+
+// forwardedHeader reports whether a request header (in canonical form) goes on to the target: not
+// a hop-by-hop one, nor one that describes how the client reached the proxy.
+func forwardedHeader(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te",
+		"Trailer", "Transfer-Encoding", "Upgrade", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
+		return false
+	}
+	return true
 }
 
 func headerHasToken(values []string, token string) bool {
@@ -94,7 +105,7 @@ func headerHasToken(values []string, token string) bool {
 // middle of its body.
 func (s *Server) serveSimple(w *countingWriter, r *http.Request, st *forwardState, pol *policy.Policy) (aborted bool) {
 	key := poolKey{session: st.req.Session, policy: pol, target: st.req.Target}
-	resp, uc, err := s.roundTrip(r.Context(), w, key, outgoingRequest(r.Context(), r), st)
+	resp, uc, err := s.roundTrip(r.Context(), w, key, outgoingRequest(r), st)
 	if err != nil {
 		st.failure = s.forwardFailure(r, err)
 		s.writeFailure(w, r, st.req, st.failure)
@@ -211,8 +222,8 @@ var (
 // roundTrip writes out and reads the response head within timeout. Until the response is
 // released, the end of ctx (the client went away) aborts the connection.
 func (uc *upstreamConn) roundTrip(ctx context.Context, w http.ResponseWriter, out *http.Request, timeout time.Duration) (*http.Response, error) {
-	uc.stop = context.AfterFunc(ctx, func() { uc.conn.SetDeadline(pastDeadline) })
-	uc.conn.SetDeadline(time.Now().Add(timeout))
+	uc.stop = context.AfterFunc(ctx, func() { uc.conn.SetReadDeadline(pastDeadline) })
+	uc.conn.SetReadDeadline(time.Now().Add(timeout))
 	bw := requestWriters.Get().(*bufio.Writer)
 	bw.Reset(uc.conn)
 	err := out.Write(bw)
@@ -244,7 +255,7 @@ func (uc *upstreamConn) roundTrip(ctx context.Context, w http.ResponseWriter, ou
 			clear(h)
 			continue
 		}
-		uc.conn.SetDeadline(time.Time{})
+		uc.conn.SetReadDeadline(time.Time{})
 		return resp, nil
 	}
 	return nil, fmt.Errorf("more than %d informational responses", maxInformational)
