@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"net"
 	"net/http"
@@ -179,7 +180,9 @@ func (s *Server) roundTrip(ctx context.Context, w http.ResponseWriter, key poolK
 			if err != nil {
 				return nil, nil, err
 			}
-			uc = &upstreamConn{pool: s.pool, key: key, conn: c, br: bufio.NewReaderSize(c, 4<<10)}
+			uc = &upstreamConn{pool: s.pool, key: key, conn: c}
+			uc.head.r = c
+			uc.br = bufio.NewReaderSize(&uc.head, 4<<10)
 		}
 		st.conn.Store(uc.conn)
 		resp, err := uc.roundTrip(ctx, w, out, orDefault(s.UpstreamTimeout, DefaultUpstreamTimeout))
@@ -209,6 +212,7 @@ type upstreamConn struct {
 	pool      *upstreamPool
 	key       poolKey
 	conn      *decidedConn
+	head      headLimit // between conn and br
 	br        *bufio.Reader
 	idleSince time.Time
 	stop      func() bool // ends the watch on the client's context
@@ -235,6 +239,8 @@ func (uc *upstreamConn) roundTrip(ctx context.Context, w http.ResponseWriter, ou
 	if err != nil {
 		return nil, stale(err)
 	}
+	uc.head.n = maxResponseHeadBytes
+	defer func() { uc.head.n = math.MaxInt64 }()
 	for range maxInformational + 1 {
 		if _, err := uc.br.Peek(1); err != nil {
 			return nil, stale(err)
@@ -259,6 +265,30 @@ func (uc *upstreamConn) roundTrip(ctx context.Context, w http.ResponseWriter, ou
 		return resp, nil
 	}
 	return nil, fmt.Errorf("more than %d informational responses", maxInformational)
+}
+
+// maxResponseHeadBytes bounds a response head from the target (with its 1xx responses), as
+// http.Transport's MaxResponseHeaderBytes does on the other path.
+const maxResponseHeadBytes = 1 << 20
+
+// headLimit is a reader that fails once n bytes have been read from r.
+type headLimit struct {
+	r io.Reader
+	n int64
+}
+
+var errHeadTooLarge = fmt.Errorf("the response head from the target is over %d bytes", maxResponseHeadBytes)
+
+func (l *headLimit) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errHeadTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
 }
 
 // stale marks an error on a connection that received nothing back as errStale, so that the

@@ -245,6 +245,38 @@ func TestSimplePathUpstreamTimeout(t *testing.T) {
 	}
 }
 
+// TestSimplePathBoundsResponseHead: a target that sends an endless response head gets a 502, and
+// the proxy does not buffer it all.
+func TestSimplePathBoundsResponseHead(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+		line := "X-Filler: " + strings.Repeat("x", 1000) + "\r\n"
+		for range 2 * maxResponseHeadBytes / len(line) {
+			if _, err := io.WriteString(c, line); err != nil {
+				return // the proxy gave up
+			}
+		}
+	}()
+	upAddr := ln.Addr().String()
+	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
+	c, br := dialProxy(t, tp.addr)
+	resp, body := roundTrip(t, c, br, fmt.Sprintf("GET http://%s/ HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr))
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "response head from the target is over") {
+		t.Fatalf("%d %q, want 502 naming the oversized head", resp.StatusCode, body)
+	}
+}
+
 // TestUpstreamPoolBoundsAndRetires: the pool keeps at most maxIdlePerTarget connections per key,
 // closes connections idle for upstreamIdle, and closes those of a retired policy, on reload or when
 // they come back from a request.
