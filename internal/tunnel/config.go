@@ -91,10 +91,11 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// maxMessageSize bounds the multiplexer frames this end sends: large enough that one 64 KiB relay
-// read goes out as one frame (the yamux default, 64 KiB including the header, split it in two),
-// and within the peer's initial 256 KiB window.
-const maxMessageSize = 128 << 10
+// maxMessageSize bounds the multiplexer frames this end sends: large enough that one 512 KiB relay
+// read goes out as one frame (the yamux default, 64 KiB including the header, would split it in
+// nine), since every frame costs a hand-off to the send loop and a write system call. A frame is
+// also bounded by the peer's window, which starts at 256 KiB.
+const maxMessageSize = 1 << 20
 
 // yamuxConfig builds the multiplexer settings. A keepalive ping is sent after KeepAlive/2 without
 // traffic and must be answered within KeepAlive/2, so a dead peer is noticed within KeepAlive.
