@@ -204,7 +204,7 @@ func TestSimplePathClientGoneStopsWaiting(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the target still waits for the proxy 10 s after the client left")
 	}
-	waitFor(t, "the record", func() bool { return strings.Contains(tp.log.String(), "client_closed") })
+	waitFor(t, "the record", func() bool { return strings.Contains(strings.Join(tp.records(t), "\n"), "client_closed") })
 	if rec := lastRecord(t, tp); rec.Status != 499 || rec.Error != "client_closed" {
 		t.Fatalf("record %+v, want 499 client_closed", rec)
 	}
