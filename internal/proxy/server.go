@@ -127,7 +127,7 @@ func orDefault(d, def time.Duration) time.Duration {
 // Serve accepts proxy clients on ln until Shutdown. It returns nil after a Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.init()
-	err := s.srv.Serve(ln)
+	err := s.srv.Serve(newFrontListener(ln, s))
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
