@@ -94,12 +94,16 @@ func (l *frontListener) serve(c net.Conn) {
 		l.handOff(c)
 		return
 	}
+	headerTimeout := orDefault(l.s.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	// As in net/http: the first request's head must come within the header timeout of the
+	// connection; later ones may be preceded by up to the idle timeout.
+	wait := headerTimeout
 	for {
 		if !l.wait(tc) {
 			tc.Close()
 			return
 		}
-		tc.SetReadDeadline(time.Now().Add(orDefault(l.s.ReadHeaderTimeout, DefaultReadHeaderTimeout)))
+		tc.SetReadDeadline(time.Now().Add(wait))
 		connect, err := peekConnect(tc)
 		l.stopWaiting(tc)
 		if err != nil {
@@ -111,9 +115,13 @@ func (l *frontListener) serve(c net.Conn) {
 			l.handOff(tc)
 			return
 		}
+		if wait != headerTimeout {
+			tc.SetReadDeadline(time.Now().Add(headerTimeout))
+		}
 		if !l.s.serveFrontConnect(tc) {
 			return
 		}
+		wait = orDefault(l.s.IdleTimeout, DefaultIdleTimeout)
 	}
 }
 

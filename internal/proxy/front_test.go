@@ -53,6 +53,29 @@ func TestFrontConnectKeepAlive(t *testing.T) {
 	}
 }
 
+// TestFrontConnectIdleTimeout: a connection kept alive after a refused CONNECT may stay quiet for
+// longer than the header timeout (up to the idle timeout) before its next request.
+func TestFrontConnectIdleTimeout(t *testing.T) {
+	up := httptest.NewServer(http.NotFoundHandler())
+	defer up.Close()
+	upAddr := up.Listener.Addr().String()
+	pol := fmt.Sprintf("mode: enforce\nallow:\n  - cidr: 127.0.0.1/32\n    ports: [%d]\n", up.Listener.Addr().(*net.TCPAddr).Port)
+	tp := startProxy(t, pol, nil, []string{upAddr}, func(s *Server) {
+		s.ReadHeaderTimeout = 100 * time.Millisecond
+		s.IdleTimeout = 10 * time.Second
+	})
+	c, br := dialProxy(t, tp.addr)
+	if resp, _ := roundTrip(t, c, br, "CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n"); resp.StatusCode != 403 {
+		t.Fatalf("refused CONNECT: %d", resp.StatusCode)
+	}
+	time.Sleep(300 * time.Millisecond) // quiet for three header timeouts: what is tested
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr)
+	if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT after a quiet spell: %v %v", resp, err)
+	}
+	c.Close()
+}
+
 // TestFrontConnectInPieces: a CONNECT whose first bytes arrive alone is recognised once the rest
 // of its first line has come; peekConnect waits for it rather than handing the connection to
 // net/http, and consumes nothing.
