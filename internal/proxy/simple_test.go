@@ -35,6 +35,30 @@ func countingServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic
 	return up, &conns
 }
 
+// rawServer runs a loopback server that hands each connection to handle, on its own goroutine,
+// and closes the connection when handle returns. It returns the server's address.
+func rawServer(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
 func lastRecord(t *testing.T, tp *testProxy) accesslog.Record {
 	t.Helper()
 	recs := tp.records(t)
@@ -71,34 +95,19 @@ func TestSimplePathKeepsUpstreamConnectionsAlive(t *testing.T) {
 // connection without a word (as servers do after their idle timeout) costs the client nothing: the
 // request is sent again on a new connection.
 func TestSimplePathRetriesClosedKeptAliveConnection(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	var accepted atomic.Int32
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			go func() {
-				// One response, announced as keep-alive; the next request on the connection closes
-				// it unanswered: the race a kept-alive connection meets when the server's idle
-				// timeout fires as a request is sent.
-				defer c.Close()
-				br := bufio.NewReader(c)
-				if _, err := http.ReadRequest(br); err != nil {
-					return
-				}
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				br.Peek(1)
-			}()
+	upAddr := rawServer(t, func(c net.Conn) {
+		// One response, announced as keep-alive; the next request on the connection closes it
+		// unanswered: the race a kept-alive connection meets when the server's idle timeout fires
+		// as a request is sent.
+		accepted.Add(1)
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
 		}
-	}()
-	upAddr := ln.Addr().String()
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		br.Peek(1)
+	})
 	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
 	for i := range 3 {
 		c, br := dialProxy(t, tp.addr)
@@ -213,27 +222,9 @@ func TestSimplePathClientGoneStopsWaiting(t *testing.T) {
 // TestSimplePathUpstreamTimeout: a target that never sends response headers gets a 504 naming the
 // timeout.
 func TestSimplePathUpstreamTimeout(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		var silent []net.Conn // answered never, closed when the test ends
-		defer func() {
-			for _, c := range silent {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			silent = append(silent, c)
-		}
-	}()
-	upAddr := ln.Addr().String()
+	stop := make(chan struct{})
+	defer close(stop)
+	upAddr := rawServer(t, func(net.Conn) { <-stop }) // never answers
 	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr}, func(s *Server) { s.UpstreamTimeout = 200 * time.Millisecond })
 	c, br := dialProxy(t, tp.addr)
 	resp, body := roundTrip(t, c, br, fmt.Sprintf("GET http://%s/ HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr))
@@ -248,17 +239,7 @@ func TestSimplePathUpstreamTimeout(t *testing.T) {
 // TestSimplePathBoundsResponseHead: a target that sends an endless response head gets a 502, and
 // the proxy does not buffer it all.
 func TestSimplePathBoundsResponseHead(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	upAddr := rawServer(t, func(c net.Conn) {
 		http.ReadRequest(bufio.NewReader(c))
 		io.WriteString(c, "HTTP/1.1 200 OK\r\n")
 		line := "X-Filler: " + strings.Repeat("x", 1000) + "\r\n"
@@ -267,8 +248,7 @@ func TestSimplePathBoundsResponseHead(t *testing.T) {
 				return // the proxy gave up
 			}
 		}
-	}()
-	upAddr := ln.Addr().String()
+	})
 	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
 	c, br := dialProxy(t, tp.addr)
 	resp, body := roundTrip(t, c, br, fmt.Sprintf("GET http://%s/ HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr))
