@@ -465,9 +465,9 @@ func (b *bench) httpLoad(ctx context.Context, url string, r *httpRun) error {
 
 // httpClient is one keep-alive HTTP/1.1 client, the way a load generator such as wrk is one: the
 // request is written from a prepared buffer and the response parsed with net/http's reader, on the
-// caller's goroutine. http.Client would cost the benchmark several times more CPU per request (its
-// per-connection read and write goroutines), and on a two-core machine every cycle the load
-// generator spends is taken from the path under test.
+// caller's goroutine. http.Client costs the benchmark more CPU per request (its per-connection read
+// and write goroutines), and on a two-core machine every cycle the load generator spends is taken
+// from the path under test.
 type httpClient struct {
 	b    *bench
 	addr string // where to connect: the HTTP proxy, or the target through the path's dialer
