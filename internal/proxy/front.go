@@ -3,27 +3,34 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
-	"strconv"
+	"net/netip"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
 )
 
-// The front end takes every client connection first. A connection that opens with CONNECT (what
-// HTTPS_PROXY clients send) is served here, without net/http's server: net/http starts a
-// background read for every request and must stop it again before a Hijack, and those two
-// goroutine hand-offs took about an eighth of the time a tunnel takes to open on a small VM. Every
-// other connection goes to net/http untouched: the front end only peeks (MSG_PEEK) at its first
-// bytes, so nothing is consumed. The request is still parsed by net/http's parser
-// (http.ReadRequest) and handled by ServeHTTP, as on the other path.
+// The front end takes every client connection first and serves the requests that make up most of
+// an agent's traffic itself, without net/http's server: CONNECT (what HTTPS_PROXY clients send) and
+// body-less GET, HEAD and OPTIONS to http:// URLs (what package managers send over HTTP_PROXY).
+// net/http's server starts a background read of the connection for every request and stops it
+// again afterwards; with its response writer and connection state, that was about a seventh of the
+// proxy's CPU per plain-HTTP request, and an eighth of the time a tunnel takes to open, on a small
+// VM. Every other request goes to net/http: a connection that opens with one is handed over
+// untouched (the front end only peeks at its first bytes with MSG_PEEK), and one whose request
+// turns out to need more (a body, an upgrade, HTTP/1.0) is handed over with the bytes read so far
+// replayed. Requests are still parsed by net/http's parser (http.ReadRequest) and handled by the
+// same ServeHTTP as on the other path.
 
 // frontListener is the listener net/http serves. It accepts on the real listener itself and hands
-// net/http the connections that are not CONNECT.
+// net/http the connections that the front end does not serve.
 type frontListener struct {
 	net.Listener
 	s       *Server
@@ -86,14 +93,15 @@ func (l *frontListener) acceptLoop() {
 	}
 }
 
-// serve peeks at each request's first bytes: it answers CONNECT requests itself and hands the
-// connection to net/http at the first request that is not one.
+// serve reads the requests of one client connection. It serves those the front end takes and
+// hands the connection to net/http at the first one it does not.
 func (l *frontListener) serve(c net.Conn) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		l.handOff(c)
 		return
 	}
+	fc := &frontConn{s: l.s, conn: tc}
 	headerTimeout := orDefault(l.s.ReadHeaderTimeout, DefaultReadHeaderTimeout)
 	// As in net/http: the first request's head must come within the header timeout of the
 	// connection; later ones may be preceded by up to the idle timeout.
@@ -104,21 +112,25 @@ func (l *frontListener) serve(c net.Conn) {
 			return
 		}
 		tc.SetReadDeadline(time.Now().Add(wait))
-		connect, err := peekConnect(tc)
+		kind, err := fc.nextKind()
 		l.stopWaiting(tc)
 		if err != nil {
 			tc.Close()
 			return
 		}
-		if !connect {
+		if kind == kindOther {
 			tc.SetReadDeadline(time.Time{})
-			l.handOff(tc)
+			l.handOff(fc.replay(nil))
 			return
 		}
 		if wait != headerTimeout {
 			tc.SetReadDeadline(time.Now().Add(headerTimeout))
 		}
-		if !l.s.serveFrontConnect(tc) {
+		next, handoff := fc.serveRequest()
+		if handoff != nil {
+			l.handOff(handoff)
+		}
+		if !next {
 			return
 		}
 		wait = orDefault(l.s.IdleTimeout, DefaultIdleTimeout)
@@ -149,74 +161,330 @@ func (l *frontListener) stopWaiting(c net.Conn) {
 	l.mu.Unlock()
 }
 
-var connectPrefix = []byte("CONNECT ")
+// requestKind is what the first bytes of a request say about it.
+type requestKind int
 
-// peekConnect waits for the first bytes of a request on c and reports whether it is a CONNECT,
-// leaving them unread.
-func peekConnect(c *net.TCPConn) (bool, error) {
+const (
+	kindOther   requestKind = iota // net/http serves it
+	kindConnect                    // CONNECT
+	kindSimple                     // GET, HEAD or OPTIONS of an http:// URL: perhaps a simple request
+)
+
+var frontPrefixes = []struct {
+	prefix []byte
+	kind   requestKind
+}{
+	{[]byte("CONNECT "), kindConnect},
+	{[]byte("GET http://"), kindSimple},
+	{[]byte("HEAD http://"), kindSimple},
+	{[]byte("OPTIONS http://"), kindSimple},
+}
+
+// maxPrefix is the length of the longest of frontPrefixes.
+const maxPrefix = len("OPTIONS http://")
+
+// classify says what a request that starts with b is; more reports that b is too short to say.
+func classify(b []byte) (kind requestKind, more bool) {
+	for _, f := range frontPrefixes {
+		if bytes.HasPrefix(b, f.prefix) {
+			return f.kind, false
+		}
+		if bytes.HasPrefix(f.prefix, b) {
+			more = true
+		}
+	}
+	return kindOther, more
+}
+
+// frontConn is a client connection the front end serves.
+type frontConn struct {
+	s    *Server
+	conn *net.TCPConn
+	in   frontReader   // between conn and br
+	br   *bufio.Reader // nil until the first request is read
+
+	// The watch of the connection while a request is served: see watch.
+	watchMu     sync.Mutex
+	watchTimer  *time.Timer
+	watchCancel context.CancelFunc // nil when no request is watched
+	watchDone   chan struct{}      // the watching goroutine's end, once it started
+}
+
+// nextKind waits for the next request's first bytes and classifies them, leaving them unread: on a
+// new connection in the socket (MSG_PEEK), so that one for net/http is handed over untouched; on a
+// kept-alive one in br, since a peek as well as a read would cost a system call per request.
+func (fc *frontConn) nextKind() (requestKind, error) {
+	if fc.br == nil {
+		return peekKind(fc.conn)
+	}
+	for n := 1; ; {
+		if _, err := fc.br.Peek(n); err != nil {
+			return kindOther, err
+		}
+		b, _ := fc.br.Peek(fc.br.Buffered())
+		kind, more := classify(b)
+		if !more {
+			return kind, nil
+		}
+		n = len(b) + 1
+	}
+}
+
+// peekKind waits for the first bytes of a request on c and classifies them, leaving them unread.
+func peekKind(c *net.TCPConn) (requestKind, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return false, err
+		return kindOther, err
 	}
-	var buf [8]byte
+	var buf [maxPrefix]byte
 	var n int
+	var kind requestKind
 	var perr error
 	err = rc.Read(func(fd uintptr) bool {
 		n, _, perr = syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK)
-		switch {
-		case perr == syscall.EAGAIN || perr == syscall.EINTR:
+		if perr == syscall.EAGAIN || perr == syscall.EINTR {
 			return false
-		case perr == nil && n > 0 && n < len(buf) && bytes.HasPrefix(connectPrefix, buf[:n]):
-			return false // a CONNECT, perhaps: wait for the rest of its first line
 		}
-		return true
+		if perr != nil || n == 0 {
+			return true
+		}
+		var more bool
+		kind, more = classify(buf[:n])
+		return !more // a prefix of one the front end serves, perhaps: wait for the rest of it
 	})
 	switch {
 	case err != nil:
-		return false, err
+		return kindOther, err
 	case perr != nil:
-		return false, perr
+		return kindOther, perr
 	case n == 0:
-		return false, io.EOF
+		return kindOther, io.EOF
 	}
-	return bytes.Equal(buf[:n], connectPrefix), nil
+	return kind, nil
 }
 
-// serveFrontConnect reads one CONNECT request from c and serves it. It reports whether c is still
-// the front end's, to read the next request from: after a refusal on a connection kept alive.
-func (s *Server) serveFrontConnect(c *net.TCPConn) bool {
-	// Request heads are limited as net/http limits them (MaxHeaderBytes plus its 4 KiB of slack).
-	lr := &io.LimitedReader{R: c, N: int64(s.srv.MaxHeaderBytes) + 4<<10}
-	br := bufio.NewReaderSize(lr, 4<<10)
-	r, err := http.ReadRequest(br)
+// replay returns the connection to hand to net/http: conn itself, or, when the front end has read
+// some of its bytes (rec, then what br holds), a connection that reads those first.
+func (fc *frontConn) replay(rec []byte) net.Conn {
+	if fc.br != nil && fc.br.Buffered() > 0 {
+		b, _ := fc.br.Peek(fc.br.Buffered())
+		rec = append(rec, b...)
+	}
+	if len(rec) == 0 {
+		return fc.conn
+	}
+	return &replayConn{Conn: fc.conn, tcp: fc.conn, rest: rec}
+}
+
+// serveRequest reads one request and serves it, or returns the connection to hand to net/http when
+// the request is not one the front end serves. next reports whether the connection is still the
+// front end's, to read another request from.
+func (fc *frontConn) serveRequest() (next bool, handoff net.Conn) {
+	s := fc.s
+	if fc.br == nil {
+		fc.in.r = fc.conn
+		fc.br = bufio.NewReaderSize(&fc.in, 4<<10)
+	}
+	// What this request's head is made of, kept in case net/http must read it again: the bytes
+	// already buffered, then what is read from the connection. Heads are limited as net/http
+	// limits them (MaxHeaderBytes plus its 4 KiB of slack).
+	b, _ := fc.br.Peek(fc.br.Buffered())
+	fc.in.rec = append(fc.in.rec[:0], b...)
+	fc.in.recording = true
+	fc.in.n = int64(s.srv.MaxHeaderBytes) + 4<<10
+	r, err := http.ReadRequest(fc.br)
+	fc.in.recording = false
+	limited := fc.in.n <= 0
+	fc.in.n = math.MaxInt64
 	if err != nil {
 		// As net/http answers a request it cannot read: no access-log record, since there is no
 		// request to log.
 		status := http.StatusBadRequest
-		if lr.N <= 0 {
+		if limited {
 			status = http.StatusRequestHeaderFieldsTooLarge
 		}
 		if !errors.Is(err, io.EOF) {
-			fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n%d %s",
+			fmt.Fprintf(fc.conn, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n%d %s",
 				status, http.StatusText(status), status, http.StatusText(status))
 		}
-		closeAfterResponse(c)
-		return false
+		closeAfterResponse(fc.conn)
+		return false, nil
 	}
-	c.SetReadDeadline(time.Time{})
-	r.RemoteAddr = c.RemoteAddr().String()
-	w := &frontResponse{conn: c, br: br, header: http.Header{}}
+	connect := r.Method == http.MethodConnect
+	if r.ProtoMajor != 1 || !connect && !(simpleRequest(r) && r.ProtoMinor >= 1) {
+		fc.conn.SetReadDeadline(time.Time{})
+		rec := fc.in.rec
+		fc.br = nil // what it held is in rec
+		return false, fc.replay(rec)
+	}
+	fc.conn.SetReadDeadline(time.Time{})
+	r.RemoteAddr = fc.conn.RemoteAddr().String()
+
+	// Shutdown waits for a plain request as for a tunnel (a CONNECT is tracked by serveConnect).
+	if !connect {
+		t := &tunnel{client: fc.conn}
+		if !s.track(t) {
+			s.refuseShuttingDown(newFrontWriter(fc, r), r)
+			closeAfterResponse(fc.conn)
+			return false, nil
+		}
+		defer s.untrack(t)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r = r.WithContext(ctx)
+	w := newFrontWriter(fc, r)
+	if r.ContentLength == 0 { // a body would be read by the handler, not by the watch
+		fc.watch(cancel)
+	}
+	ok := s.serveRecovered(w, r)
+	fc.stopWatch()
+	switch {
+	case w.hijacked:
+		w.release()
+		return false, nil
+	case !ok:
+		// A panic, or a response aborted in the middle of its body: what was written goes out and
+		// the connection is closed, so that a truncated body cannot look complete.
+		w.bw.Flush()
+		fc.conn.Close()
+		w.release()
+		return false, nil
+	}
+	keep := w.finish()
+	w.release()
+	if !keep || connect && fc.br.Buffered() > 0 {
+		// Closed, or bytes sent right behind a refused CONNECT (early data for the tunnel, not a
+		// request): the connection ends.
+		closeAfterResponse(fc.conn)
+		return false, nil
+	}
+	return true, nil
+}
+
+// serveRecovered runs ServeHTTP and reports whether it returned normally. A panic is logged, as
+// net/http logs it, unless it is http.ErrAbortHandler, which aborts a response on purpose.
+func (s *Server) serveRecovered(w http.ResponseWriter, r *http.Request) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				s.Logger.Error("panic serving a request", "client", r.RemoteAddr, "panic", p, "stack", string(debug.Stack()))
+			}
+			ok = false
+		}
+	}()
 	s.ServeHTTP(w, r)
-	if w.hijacked {
-		return false
-	}
-	if !w.finish(r) || br.Buffered() > 0 {
-		// Closed, or requests pipelined behind this one are in br: net/http cannot take them over.
-		closeAfterResponse(c)
-		return false
-	}
 	return true
 }
+
+// refuseShuttingDown answers a request read just as the proxy began to shut down.
+func (s *Server) refuseShuttingDown(w http.ResponseWriter, r *http.Request) {
+	client, _ := netip.ParseAddrPort(r.RemoteAddr)
+	req := s.NewRequest(client, r.Method)
+	parseTarget(r, req)
+	w.Header().Set("Connection", "close")
+	s.fail(w, r, req, &Failure{Status: http.StatusServiceUnavailable, Kind: "shutting_down", Reason: "the proxy is shutting down"})
+	if fw, ok := w.(*frontWriter); ok {
+		fw.finish()
+		fw.release()
+	}
+}
+
+// watchDelay is how long a request is served before the front end starts watching its client
+// connection for a close. Quick responses, most of them, never pay for the watch.
+const watchDelay = 20 * time.Millisecond
+
+// watch arranges for cancel to be called if the client closes its connection while the request is
+// served: net/http's background read, started only after watchDelay. Its read goes into br, so a
+// byte of a pipelined request is kept for the next one.
+func (fc *frontConn) watch(cancel context.CancelFunc) {
+	fc.watchMu.Lock()
+	defer fc.watchMu.Unlock()
+	fc.watchCancel, fc.watchDone = cancel, nil
+	if fc.watchTimer == nil {
+		fc.watchTimer = time.AfterFunc(watchDelay, fc.startWatch)
+	} else {
+		fc.watchTimer.Reset(watchDelay)
+	}
+}
+
+func (fc *frontConn) startWatch() {
+	fc.watchMu.Lock()
+	defer fc.watchMu.Unlock()
+	if fc.watchCancel == nil {
+		return // the request was done first
+	}
+	cancel, done := fc.watchCancel, make(chan struct{})
+	fc.watchDone = done
+	go func() {
+		defer close(done)
+		if _, err := fc.br.Peek(1); err != nil && !isTimeout(err) {
+			cancel()
+		}
+	}()
+}
+
+// stopWatch ends the watch of the connection, waiting for its read to end.
+func (fc *frontConn) stopWatch() {
+	fc.watchMu.Lock()
+	if fc.watchTimer != nil {
+		fc.watchTimer.Stop()
+	}
+	fc.watchCancel = nil
+	done := fc.watchDone
+	fc.watchDone = nil
+	fc.watchMu.Unlock()
+	if done != nil {
+		fc.conn.SetReadDeadline(pastDeadline)
+		<-done
+		fc.conn.SetReadDeadline(time.Time{})
+	}
+}
+
+// frontReader reads a connection for the front end's bufio.Reader: it fails once n bytes have been
+// read (a request head that is too large) and, while recording, keeps a copy of what it read.
+type frontReader struct {
+	r         io.Reader
+	n         int64
+	recording bool
+	rec       []byte
+}
+
+func (f *frontReader) Read(p []byte) (int, error) {
+	if f.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > f.n {
+		p = p[:f.n]
+	}
+	n, err := f.r.Read(p)
+	f.n -= int64(n)
+	if f.recording {
+		f.rec = append(f.rec, p[:n]...)
+	}
+	return n, err
+}
+
+// replayConn is a connection handed to net/http after the front end read some of its bytes: those
+// come first. It is a net.Conn, not a *net.TCPConn, so that nothing can read the socket around
+// them (io.Copy's WriteTo fast path would).
+type replayConn struct {
+	net.Conn
+	tcp  *net.TCPConn
+	rest []byte
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.rest) > 0 {
+		n := copy(p, c.rest)
+		c.rest = c.rest[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite half-closes the connection, for a relay after a CONNECT and net/http's lingering close.
+func (c *replayConn) CloseWrite() error { return c.tcp.CloseWrite() }
 
 // closeAfterResponse closes c so that the response just written reaches the client: it ends the
 // sending side first and reads what the client still sends for a moment, since closing with
@@ -226,56 +494,4 @@ func closeAfterResponse(c *net.TCPConn) {
 	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 	io.CopyN(io.Discard, c, 256<<10)
 	c.Close()
-}
-
-// frontResponse is the http.ResponseWriter of a CONNECT request served by the front end. It holds a
-// refusal until ServeHTTP returns, then writes it with a Content-Length; serveConnect takes the
-// connection over with Hijack instead.
-type frontResponse struct {
-	conn     *net.TCPConn
-	br       *bufio.Reader
-	header   http.Header
-	status   int
-	body     bytes.Buffer
-	hijacked bool
-}
-
-func (w *frontResponse) Header() http.Header { return w.header }
-
-func (w *frontResponse) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-}
-
-func (w *frontResponse) Write(p []byte) (int, error) {
-	w.WriteHeader(http.StatusOK)
-	return w.body.Write(p)
-}
-
-// Hijack hands the connection to serveConnect, with the bytes read past the request head.
-func (w *frontResponse) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	w.hijacked = true
-	return w.conn, bufio.NewReadWriter(w.br, bufio.NewWriterSize(w.conn, 16)), nil
-}
-
-// SetReadDeadline lets http.ResponseController bound the reading of a refused request's body.
-func (w *frontResponse) SetReadDeadline(t time.Time) error { return w.conn.SetReadDeadline(t) }
-
-// finish writes the response and reports whether the connection can carry another request.
-func (w *frontResponse) finish(r *http.Request) bool {
-	h := w.header
-	// A CONNECT request has no body; one that announces one is not read any further.
-	keep := r.ProtoAtLeast(1, 1) && !r.Close && r.ContentLength == 0 && !headerHasToken(h["Connection"], "close")
-	if !keep {
-		h.Set("Connection", "close")
-	}
-	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
-	h.Set("Content-Length", strconv.Itoa(w.body.Len()))
-	bw := bufio.NewWriterSize(w.conn, 1<<10)
-	fmt.Fprintf(bw, "HTTP/1.1 %03d %s\r\n", w.status, http.StatusText(w.status))
-	h.Write(bw)
-	bw.WriteString("\r\n")
-	bw.Write(w.body.Bytes())
-	return bw.Flush() == nil && keep
 }

@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -76,9 +78,9 @@ func TestFrontConnectIdleTimeout(t *testing.T) {
 	c.Close()
 }
 
-// TestFrontConnectInPieces: a CONNECT whose first bytes arrive alone is recognised once the rest
-// of its first line has come; peekConnect waits for it rather than handing the connection to
-// net/http, and consumes nothing.
+// TestFrontConnectInPieces: a request whose first bytes arrive alone is recognised once enough of
+// its first line has come; peekKind waits for it rather than handing the connection to net/http,
+// and consumes nothing.
 func TestFrontConnectInPieces(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -98,22 +100,34 @@ func TestFrontConnectInPieces(t *testing.T) {
 	defer server.Close()
 	io.WriteString(client, "CON")
 	server.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	if _, err := peekConnect(server); !errors.Is(err, os.ErrDeadlineExceeded) {
+	if _, err := peekKind(server); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("after %q: %v, want it to wait for more", "CON", err)
 	}
 	io.WriteString(client, "NECT a.test:443 HTTP/1.1\r\n\r\n")
 	server.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if ok, err := peekConnect(server); !ok || err != nil {
-		t.Fatalf("whole first line: %v %v, want a CONNECT", ok, err)
+	if kind, err := peekKind(server); kind != kindConnect || err != nil {
+		t.Fatalf("whole first line: %v %v, want a CONNECT", kind, err)
 	}
 	r, err := http.ReadRequest(bufio.NewReader(server))
 	if err != nil || r.Method != http.MethodConnect || r.Host != "a.test:443" {
 		t.Fatalf("the request after the peeks: %v %v", r, err)
 	}
 
+	io.WriteString(client, "GET http")
+	server.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := peekKind(server); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("after %q: %v, want it to wait for more", "GET http", err)
+	}
+	io.WriteString(client, "://a.test/ HTTP/1.1\r\n\r\n")
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if kind, err := peekKind(server); kind != kindSimple || err != nil {
+		t.Fatalf("GET of an http URL: %v %v, want a simple one", kind, err)
+	}
+	bufio.NewReader(server).Discard(len("GET http://a.test/ HTTP/1.1\r\n\r\n"))
+
 	io.WriteString(client, "GET / HTTP/1.1\r\n\r\n")
-	if ok, err := peekConnect(server); ok || err != nil {
-		t.Fatalf("GET: %v %v, want not a CONNECT", ok, err)
+	if kind, err := peekKind(server); kind != kindOther || err != nil {
+		t.Fatalf("GET of a path: %v %v, want one for net/http", kind, err)
 	}
 }
 
@@ -161,5 +175,193 @@ func TestShutdownClosesSilentConnection(t *testing.T) {
 	}
 	if _, err := br0.ReadByte(); err != io.EOF {
 		t.Fatalf("the kept-alive connection: %v, want EOF", err)
+	}
+}
+
+// echoMethodServer answers GET with "get <path>" (or streams it without a length when the path is
+// /stream) and POST with "post <body>".
+func echoMethodServer(t *testing.T) (string, *atomic.Int32) {
+	up, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodPost:
+			b, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "post %s", b)
+		case r.URL.Path == "/stream":
+			io.WriteString(w, "get ")
+			w.(http.Flusher).Flush()
+			io.WriteString(w, r.URL.Path)
+		default:
+			fmt.Fprintf(w, "get %s", r.URL.Path)
+		}
+	})
+	return up.Listener.Addr().String(), conns
+}
+
+// TestFrontPlainKeepAliveThenHandOff: GETs on one client connection are answered in turn, and
+// a POST after them, which net/http serves, gets the bytes the front end had already read.
+func TestFrontPlainKeepAliveThenHandOff(t *testing.T) {
+	upAddr, _ := echoMethodServer(t)
+	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
+	c, br := dialProxy(t, tp.addr)
+	for _, path := range []string{"/a", "/b", "/stream"} {
+		resp, body := roundTrip(t, c, br, fmt.Sprintf("GET http://%s%s HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, path, upAddr))
+		if resp.StatusCode != 200 || body != "get "+path || resp.Close {
+			t.Fatalf("GET %s: %d %q close=%v", path, resp.StatusCode, body, resp.Close)
+		}
+	}
+	resp, body := roundTrip(t, c, br, fmt.Sprintf("POST http://%s/p HTTP/1.1\r\nHost: %s\r\nContent-Length: 5\r\n\r\nhello", upAddr, upAddr))
+	if resp.StatusCode != 200 || body != "post hello" {
+		t.Fatalf("POST after GETs: %d %q", resp.StatusCode, body)
+	}
+	resp, body = roundTrip(t, c, br, fmt.Sprintf("GET http://%s/c HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr))
+	if resp.StatusCode != 200 || body != "get /c" {
+		t.Fatalf("GET after the hand-off: %d %q", resp.StatusCode, body)
+	}
+	if n := len(tp.records(t)); n != 5 {
+		t.Fatalf("%d records, want 5", n)
+	}
+}
+
+// TestFrontPipelinedRequests: requests sent in one write are answered in order, including a POST
+// behind a GET, which is handed to net/http with the bytes read ahead.
+func TestFrontPipelinedRequests(t *testing.T) {
+	upAddr, _ := echoMethodServer(t)
+	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
+	c, br := dialProxy(t, tp.addr)
+	get := func(path string) string {
+		return fmt.Sprintf("GET http://%s%s HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, path, upAddr)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, get("/1")+get("/2")+
+		fmt.Sprintf("POST http://%s/p HTTP/1.1\r\nHost: %s\r\nContent-Length: 2\r\n\r\nhi", upAddr, upAddr)+get("/3"))
+	for _, want := range []string{"get /1", "get /2", "post hi", "get /3"} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("waiting for %q: %v", want, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(body) != want {
+			t.Fatalf("got %d %q, want %q", resp.StatusCode, body, want)
+		}
+	}
+}
+
+// TestFrontHTTP10HandedOff: an HTTP/1.0 request goes to net/http, which answers it without chunks
+// (HTTP/1.0 has none) and closes the connection.
+func TestFrontHTTP10HandedOff(t *testing.T) {
+	upAddr, _ := echoMethodServer(t)
+	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
+	c, br := dialProxy(t, tp.addr)
+	resp, body := roundTrip(t, c, br, fmt.Sprintf("GET http://%s/stream HTTP/1.0\r\nHost: %s\r\n\r\n", upAddr, upAddr))
+	if resp.StatusCode != 200 || body != "get /stream" || len(resp.TransferEncoding) > 0 || !resp.Close {
+		t.Fatalf("HTTP/1.0 GET: %d %q transfer-encoding=%v close=%v", resp.StatusCode, body, resp.TransferEncoding, resp.Close)
+	}
+}
+
+// TestShutdownWaitsForPlainRequest: a GET in flight when Shutdown begins is answered in full, and
+// Shutdown returns only after its record is written.
+func TestShutdownWaitsForPlainRequest(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	up, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release
+		io.WriteString(w, "late")
+	})
+	upAddr := up.Listener.Addr().String()
+	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
+	c, br := dialProxy(t, tp.addr)
+	fmt.Fprintf(c, "GET http://%s/slow HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr)
+	<-entered
+	shutdown := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shutdown <- tp.srv.Shutdown(ctx)
+	}()
+	waitFor(t, "the listener to close", func() bool {
+		probe, err := net.Dial("tcp", tp.addr)
+		if err == nil {
+			probe.Close()
+		}
+		return err != nil
+	})
+	select {
+	case err := <-shutdown:
+		t.Fatalf("Shutdown returned (%v) while a request was in flight", err)
+	case <-time.After(100 * time.Millisecond): // a bounded wait for the wrong outcome
+	}
+	close(release)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("the request in flight was cut: %v", err)
+	}
+	if body, _ := io.ReadAll(resp.Body); string(body) != "late" {
+		t.Fatalf("body %q", body)
+	}
+	if err := <-shutdown; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if recs := tp.records(t); len(recs) != 1 || !strings.Contains(recs[0], `"status":200`) {
+		t.Fatalf("records when Shutdown returned: %v", recs)
+	}
+}
+
+// TestFrontWriterFraming: a short body the handler leaves without a length is sent with one, a
+// longer one chunked, and a body shorter than its declared length ends the connection.
+func TestFrontWriterFraming(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	fc := &frontConn{conn: sc.(*net.TCPConn)}
+	br := bufio.NewReader(client)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	long := strings.Repeat("x", holdLimit+1)
+	for _, tc := range []struct {
+		name, declared, body string
+		keep                 bool
+		te                   []string
+		length               int64
+	}{
+		{"short", "", "abc", true, nil, 3},
+		{"long", "", long, true, []string{"chunked"}, -1},
+		{"declared", "3", "abc", true, nil, 3},
+		{"cut short", "10", "abc", false, nil, 10},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "http://a.test/", nil)
+		w := newFrontWriter(fc, r)
+		if tc.declared != "" {
+			w.Header().Set("Content-Length", tc.declared)
+		}
+		io.WriteString(w, tc.body)
+		if keep := w.finish(); keep != tc.keep {
+			t.Fatalf("%s: finish says keep=%v, want %v", tc.name, keep, tc.keep)
+		}
+		w.release()
+		resp, err := http.ReadResponse(br, r)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if !slices.Equal(resp.TransferEncoding, tc.te) || resp.ContentLength != tc.length {
+			t.Fatalf("%s: transfer-encoding %v, length %d", tc.name, resp.TransferEncoding, resp.ContentLength)
+		}
+		if !tc.keep {
+			break // the body is incomplete: the client can only read it to the connection's end
+		}
+		if body, err := io.ReadAll(resp.Body); err != nil || string(body) != tc.body {
+			t.Fatalf("%s: body %d bytes, %v", tc.name, len(body), err)
+		}
 	}
 }
