@@ -11,10 +11,14 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/sys/unix"
 )
 
 // The front end takes every client connection first and serves the requests that make up most of
@@ -219,6 +223,9 @@ func (fc *frontConn) nextKind() (requestKind, error) {
 	}
 	for n := 1; ; {
 		if _, err := fc.br.Peek(n); err != nil {
+			if errors.Is(err, io.EOF) && fc.br.Buffered() > 0 {
+				return kindOther, nil // a request cut short: net/http answers it
+			}
 			return kindOther, err
 		}
 		b, _ := fc.br.Peek(fc.br.Buffered())
@@ -250,7 +257,9 @@ func peekKind(c *net.TCPConn) (requestKind, error) {
 		}
 		var more bool
 		kind, more = classify(buf[:n])
-		return !more // a prefix of one the front end serves, perhaps: wait for the rest of it
+		// A prefix of one the front end serves, perhaps: wait for the rest of it, unless the client
+		// has finished sending (net/http then answers what it sent).
+		return !more || peerClosed(fd)
 	})
 	switch {
 	case err != nil:
@@ -261,6 +270,13 @@ func peekKind(c *net.TCPConn) (requestKind, error) {
 		return kindOther, io.EOF
 	}
 	return kind, nil
+}
+
+// peerClosed reports whether the peer of the TCP socket fd has closed its sending side (the
+// socket is in CLOSE_WAIT).
+func peerClosed(fd uintptr) bool {
+	info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	return err == nil && info.State == unix.BPF_TCP_CLOSE_WAIT
 }
 
 // replay returns the connection to hand to net/http: conn itself, or, when the front end has read
@@ -297,17 +313,18 @@ func (fc *frontConn) serveRequest() (next bool, handoff net.Conn) {
 	limited := fc.in.n <= 0
 	fc.in.n = math.MaxInt64
 	if err != nil {
-		// As net/http answers a request it cannot read: no access-log record, since there is no
-		// request to log.
-		status := http.StatusBadRequest
+		if errors.Is(err, io.EOF) && !limited {
+			fc.conn.Close() // the client left before a request began
+			return false, nil
+		}
+		method, _, _ := bytes.Cut(fc.in.rec, []byte(" ")) // one of frontPrefixes' methods
+		r := &http.Request{Method: string(method), URL: &url.URL{}, Header: http.Header{}, Body: http.NoBody, ProtoMajor: 1, ProtoMinor: 1}
+		f := badRequest("the request head cannot be read: " + err.Error())
 		if limited {
-			status = http.StatusRequestHeaderFieldsTooLarge
+			f.Status = http.StatusRequestHeaderFieldsTooLarge
+			f.Reason = fmt.Sprintf("the request head is over %d bytes", s.srv.MaxHeaderBytes)
 		}
-		if !errors.Is(err, io.EOF) {
-			fmt.Fprintf(fc.conn, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n%d %s",
-				status, http.StatusText(status), status, http.StatusText(status))
-		}
-		closeAfterResponse(fc.conn)
+		fc.refuse(r, f)
 		return false, nil
 	}
 	connect := r.Method == http.MethodConnect
@@ -319,13 +336,15 @@ func (fc *frontConn) serveRequest() (next bool, handoff net.Conn) {
 	}
 	fc.conn.SetReadDeadline(time.Time{})
 	r.RemoteAddr = fc.conn.RemoteAddr().String()
-
+	if reason := checkHead(r); reason != "" {
+		fc.refuse(r, badRequest(reason))
+		return false, nil
+	}
 	// Shutdown waits for a plain request as for a tunnel (a CONNECT is tracked by serveConnect).
 	if !connect {
 		t := &tunnel{client: fc.conn}
 		if !s.track(t) {
-			s.refuseShuttingDown(newFrontWriter(fc, r), r)
-			closeAfterResponse(fc.conn)
+			fc.refuse(r, &Failure{Status: http.StatusServiceUnavailable, Kind: "shutting_down", Reason: "the proxy is shutting down"})
 			return false, nil
 		}
 		defer s.untrack(t)
@@ -377,17 +396,40 @@ func (s *Server) serveRecovered(w http.ResponseWriter, r *http.Request) (ok bool
 	return true
 }
 
-// refuseShuttingDown answers a request read just as the proxy began to shut down.
-func (s *Server) refuseShuttingDown(w http.ResponseWriter, r *http.Request) {
-	client, _ := netip.ParseAddrPort(r.RemoteAddr)
+// refuse answers r with f, logs it and closes the connection: for a request the front end read but
+// will not serve (a malformed head, or one read just as the proxy began to shut down).
+func (fc *frontConn) refuse(r *http.Request, f *Failure) {
+	s := fc.s
+	client, _ := netip.ParseAddrPort(fc.conn.RemoteAddr().String())
 	req := s.NewRequest(client, r.Method)
 	parseTarget(r, req)
-	w.Header().Set("Connection", "close")
-	s.fail(w, r, req, &Failure{Status: http.StatusServiceUnavailable, Kind: "shutting_down", Reason: "the proxy is shutting down"})
-	if fw, ok := w.(*frontWriter); ok {
-		fw.finish()
-		fw.release()
+	w := newFrontWriter(fc, r)
+	w.close = true
+	s.fail(w, r, req, f)
+	w.finish()
+	w.release()
+	closeAfterResponse(fc.conn)
+}
+
+// checkHead makes the checks of a request head that net/http's server makes before a handler sees
+// it, and says what is wrong: a valid host, and valid header names and values. (The Host header
+// itself is gone from r.Header by now, and at most one was accepted; of a proxy request, the host
+// is the URL's.)
+func checkHead(r *http.Request) string {
+	if r.Host != "" && !httpguts.ValidHostHeader(r.Host) {
+		return fmt.Sprintf("malformed host %q", r.Host)
 	}
+	for k, vs := range r.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Sprintf("invalid header name %q", k)
+		}
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Sprintf("invalid value of header %q", k)
+			}
+		}
+	}
+	return ""
 }
 
 // watchDelay is how long a request is served before the front end starts watching its client

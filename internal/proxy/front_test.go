@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -82,22 +83,7 @@ func TestFrontConnectIdleTimeout(t *testing.T) {
 // its first line has come; peekKind waits for it rather than handing the connection to net/http,
 // and consumes nothing.
 func TestFrontConnectInPieces(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	sc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := sc.(*net.TCPConn)
-	defer server.Close()
+	client, server := tcpPair(t)
 	io.WriteString(client, "CON")
 	server.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 	if _, err := peekKind(server); !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -129,26 +115,70 @@ func TestFrontConnectInPieces(t *testing.T) {
 	if kind, err := peekKind(server); kind != kindOther || err != nil {
 		t.Fatalf("GET of a path: %v %v, want one for net/http", kind, err)
 	}
+
+	// A client that stops sending in the middle of a prefix is not waited for: net/http answers it.
+	client, server = tcpPair(t)
+	io.WriteString(client, "GET ht")
+	client.(*net.TCPConn).CloseWrite()
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if kind, err := peekKind(server); kind != kindOther || err != nil {
+		t.Fatalf("a prefix and the end of the stream: %v %v, want one for net/http at once", kind, err)
+	}
 }
 
-// TestFrontConnectUnreadable: a CONNECT head over the limit gets 431, an unparsable one 400, as
-// net/http answers them, and the connection is closed.
-func TestFrontConnectUnreadable(t *testing.T) {
+// tcpPair returns the two ends of a loopback TCP connection, closed when the test ends.
+func tcpPair(t *testing.T) (client net.Conn, server *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sc.Close() })
+	return client, sc.(*net.TCPConn)
+}
+
+// TestFrontUnreadableRequests: a request head over the limit gets 431 and one that cannot be read
+// or breaks net/http's rules gets 400, as from net/http, but with the reason in the answer and in
+// an access-log record; the connection is then closed.
+func TestFrontUnreadableRequests(t *testing.T) {
 	tp := startProxy(t, loopbackPolicy, nil, nil)
-	for _, tc := range []struct{ name, req, want string }{
-		{"oversized", "CONNECT a.test:443 HTTP/1.1\r\nX-Big: " + strings.Repeat("x", 70<<10) + "\r\n\r\n", "HTTP/1.1 431 "},
-		{"malformed", "CONNECT a.test:443 HTTP/9\r\n\r\n", "HTTP/1.1 400 "},
+	for _, tc := range []struct{ name, req, status, reason string }{
+		{"oversized", "CONNECT a.test:443 HTTP/1.1\r\nX-Big: " + strings.Repeat("x", 70<<10) + "\r\n\r\n", "431", "the request head is over"},
+		{"malformed", "CONNECT a.test:443 HTTP/9\r\n\r\n", "400", "malformed HTTP version"},
+		{"oversized GET", "GET http://a.test/ HTTP/1.1\r\nX-Big: " + strings.Repeat("x", 70<<10) + "\r\n\r\n", "431", "the request head is over"},
+		{"header line", "GET http://a.test/ HTTP/1.1\r\nno colon\r\n\r\n", "400", "malformed MIME header"},
+		{"header name", "GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nX V: a\r\n\r\n", "400", `invalid header name \"X V\"`},
+		{"host", "GET http://a<.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "400", `malformed host \"a<.test\"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, br := dialProxy(t, tp.addr)
 			c.SetDeadline(time.Now().Add(10 * time.Second))
 			go io.WriteString(c, tc.req) // the proxy may stop reading before the end
-			line, err := br.ReadString('\n')
-			if err != nil || !strings.HasPrefix(line, tc.want) {
-				t.Fatalf("status line %q %v, want %q", line, err, tc.want)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if got := strconv.Itoa(resp.StatusCode); got != tc.status || !resp.Close ||
+				!strings.Contains(resp.Header.Get(HeaderError), tc.reason) {
+				t.Fatalf("%s %q close=%v %s, want %s with %q", got, body, resp.Close, resp.Header.Get(HeaderError), tc.status, tc.reason)
 			}
 			if _, err := io.Copy(io.Discard, br); err != nil {
 				t.Fatalf("the connection was not closed cleanly: %v", err)
+			}
+			rec := lastRecord(t, tp)
+			if strconv.Itoa(rec.Status) != tc.status || rec.Error != "bad_request" || !strings.Contains(rec.Reason, strings.ReplaceAll(tc.reason, `\"`, `"`)) {
+				t.Fatalf("record %+v", rec)
 			}
 		})
 	}
@@ -271,7 +301,11 @@ func TestShutdownWaitsForPlainRequest(t *testing.T) {
 	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
 	c, br := dialProxy(t, tp.addr)
 	fmt.Fprintf(c, "GET http://%s/slow HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr)
-	<-entered
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request did not reach the target")
+	}
 	shutdown := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -310,22 +344,8 @@ func TestShutdownWaitsForPlainRequest(t *testing.T) {
 // TestFrontWriterFraming: a short body the handler leaves without a length is sent with one, a
 // longer one chunked, and a body shorter than its declared length ends the connection.
 func TestFrontWriterFraming(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	sc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
-	fc := &frontConn{conn: sc.(*net.TCPConn)}
+	client, server := tcpPair(t)
+	fc := &frontConn{conn: server}
 	br := bufio.NewReader(client)
 	client.SetDeadline(time.Now().Add(10 * time.Second))
 	long := strings.Repeat("x", holdLimit+1)

@@ -82,7 +82,7 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func startProxy(t *testing.T, policySrc string, resolver fakeResolver, allowedAddrs []string, configure ...func(*Server)) *testProxy {
+func startProxy(t testing.TB, policySrc string, resolver fakeResolver, allowedAddrs []string, configure ...func(*Server)) *testProxy {
 	t.Helper()
 	pol, err := policy.Parse("policy.yaml", []byte(policySrc))
 	if err != nil {
