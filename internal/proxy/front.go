@@ -412,13 +412,10 @@ func (fc *frontConn) refuse(r *http.Request, f *Failure) {
 }
 
 // checkHead makes the checks of a request head that net/http's server makes before a handler sees
-// it, and says what is wrong: a valid host, and valid header names and values. (The Host header
-// itself is gone from r.Header by now, and at most one was accepted; of a proxy request, the host
-// is the URL's.)
+// it, and says what is wrong: valid header names and values. (The Host header is gone from
+// r.Header by now, at most one was accepted, and the host of a proxy request is the URL's, which
+// the handler checks as the target.)
 func checkHead(r *http.Request) string {
-	if r.Host != "" && !httpguts.ValidHostHeader(r.Host) {
-		return fmt.Sprintf("malformed host %q", r.Host)
-	}
 	for k, vs := range r.Header {
 		if !httpguts.ValidHeaderFieldName(k) {
 			return fmt.Sprintf("invalid header name %q", k)

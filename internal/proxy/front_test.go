@@ -158,7 +158,7 @@ func TestFrontUnreadableRequests(t *testing.T) {
 		{"oversized GET", "GET http://a.test/ HTTP/1.1\r\nX-Big: " + strings.Repeat("x", 70<<10) + "\r\n\r\n", "431", "the request head is over"},
 		{"header line", "GET http://a.test/ HTTP/1.1\r\nno colon\r\n\r\n", "400", "malformed MIME header"},
 		{"header name", "GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nX V: a\r\n\r\n", "400", `invalid header name \"X V\"`},
-		{"host", "GET http://a<.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "400", `malformed host \"a<.test\"`},
+		{"host", "GET http://a<.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "400", `invalid host \"a<.test\"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, br := dialProxy(t, tp.addr)

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
@@ -57,28 +59,47 @@ func removeHopHeaders(h http.Header) {
 	}
 }
 
-// outgoingRequest is r as the target gets it, with the same changes ReverseProxy makes on the other
-// path: hop-by-hop headers and the client's forwarding headers removed, TE reduced to trailers, no
-// credentials, no default User-Agent, and Via added.
-func outgoingRequest(r *http.Request) *http.Request {
-	u := *r.URL
-	u.User = nil
-	h := make(http.Header, len(r.Header)+1)
+// writeRequestHead writes the head of r as the target gets it, with the same changes ReverseProxy
+// makes on the other path: hop-by-hop headers and the client's forwarding headers removed, TE
+// reduced to trailers, no credentials, no User-Agent of Go's own, and Via added. Header values
+// come from a request net/http's parser read, so they hold no line breaks.
+func writeRequestHead(bw *bufio.Writer, r *http.Request) error {
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(r.URL.RequestURI())
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(requestHost(r))
+	bw.WriteString("\r\n")
 	named := r.Header["Connection"]
-	for k, v := range r.Header {
-		if !forwardedHeader(k) || headerHasToken(named, k) {
+	for k, vs := range r.Header {
+		if !forwardedHeader(k) || k == "Host" || k == "Content-Length" || headerHasToken(named, k) {
 			continue
 		}
-		h[k] = v
+		for _, v := range vs {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
 	}
 	if headerHasToken(r.Header["Te"], "trailers") {
-		h["Te"] = []string{"trailers"}
+		bw.WriteString("Te: trailers\r\n")
 	}
-	if _, ok := h["User-Agent"]; !ok {
-		h["User-Agent"] = []string{""} // Request.Write would add Go's own
+	_, err := bw.WriteString("Via: 1.1 swarm-proxy\r\n\r\n")
+	return err
+}
+
+// requestHost is the host a request names, as its Host header gives it to the target: in ASCII,
+// as Request.Write sends it. The host has passed policy.ParseTarget.
+func requestHost(r *http.Request) string {
+	host := r.Host
+	if host == "" {
+		host = r.URL.Host
 	}
-	h["Via"] = append(h["Via"][:len(h["Via"]):len(h["Via"])], "1.1 swarm-proxy")
-	return &http.Request{Method: r.Method, URL: &u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h, Host: r.Host}
+	if ascii, err := httpguts.PunycodeHostPort(host); err == nil {
+		return ascii
+	}
+	return host
 }
 
 // clientForwardingHeaders describe how the client reached the proxy; ReverseProxy drops them too.
@@ -105,7 +126,7 @@ func headerHasToken(values []string, token string) bool {
 // middle of its body.
 func (s *Server) serveSimple(w *countingWriter, r *http.Request, st *forwardState, pol *policy.Policy) (aborted bool) {
 	key := poolKey{session: st.req.Session, policy: pol, target: st.req.Target}
-	resp, uc, err := s.roundTrip(r.Context(), w, key, outgoingRequest(r), st)
+	resp, uc, err := s.roundTrip(r.Context(), w, key, r, st)
 	if err != nil {
 		st.failure = s.forwardFailure(r, err)
 		s.writeFailure(w, r, st.req, st.failure)
@@ -168,9 +189,9 @@ const maxInformational = 5
 // target closed it while it was idle. The request is sent again on another connection.
 var errStale = errors.New("kept-alive connection closed by the target")
 
-// roundTrip sends out to the target over a pooled or new connection and returns the final
-// response, having passed any informational (1xx) response on to w.
-func (s *Server) roundTrip(ctx context.Context, w http.ResponseWriter, key poolKey, out *http.Request, st *forwardState) (*http.Response, *upstreamConn, error) {
+// roundTrip sends r to the target over a pooled or new connection and returns the final response,
+// having passed any informational (1xx) response on to w.
+func (s *Server) roundTrip(ctx context.Context, w http.ResponseWriter, key poolKey, r *http.Request, st *forwardState) (*http.Response, *upstreamConn, error) {
 	for {
 		uc := s.pool.get(key)
 		reused := uc != nil
@@ -184,7 +205,7 @@ func (s *Server) roundTrip(ctx context.Context, w http.ResponseWriter, key poolK
 			uc.br = bufio.NewReaderSize(&uc.head, 4<<10)
 		}
 		st.conn.Store(uc.conn)
-		resp, err := uc.roundTrip(ctx, w, out, orDefault(s.UpstreamTimeout, DefaultUpstreamTimeout))
+		resp, err := uc.roundTrip(ctx, w, r, orDefault(s.UpstreamTimeout, DefaultUpstreamTimeout))
 		if err == nil {
 			return resp, uc, nil
 		}
@@ -222,14 +243,14 @@ var (
 	requestWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
 )
 
-// roundTrip writes out and reads the response head within timeout. Until the response is
+// roundTrip writes r's head and reads the response head within timeout. Until the response is
 // released, the end of ctx (the client went away) aborts the connection.
-func (uc *upstreamConn) roundTrip(ctx context.Context, w http.ResponseWriter, out *http.Request, timeout time.Duration) (*http.Response, error) {
+func (uc *upstreamConn) roundTrip(ctx context.Context, w http.ResponseWriter, r *http.Request, timeout time.Duration) (*http.Response, error) {
 	uc.stop = context.AfterFunc(ctx, func() { uc.conn.SetReadDeadline(pastDeadline) })
 	uc.conn.SetReadDeadline(time.Now().Add(timeout))
 	bw := requestWriters.Get().(*bufio.Writer)
 	bw.Reset(uc.conn)
-	err := out.Write(bw)
+	err := writeRequestHead(bw, r)
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -244,7 +265,7 @@ func (uc *upstreamConn) roundTrip(ctx context.Context, w http.ResponseWriter, ou
 		if _, err := uc.br.Peek(1); err != nil {
 			return nil, stale(err)
 		}
-		resp, err := http.ReadResponse(uc.br, out)
+		resp, err := http.ReadResponse(uc.br, r)
 		if err != nil {
 			return nil, err
 		}

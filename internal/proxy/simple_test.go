@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -315,4 +316,52 @@ type closeCounter struct {
 func (c closeCounter) Close() error {
 	c.n.Add(1)
 	return c.Conn.Close()
+}
+
+// TestWriteRequestHead: the head the target gets has the client's request line in origin form,
+// an ASCII Host, no hop-by-hop, forwarding or credential headers, TE reduced to trailers, the
+// client's own User-Agent or none, and Via added after the client's.
+func TestWriteRequestHead(t *testing.T) {
+	for _, tc := range []struct{ in, host, uri, ua string }{
+		{"GET http://b\u00fccher.example:8080/p?q=1 HTTP/1.1\r\nHost: other\r\nConnection: X-Drop\r\nX-Drop: 1\r\n" +
+			"Proxy-Authorization: Basic eA==\r\nTe: trailers, deflate\r\nContent-Length: 0\r\nUser-Agent: ua\r\n" +
+			"X-Forwarded-For: 192.0.2.1\r\nVia: 1.0 other\r\nAccept: a\r\nAccept: b\r\n\r\n",
+			"xn--bcher-kva.example:8080", "/p?q=1", "ua"},
+		{"HEAD http://a.test HTTP/1.1\r\n\r\n", "a.test", "/", ""},
+	} {
+		r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(tc.in)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder
+		bw := bufio.NewWriter(&out)
+		if err := writeRequestHead(bw, r); err != nil || bw.Flush() != nil {
+			t.Fatal(err)
+		}
+		got, err := http.ReadRequest(bufio.NewReader(strings.NewReader(out.String())))
+		if err != nil {
+			t.Fatalf("%q: %v", out.String(), err)
+		}
+		if got.Method != r.Method || got.Host != tc.host || got.RequestURI != tc.uri || got.UserAgent() != tc.ua {
+			t.Fatalf("%q: method %s host %q uri %q user agent %q", out.String(), got.Method, got.Host, got.RequestURI, got.UserAgent())
+		}
+		for _, k := range []string{"Connection", "X-Drop", "Proxy-Authorization", "Content-Length", "X-Forwarded-For"} {
+			if _, ok := got.Header[k]; ok {
+				t.Errorf("%q: %s passed on", out.String(), k)
+			}
+		}
+		wantVia := []string{"1.1 swarm-proxy"}
+		if r.Header.Get("Via") != "" {
+			wantVia = append([]string{"1.0 other"}, wantVia...)
+			if te := got.Header.Get("Te"); te != "trailers" {
+				t.Errorf("Te %q, want trailers", te)
+			}
+			if a := got.Header["Accept"]; !slices.Equal(a, []string{"a", "b"}) {
+				t.Errorf("Accept %q, want both values in order", a)
+			}
+		}
+		if via := got.Header["Via"]; !slices.Equal(via, wantVia) {
+			t.Errorf("Via %q, want %q", via, wantVia)
+		}
+	}
 }
