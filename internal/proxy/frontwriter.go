@@ -98,7 +98,6 @@ func (w *frontWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.wroteHead {
 		return nil, nil, errors.New("the response has begun")
 	}
-	w.fc.stopWatch()
 	w.hijacked = true
 	return w.fc.conn, bufio.NewReadWriter(w.fc.br, bufio.NewWriterSize(w.fc.conn, 16)), nil
 }
