@@ -7,7 +7,11 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Result is what a finished relay moved and why it ended.
@@ -46,8 +50,9 @@ func Pipe(a, b net.Conn, idle time.Duration) Result {
 	}
 	// One direction runs on the caller's goroutine: an idle tunnel then costs one goroutine less.
 	wg.Add(1)
-	go func() { defer wg.Done(); res.AToB = copyHalf(b, a, tracker, abort) }()
-	res.BToA = copyHalf(a, b, tracker, abort)
+	var aShut, bShut atomic.Bool // the relay has half-closed a, b
+	go func() { defer wg.Done(); res.AToB = copyHalf(b, a, &bShut, &aShut, tracker, abort) }()
+	res.BToA = copyHalf(a, b, &aShut, &bShut, tracker, abort)
 	wg.Wait()
 	a.Close()
 	b.Close()
@@ -60,9 +65,10 @@ func Pipe(a, b net.Conn, idle time.Duration) Result {
 // ErrIdle is the Result.Err of a relay ended by its idle timeout.
 var ErrIdle = errors.New("relay idle timeout")
 
-// copyHalf copies src to dst, then half-closes dst. It is a named function so goroutine dumps show
-// what each relay goroutine is doing.
-func copyHalf(dst, src net.Conn, tracker *idleTracker, abort func(error)) int64 {
+// copyHalf copies src to dst, then half-closes dst and sets dstShut. srcShut says whether the other
+// direction has half-closed src. It is a named function so goroutine dumps show what each relay
+// goroutine is doing.
+func copyHalf(dst, src net.Conn, dstShut, srcShut *atomic.Bool, tracker *idleTracker, abort func(error)) int64 {
 	var n int64
 	var err error
 	if tracker == nil && spliceable(dst, src) {
@@ -72,10 +78,14 @@ func copyHalf(dst, src net.Conn, tracker *idleTracker, abort func(error)) int64 
 	} else {
 		n, err = copyBuffered(dst, src, tracker)
 	}
+	if err == nil && !srcShut.Load() && wasReset(src) {
+		err = syscall.ECONNRESET
+	}
 	if err != nil {
 		abort(err)
 		return n
 	}
+	dstShut.Store(true)
 	if cw, ok := dst.(closeWriter); ok {
 		// A failed CloseWrite means the peer is already gone entirely; nothing is lost.
 		cw.CloseWrite()
@@ -83,6 +93,28 @@ func copyHalf(dst, src net.Conn, tracker *idleTracker, abort func(error)) int64 
 		dst.Close()
 	}
 	return n
+}
+
+// wasReset reports whether a TCP connection that has just ended with EOF, and on which no FIN of
+// ours has gone out, was in fact reset by its peer. A reset is reported as an error only once, to
+// whichever system call comes first: when the relay's other direction wrote to the connection in
+// between, its read here sees a clean end. The connection's state tells them apart: the peer's FIN
+// leaves it in CLOSE_WAIT, a reset in CLOSE. (After a FIN of ours, a FIN too ends in CLOSE.)
+func wasReset(c net.Conn) bool {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	reset := false
+	rc.Control(func(fd uintptr) {
+		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		reset = err == nil && info.State == unix.BPF_TCP_CLOSE
+	})
+	return reset
 }
 
 func spliceable(dst, src net.Conn) bool {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -106,5 +107,49 @@ func TestIdleTimeout(t *testing.T) {
 	r := wait(t, runPipe(proxyA, proxyB, 50*time.Millisecond))
 	if !errors.Is(r.Err, ErrIdle) {
 		t.Fatalf("err = %v, want ErrIdle", r.Err)
+	}
+}
+
+// TestResetSeenAfterWriteIsPassedOn: a peer's reset is reported once, to the first system call
+// after it. When a write to the connection takes it, a read there sees a clean end; the relay must
+// still pass the reset on, not a FIN that would make an aborted request look finished.
+func TestResetSeenAfterWriteIsPassedOn(t *testing.T) {
+	client, proxyA := tcpPair(t)
+	proxyB, server := tcpPair(t)
+	proxyA.Write([]byte("never read by the client"))
+	client.SetLinger(0)
+	client.Close() // a reset, since data is unread
+	deadline := time.Now().Add(10 * time.Second)
+	for !wasReset(proxyA) {
+		if time.Now().After(deadline) {
+			t.Fatal("the reset did not arrive")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := proxyA.Write([]byte("x")); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("write after the reset: %v, want it to take the reset", err)
+	}
+	var aborted error
+	var bShut, aShut atomic.Bool
+	copyHalf(proxyB, proxyA, &bShut, &aShut, nil, func(err error) { aborted = err; Abort(proxyB) })
+	if !errors.Is(aborted, syscall.ECONNRESET) {
+		t.Fatalf("the relay ended with %v, want the reset passed on", aborted)
+	}
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := server.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the far end read %v, want a reset", err)
+	}
+
+	// A clean end stays one.
+	client, proxyA = tcpPair(t)
+	proxyB, server = tcpPair(t)
+	client.Close()
+	aborted = nil
+	copyHalf(proxyB, proxyA, &bShut, &aShut, nil, func(err error) { aborted = err })
+	if aborted != nil || wasReset(proxyA) {
+		t.Fatalf("a FIN ended the relay with %v", aborted)
+	}
+	if _, err := server.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the far end read %v, want EOF", err)
 	}
 }

@@ -538,11 +538,11 @@ func TestTunnelProviderLeavesNoResidue(t *testing.T) {
 		if n := tcpConnsTo(t, keep.Pid(), abandonSrv.port); n != 1 {
 			t.Fatalf("surviving provider holds %d connections to the abandoned target, want 1", n)
 		}
+		resetsBefore := abandonSrv.gaveUpReset.Load() // before the close: the target may see it at once
 		if abort {
 			c.SetLinger(0)
 		}
 		c.Close()
-		resetsBefore := abandonSrv.gaveUpReset.Load()
 		var resets, eofs int64
 		waitFor(t, "the target to see the worker go", func() (bool, string) {
 			resets, eofs = abandonSrv.gaveUpReset.Load(), abandonSrv.gaveUpEOF.Load()
