@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/proxy"
 )
@@ -52,26 +53,6 @@ func startProxy(t *testing.T, auth proxy.Authenticator) string {
 	return ln.Addr().String()
 }
 
-// server runs handle for each connection on a loopback port.
-func server(t *testing.T, handle func(net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); handle(c) }()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 func closedAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -85,15 +66,15 @@ func closedAddr(t *testing.T) string {
 
 func TestDial(t *testing.T) {
 	// answers after the client's EOF: proves half-close crosses the tunnel.
-	echo := server(t, func(c net.Conn) {
+	echo := loopbacktest.Start(t, func(c net.Conn) {
 		b, _ := io.ReadAll(c)
 		c.Write(append([]byte("echo:"), b...))
-	})
+	}).Addr().String()
 	// speaks first, like sshd: its banner may arrive together with the 200.
-	banner := server(t, func(c net.Conn) {
+	banner := loopbacktest.Start(t, func(c net.Conn) {
 		c.Write([]byte("SSH-2.0-test\r\n"))
 		io.Copy(io.Discard, c)
-	})
+	}).Addr().String()
 	open := startProxy(t, nil)
 	authed := startProxy(t, fixedAuth{})
 	cases := []struct {
@@ -153,7 +134,7 @@ func TestDial(t *testing.T) {
 
 func TestDialTimeout(t *testing.T) {
 	// A "proxy" that accepts and never answers.
-	silent := server(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	silent := loopbacktest.Start(t, func(c net.Conn) { io.Copy(io.Discard, c) }).Addr().String()
 	d := Dialer{Proxy: silent, Timeout: 200 * time.Millisecond}
 	start := time.Now()
 	_, err := d.Dial(context.Background(), "127.0.0.1:1")

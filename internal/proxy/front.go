@@ -327,14 +327,13 @@ func (fc *frontConn) serveRequest() (next bool, handoff net.Conn) {
 		fc.refuse(r, f)
 		return false, nil
 	}
+	fc.conn.SetReadDeadline(time.Time{})
 	connect := r.Method == http.MethodConnect
 	if r.ProtoMajor != 1 || !connect && !(simpleRequest(r) && r.ProtoMinor >= 1) {
-		fc.conn.SetReadDeadline(time.Time{})
 		rec := fc.in.rec
 		fc.br = nil // what it held is in rec
 		return false, fc.replay(rec)
 	}
-	fc.conn.SetReadDeadline(time.Time{})
 	r.RemoteAddr = fc.conn.RemoteAddr().String()
 	if reason := checkHead(r); reason != "" {
 		fc.refuse(r, badRequest(reason))

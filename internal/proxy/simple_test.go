@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
@@ -34,30 +35,6 @@ func countingServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic
 	up.Start()
 	t.Cleanup(up.Close)
 	return up, &conns
-}
-
-// rawServer runs a loopback server that hands each connection to handle, on its own goroutine,
-// and closes the connection when handle returns. It returns the server's address.
-func rawServer(t *testing.T, handle func(net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 func lastRecord(t *testing.T, tp *testProxy) accesslog.Record {
@@ -97,7 +74,7 @@ func TestSimplePathKeepsUpstreamConnectionsAlive(t *testing.T) {
 // request is sent again on a new connection.
 func TestSimplePathRetriesClosedKeptAliveConnection(t *testing.T) {
 	var accepted atomic.Int32
-	upAddr := rawServer(t, func(c net.Conn) {
+	upAddr := loopbacktest.Start(t, func(c net.Conn) {
 		// One response, announced as keep-alive; the next request on the connection closes it
 		// unanswered: the race a kept-alive connection meets when the server's idle timeout fires
 		// as a request is sent.
@@ -108,7 +85,7 @@ func TestSimplePathRetriesClosedKeptAliveConnection(t *testing.T) {
 		}
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		br.Peek(1)
-	})
+	}).Addr().String()
 	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
 	for i := range 3 {
 		c, br := dialProxy(t, tp.addr)
@@ -225,7 +202,7 @@ func TestSimplePathClientGoneStopsWaiting(t *testing.T) {
 func TestSimplePathUpstreamTimeout(t *testing.T) {
 	stop := make(chan struct{})
 	defer close(stop)
-	upAddr := rawServer(t, func(net.Conn) { <-stop }) // never answers
+	upAddr := loopbacktest.Start(t, func(net.Conn) { <-stop }).Addr().String() // never answers
 	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr}, func(s *Server) { s.UpstreamTimeout = 200 * time.Millisecond })
 	c, br := dialProxy(t, tp.addr)
 	resp, body := roundTrip(t, c, br, fmt.Sprintf("GET http://%s/ HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr))
@@ -240,7 +217,7 @@ func TestSimplePathUpstreamTimeout(t *testing.T) {
 // TestSimplePathBoundsResponseHead: a target that sends an endless response head gets a 502, and
 // the proxy does not buffer it all.
 func TestSimplePathBoundsResponseHead(t *testing.T) {
-	upAddr := rawServer(t, func(c net.Conn) {
+	upAddr := loopbacktest.Start(t, func(c net.Conn) {
 		http.ReadRequest(bufio.NewReader(c))
 		io.WriteString(c, "HTTP/1.1 200 OK\r\n")
 		line := "X-Filler: " + strings.Repeat("x", 1000) + "\r\n"
@@ -249,7 +226,7 @@ func TestSimplePathBoundsResponseHead(t *testing.T) {
 				return // the proxy gave up
 			}
 		}
-	})
+	}).Addr().String()
 	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
 	c, br := dialProxy(t, tp.addr)
 	resp, body := roundTrip(t, c, br, fmt.Sprintf("GET http://%s/ HTTP/1.1\r\nHost: %s\r\n\r\n", upAddr, upAddr))

@@ -19,6 +19,7 @@ import (
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/proxy"
 )
@@ -120,20 +121,10 @@ func echoServer(t *testing.T, network, addr string) (string, int) {
 	if err != nil {
 		t.Skipf("listen %s %s: %v", network, addr, err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, _ := io.ReadAll(c)
-				c.Write(append([]byte("echo:"), b...))
-			}()
-		}
-	}()
+	loopbacktest.Serve(t, ln, func(c net.Conn) {
+		b, _ := io.ReadAll(c)
+		c.Write(append([]byte("echo:"), b...))
+	})
 	ap := ln.Addr().(*net.TCPAddr).AddrPort()
 	return ap.Addr().String(), int(ap.Port())
 }

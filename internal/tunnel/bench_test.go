@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"testing"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 )
 
 // BenchmarkBulkDownload measures one stream's throughput from a loopback target through provider
@@ -12,29 +14,15 @@ import (
 func BenchmarkBulkDownload(b *testing.B) {
 	e := newEnv(b, false, Config{})
 	e.provider("s1", "loopback", nil).waitConnected(b)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
 	const size = 64 << 20
-	go func() {
-		buf := make([]byte, 256<<10)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	buf := make([]byte, 256<<10)
+	ln := loopbacktest.Start(b, func(c net.Conn) {
+		for sent := 0; sent < size; sent += len(buf) {
+			if _, err := c.Write(buf); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				for sent := 0; sent < size; sent += len(buf) {
-					if _, err := c.Write(buf); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 	target := targetOf(b, ln.Addr())
 	b.SetBytes(size)
 	b.ResetTimer()

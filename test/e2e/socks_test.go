@@ -15,6 +15,7 @@ import (
 	xproxy "golang.org/x/net/proxy"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 )
 
 // socksPolicy allows loopback and denies one name by rule.
@@ -34,29 +35,14 @@ func startSOCKSProxy(t *testing.T) *Proc {
 // halfCloseServer reads until the client's EOF, then answers "got:" and what it read.
 func halfCloseServer(t *testing.T) (addr string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(waitTimeout))
-				b, err := io.ReadAll(c)
-				if err != nil {
-					return
-				}
-				c.Write(append([]byte("got:"), b...))
-			}()
+	return loopbacktest.Start(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(waitTimeout))
+		b, err := io.ReadAll(c)
+		if err != nil {
+			return
 		}
-	}()
-	return ln.Addr().String()
+		c.Write(append([]byte("got:"), b...))
+	}).Addr().String()
 }
 
 func hostPort(t *testing.T, addr string) (string, int) {

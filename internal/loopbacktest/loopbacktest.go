@@ -1,0 +1,36 @@
+// Package loopbacktest runs servers on loopback ports for the project's tests.
+package loopbacktest
+
+import (
+	"net"
+	"testing"
+)
+
+// Serve accepts connections on ln until the test ends, when ln is closed, and runs handle for each
+// on its own goroutine, closing the connection once handle returns.
+func Serve(t testing.TB, ln net.Listener, handle func(net.Conn)) {
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+}
+
+// Start listens on a port of 127.0.0.1 and serves handle there, as Serve does.
+func Start(t testing.TB, handle func(net.Conn)) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	Serve(t, ln, handle)
+	return ln
+}
