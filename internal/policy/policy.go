@@ -198,10 +198,10 @@ func (p *Policy) decideAddr(t Target, a netip.Addr, hostRule *Rule) (Decision, *
 			break
 		}
 	}
-	if kind := SpecialKind(a); kind != "" && cidrRule == nil {
-		d := p.deny(CodeSpecialAddr, nil, t, fmt.Sprintf("%s resolves to %s, a %s address, which is refused unless an allow rule with a cidr covers it", t.Host, a, kind))
+	if c := Classify(a); c.Refused() && cidrRule == nil {
+		d := p.deny(CodeSpecialAddr, nil, t, fmt.Sprintf("%s resolves to %s, %s, which is refused unless an allow rule with a cidr covers it", t.Host, a, c.Phrase()))
 		if t.Host == a.String() {
-			d.Reason = fmt.Sprintf("%s is a %s address, which is refused unless an allow rule with a cidr covers it", a, kind)
+			d.Reason = fmt.Sprintf("%s is %s, which is refused unless an allow rule with a cidr covers it", a, c.Phrase())
 		}
 		d.Fix = fmt.Sprintf("if this destination is intended, add to allow in %s: - {cidr: \"%s/%d\", ports: [%d]}", p.sourceName(), a, a.BitLen(), t.Port)
 		return d, nil
