@@ -25,7 +25,7 @@ func (r *rebindingResolver) LookupNetIP(context.Context, string, string) ([]neti
 	defer r.mu.Unlock()
 	r.calls++
 	if r.calls == 1 {
-		return []netip.Addr{netip.MustParseAddr("192.0.2.10")}, nil
+		return []netip.Addr{netip.MustParseAddr("93.184.215.14")}, nil
 	}
 	return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
 }
@@ -75,8 +75,8 @@ func TestResolveOnceDialChecked(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	if res.calls != 1 || len(rec.addrs) != 1 || rec.addrs[0] != "192.0.2.10:443" {
-		t.Fatalf("lookups %d, dialed %v; want one lookup and 192.0.2.10:443", res.calls, rec.addrs)
+	if res.calls != 1 || len(rec.addrs) != 1 || rec.addrs[0] != "93.184.215.14:443" {
+		t.Fatalf("lookups %d, dialed %v; want one lookup and 93.184.215.14:443", res.calls, rec.addrs)
 	}
 	if req.Decision.Code != policy.CodeDiscovery {
 		t.Errorf("decision %+v not recorded on the request", req.Decision)
@@ -98,6 +98,16 @@ func TestDirectRefusals(t *testing.T) {
 		{"enforce refuses before resolving", enforce, staticResolver{"192.0.2.1"}, target("other.example", 443), false},
 		{"private answer refused", policy.Default(), staticResolver{"10.1.2.3", "fe80::1"}, target("x.example", 80), true},
 		{"metadata literal", policy.Default(), staticResolver{}, target("169.254.169.254", 80), false},
+		// IPv6 forms that carry a loopback or metadata IPv4 address, as literals and as AAAA answers.
+		{"NAT64 loopback literal", policy.Default(), staticResolver{}, target("64:ff9b::7f00:1", 80), false},
+		{"NAT64 metadata literal", policy.Default(), staticResolver{}, target("64:ff9b::a9fe:a9fe", 80), false},
+		{"6to4 loopback literal", policy.Default(), staticResolver{}, target("2002:7f00:1::1", 80), false},
+		{"6to4 metadata literal", policy.Default(), staticResolver{}, target("2002:a9fe:a9fe::1", 80), false},
+		{"IPv4-compatible loopback literal", policy.Default(), staticResolver{}, target("::7f00:1", 80), false},
+		{"IPv4-translated loopback literal", policy.Default(), staticResolver{}, target("::ffff:0:7f00:1", 80), false},
+		{"site-local literal", policy.Default(), staticResolver{}, target("fec0::1", 80), false},
+		{"AAAA answer NAT64 metadata", policy.Default(), staticResolver{"64:ff9b::a9fe:a9fe"}, target("aaaa.example", 80), true},
+		{"AAAA answer Teredo private", policy.Default(), staticResolver{"2001:0:4136:e378:8000:63bf:f5ff:fffe"}, target("teredo.example", 80), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
