@@ -110,7 +110,7 @@ carries it). The ticket must be a provider ticket (swarm-proxy ticket --role pro
 				Broker:       broker,
 				TLS:          tlsCfg,
 				Credentials:  creds,
-				Dialer:       &dial.Direct{Policy: holder.Load, Timeout: dialTimeout},
+				Dialer:       dial.Deciding{Policy: holder.Load, Dialer: &dial.Direct{Policy: holder.Load, Timeout: dialTimeout}},
 				RefusalNote:  refusalNote(policyFile, allowTargets),
 				Config:       cfg,
 				Backoff:      tunnel.Backoff{AuthRetry: authRetry},
