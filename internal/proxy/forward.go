@@ -82,7 +82,7 @@ func (f *forwarders) get(session string, pol *policy.Policy) *httputil.ReversePr
 	}
 	rp := &httputil.ReverseProxy{
 		Rewrite:        f.s.rewrite,
-		ModifyResponse: modifyResponse,
+		ModifyResponse: f.s.modifyResponse,
 		Transport:      transport{f.s, t},
 		FlushInterval:  flushDelay,
 		BufferPool:     bufferPool{},
@@ -198,31 +198,36 @@ type transport struct {
 
 func (t transport) RoundTrip(out *http.Request) (*http.Response, error) {
 	if t.s.Mutate != nil {
-		if err := t.s.Mutate(out, stateOf(out.Context()).req); err != nil {
-			return nil, &mutateError{err}
+		if f := t.s.Mutate(out, stateOf(out.Context()).req); f != nil {
+			return nil, &mutateError{f}
 		}
 	}
 	return t.t.RoundTrip(out)
 }
 
 // mutateError is a refusal by Server.Mutate.
-type mutateError struct{ err error }
+type mutateError struct{ f *Failure }
 
-func (e *mutateError) Error() string { return "the request could not be prepared: " + e.err.Error() }
-func (e *mutateError) Unwrap() error { return e.err }
+func (e *mutateError) Error() string { return e.f.Reason }
 
 // modifyResponse is the ReverseProxy's ModifyResponse hook. It drops the target's own
 // X-Swarm-Proxy-* headers (what a client reads under those names comes from swarm-proxy), adds
 // Via, as RFC 9110 asks of a proxy for every message it forwards, and watches the response body.
-func modifyResponse(resp *http.Response) error {
+func (s *Server) modifyResponse(resp *http.Response) error {
 	for _, h := range ownHeaders {
 		resp.Header.Del(h)
 	}
 	resp.Header.Add("Via", "1.1 swarm-proxy")
+	st := stateOf(resp.Request.Context())
+	if s.ModifyResponse != nil {
+		if err := s.ModifyResponse(resp, st.req); err != nil {
+			return err
+		}
+	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return nil // the body is the upgraded connection, which ReverseProxy needs writable
 	}
-	if st := stateOf(resp.Request.Context()); st != nil && resp.Body != nil {
+	if resp.Body != nil {
 		resp.Body = &watchedBody{ReadCloser: resp.Body, st: st}
 	}
 	return nil
@@ -414,7 +419,7 @@ func (s *Server) forwardFailure(r *http.Request, err error) *Failure {
 	case errors.As(err, &de):
 		return FailureOf(de)
 	case errors.As(err, &me):
-		return &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorInternal, Reason: me.Error()}
+		return me.f
 	case isTimeout(err):
 		return &Failure{Status: http.StatusGatewayTimeout, Kind: accesslog.ErrorTimeout,
 			Reason: fmt.Sprintf("the target did not send response headers within %s", orDefault(s.UpstreamTimeout, DefaultUpstreamTimeout))}

@@ -124,8 +124,8 @@ func TestServeConn(t *testing.T) {
 }
 
 // TestRequestHooks: CheckRequest refuses by path before anything is dialed, Mutate changes the
-// outgoing copy only (the target sees the header, the record and the client's request do not
-// change), and a Mutate error refuses the request.
+// outgoing copy (the target sees the header) or refuses the request with its Failure, and
+// ModifyResponse sees the response.
 func TestRequestHooks(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "auth=%s", r.Header.Get("Authorization"))
@@ -139,11 +139,15 @@ func TestRequestHooks(t *testing.T) {
 			}
 			return nil
 		}
-		s.Mutate = func(out *http.Request, req *Request) error {
+		s.Mutate = func(out *http.Request, req *Request) *Failure {
 			if req.Path == "/broken" {
-				return errors.New("no credential for this rule")
+				return &Failure{Status: http.StatusForbidden, Kind: "secret_unavailable", Denied: true, Reason: "no credential for this rule"}
 			}
 			out.Header.Set("Authorization", "Bearer injected")
+			return nil
+		}
+		s.ModifyResponse = func(resp *http.Response, req *Request) error {
+			resp.Header.Set("X-Checked", req.Path)
 			return nil
 		}
 	})
@@ -157,13 +161,13 @@ func TestRequestHooks(t *testing.T) {
 	if d := tp.dialer.Dialed(); len(d) != 0 {
 		t.Fatalf("dialed %v for a refused path", d)
 	}
-	if resp, body := get("/ok"); resp.StatusCode != 200 || body != "auth=Bearer injected" {
-		t.Fatalf("/ok: %d %q", resp.StatusCode, body)
+	if resp, body := get("/ok"); resp.StatusCode != 200 || body != "auth=Bearer injected" || resp.Header.Get("X-Checked") != "/ok" {
+		t.Fatalf("/ok: %d %q %v", resp.StatusCode, body, resp.Header)
 	}
-	if resp, body := get("/broken"); resp.StatusCode != 502 || !strings.Contains(body, "no credential for this rule") {
+	if resp, body := get("/broken"); resp.StatusCode != 403 || !strings.Contains(body, "no credential for this rule") {
 		t.Fatalf("/broken: %d %q", resp.StatusCode, body)
 	}
-	if rec := lastRecord(t, tp); rec.Error != accesslog.ErrorInternal {
+	if rec := lastRecord(t, tp); rec.Error != "secret_unavailable" || rec.Decision != "deny" {
 		t.Fatalf("record %+v", rec)
 	}
 }

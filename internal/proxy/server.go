@@ -87,9 +87,13 @@ type Server struct {
 	// Failure refuses the request with it. It must not change r.
 	CheckRequest func(r *http.Request, req *Request) *Failure
 	// Mutate, when set, changes each allowed request's outgoing copy just before the Transport
-	// sends it (credentials bound to the deciding rule). An error refuses the request with a 502
-	// of kind internal; the error's text goes to the client and the log, so it must hold no secret.
-	Mutate func(out *http.Request, req *Request) error
+	// sends it (credentials bound to the deciding rule). A non-nil Failure refuses the request with
+	// it; its reason goes to the client and the log, so it must hold no secret.
+	Mutate func(out *http.Request, req *Request) *Failure
+	// ModifyResponse, when set, sees each response from a target before it goes to the client
+	// (after the proxy removed hop-by-hop and X-Swarm-Proxy-* headers): it may change its headers or
+	// wrap its body. An error answers 502 with kind upstream instead.
+	ModifyResponse func(resp *http.Response, req *Request) error
 
 	initOnce   sync.Once
 	srv        *http.Server
