@@ -219,6 +219,10 @@ deny:
 		{"db.internal:5432", []string{"decision      allow only if every address it resolves to is in an allow cidr rule, else deny",
 			"              db (cidr 10.20.0.0/16, ports [5432]"}},
 		{"[::1]:8080", []string{"target        [::1]:8080 (an IP address: a loopback address)", "decision      deny\n"}},
+		{"[64:ff9b::a9fe:a9fe]:80", []string{"(an IP address: a NAT64 address that carries 169.254.169.254, a cloud metadata address)",
+			"decision deny\n", "rule none (private_address)"}},
+		{"[2002:7f00:1::1]:443", []string{"(an IP address: a 6to4 address that carries 127.0.0.1, a loopback address)", "decision deny\n"}},
+		{"[fec0::1]:443", []string{"(an IP address: a site-local (deprecated) address)", "decision deny\n"}},
 	} {
 		t.Run(c.target, func(t *testing.T) {
 			r := runCLI(t, "", "policy", "explain", pol, c.target)

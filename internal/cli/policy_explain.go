@@ -46,12 +46,12 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target) error {
 	line := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, a...)) }
 
 	addr, isIP := t.Addr()
-	kind := ""
+	var class policy.Class
 	if isIP {
-		kind = policy.SpecialKind(addr)
+		class = policy.Classify(addr)
 		what := "an IP address, checked as it is"
-		if kind != "" {
-			what = fmt.Sprintf("an IP address: %s address", article(kind))
+		if class.Refused() {
+			what = "an IP address: " + class.Phrase()
 		}
 		line("target", "%s (%s)", t, what)
 	} else {
@@ -105,8 +105,8 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target) error {
 		}
 	}
 	switch {
-	case isIP && kind != "" && d.Allow:
-		line("note", "%s is %s address: it is allowed only because an allow cidr rule covers it", addr, article(kind))
+	case isIP && class.Refused() && d.Allow:
+		line("note", "%s is %s: it is allowed only because an allow cidr rule covers it", addr, class.Phrase())
 	case !isIP && d.Allow:
 		line("note", "if %s resolves to a private, loopback, link-local or metadata address, the proxy refuses it unless an allow cidr rule covers that address", t.Host)
 	}
@@ -134,11 +134,4 @@ func otherMatches(p *policy.Policy, t policy.Target, decided *policy.Rule) []str
 		}
 	}
 	return out
-}
-
-func article(kind string) string {
-	if strings.ContainsRune("aeiou", rune(kind[0])) {
-		return "an " + kind
-	}
-	return "a " + kind
 }

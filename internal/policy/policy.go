@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/secrets"
 )
 
 // Mode is how a policy treats targets that no allow rule names.
@@ -41,6 +43,11 @@ type Rule struct {
 	Host    string       // normalised name, "*.suffix" or "*"; empty for cidr rules
 	Prefix  netip.Prefix // valid for cidr rules
 	Ports   []int        // empty: any port
+
+	// Inject are the headers set from secrets on every request the rule allows; Secrets the secrets
+	// whose placeholders the rule's requests may carry. Both are empty on deny and cidr rules.
+	Inject  []secrets.Injection
+	Secrets []string
 
 	// id and allowReason are ID() and the reason of an allow by this rule, made once by
 	// Policy.prepare so that deciding a request formats no strings.
@@ -198,10 +205,10 @@ func (p *Policy) decideAddr(t Target, a netip.Addr, hostRule *Rule) (Decision, *
 			break
 		}
 	}
-	if kind := SpecialKind(a); kind != "" && cidrRule == nil {
-		d := p.deny(CodeSpecialAddr, nil, t, fmt.Sprintf("%s resolves to %s, a %s address, which is refused unless an allow rule with a cidr covers it", t.Host, a, kind))
+	if c := Classify(a); c.Refused() && cidrRule == nil {
+		d := p.deny(CodeSpecialAddr, nil, t, fmt.Sprintf("%s resolves to %s, %s, which is refused unless an allow rule with a cidr covers it", t.Host, a, c.Phrase()))
 		if t.Host == a.String() {
-			d.Reason = fmt.Sprintf("%s is a %s address, which is refused unless an allow rule with a cidr covers it", a, kind)
+			d.Reason = fmt.Sprintf("%s is %s, which is refused unless an allow rule with a cidr covers it", a, c.Phrase())
 		}
 		d.Fix = fmt.Sprintf("if this destination is intended, add to allow in %s: - {cidr: \"%s/%d\", ports: [%d]}", p.sourceName(), a, a.BitLen(), t.Port)
 		return d, nil
