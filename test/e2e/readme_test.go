@@ -219,7 +219,7 @@ func startReadmeShell(t *testing.T) *readmeShell {
 	if runtime.GOOS != "linux" {
 		t.Skip("the README test runs in a network namespace: Linux only")
 	}
-	needTools(t, "bash", "unshare", "ip", "curl", "python3")
+	needTools(t, "bash", "unshare", "ip", "curl", "python3", "openssl")
 	work, tmp, dir, home := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
 	// In a terminal curl shows no progress meter for a body it prints; here its output is a file.
 	if err := os.WriteFile(filepath.Join(home, ".curlrc"), []byte("no-progress-meter\n"), 0o644); err != nil {
