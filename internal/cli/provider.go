@@ -104,7 +104,7 @@ func newProviderCmd() *cobra.Command {
 				Broker:       broker,
 				TLS:          tlsCfg,
 				Credentials:  creds,
-				Dialer:       &dial.Direct{Policy: holder.Load, Timeout: dialTimeout},
+				Dialer:       dial.Deciding{Policy: holder.Load, Dialer: &dial.Direct{Policy: holder.Load, Timeout: dialTimeout}},
 				RefusalNote:  refusalNote(policyFile, allowTargets),
 				Config:       cfg,
 				Backoff:      tunnel.Backoff{AuthRetry: authRetry},

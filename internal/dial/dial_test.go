@@ -68,7 +68,7 @@ func target(host string, port int) *Request {
 func TestResolveOnceDialChecked(t *testing.T) {
 	res := &rebindingResolver{}
 	rec := &recorder{}
-	d := &Direct{Policy: policy.Default, Resolver: res, DialContext: rec.DialContext}
+	d := Deciding{Policy: policy.Default, Dialer: &Direct{Policy: policy.Default, Resolver: res, DialContext: rec.DialContext}}
 	req := target("rebind.example", 443)
 	c, err := d.Dial(context.Background(), req)
 	if err != nil {
@@ -112,7 +112,8 @@ func TestDirectRefusals(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := &recorder{}
-			d := &Direct{Policy: func() *policy.Policy { return tt.pol }, Resolver: tt.resolver, DialContext: rec.DialContext}
+			pol := func() *policy.Policy { return tt.pol }
+			d := Deciding{Policy: pol, Dialer: &Direct{Policy: pol, Resolver: tt.resolver, DialContext: rec.DialContext}}
 			_, err := d.Dial(context.Background(), tt.req)
 			var de *Error
 			if !errors.As(err, &de) || de.Kind != KindDenied || de.Decision == nil {
@@ -122,6 +123,25 @@ func TestDirectRefusals(t *testing.T) {
 				t.Fatalf("dialed %v", rec.addrs)
 			}
 		})
+	}
+}
+
+// TestDirectRefusesUndecided: the direct dialer refuses a request whose decision is not an allow
+// (none made, a denial, a denial with the policy allowing everything) without a lookup or a dial.
+func TestDirectRefusesUndecided(t *testing.T) {
+	for _, d := range []policy.Decision{{}, {Code: policy.CodeDeniedByRule, Reason: "denied by rule deny#1"}} {
+		res, rec := &rebindingResolver{}, &recorder{}
+		dd := &Direct{Policy: policy.Default, Resolver: res, DialContext: rec.DialContext}
+		req := target("x.example", 443)
+		req.Decision = d
+		_, err := dd.Dial(context.Background(), req)
+		var de *Error
+		if !errors.As(err, &de) || de.Kind != KindDenied || de.Decision == nil || de.Decision.Code == "" {
+			t.Fatalf("decision %+v: %v, want a refusal with a code", d, err)
+		}
+		if res.calls != 0 || len(rec.addrs) != 0 {
+			t.Fatalf("decision %+v: %d lookups, dialed %v", d, res.calls, rec.addrs)
+		}
 	}
 }
 
@@ -152,8 +172,10 @@ func TestDialsNextCheckedAddress(t *testing.T) {
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port // nothing listens on 127.0.0.2 at this port: refused
 	pol, _ := policy.Parse("p.yaml", []byte("mode: discovery\nallow:\n  - cidr: 127.0.0.0/8\n"))
+	req := target("two.example", port)
+	req.Decision = pol.Decide(req.Target, nil)
 	d := &Direct{Policy: func() *policy.Policy { return pol }, Resolver: staticResolver{"127.0.0.2", "127.0.0.1"}, Timeout: 5 * time.Second}
-	c, err := d.Dial(context.Background(), target("two.example", port))
+	c, err := d.Dial(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,18 @@ type RuleSpec struct {
 	Host    string `yaml:"host,omitempty"`
 	CIDR    string `yaml:"cidr,omitempty"`
 	Ports   []int  `yaml:"ports,omitempty,flow"`
+
+	// Inject sets headers on every request the rule allows, from the secrets file (allow rules only).
+	Inject []InjectSpec `yaml:"inject,omitempty"`
+	// Secrets names the secrets whose placeholders may appear in the rule's requests (allow rules only).
+	Secrets []string `yaml:"secrets,omitempty,flow"`
+}
+
+// InjectSpec is one entry of a rule's inject: a header and its value, in which {{secret:NAME}} stands
+// for the value of secret NAME, e.g. "Bearer {{secret:github}}".
+type InjectSpec struct {
+	Header string `yaml:"header"`
+	Value  string `yaml:"value"`
 }
 
 // CurrentVersion is the newest file format version this build reads.
@@ -144,6 +156,11 @@ func (s RuleSpec) rule(list string, index, line int) (Rule, error) {
 		}
 	}
 	r.Ports = s.Ports
+	inject, secretNames, err := s.secretFields(list, r)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	r.Inject, r.Secrets = inject, secretNames
 	return r, errors.Join(errs...)
 }
 
@@ -217,12 +234,13 @@ func ruleLines(doc *yaml.Node) lineIndex {
 var yamlLineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): `)
 
 // unknownKeyRE matches yaml's message for a key that the file format does not have.
-var unknownKeyRE = regexp.MustCompile(`^field (\S+) not found in type policy\.(File|RuleSpec)$`)
+var unknownKeyRE = regexp.MustCompile(`^field (\S+) not found in type policy\.(File|RuleSpec|InjectSpec)$`)
 
 // knownKeys names, for each type of the file format, what it is and the keys it has.
 var knownKeys = map[string]struct{ what, keys string }{
-	"File":     {"policy file", "version, mode, allow, deny"},
-	"RuleSpec": {"rule", "host, cidr, ports, name, comment"},
+	"File":       {"policy file", "version, mode, allow, deny"},
+	"RuleSpec":   {"rule", "host, cidr, ports, name, comment, inject, secrets"},
+	"InjectSpec": {"header injection", "header, value"},
 }
 
 // yamlMessage turns yaml.v3's "yaml: line 3: problem" into "name:3: problem", so that every message

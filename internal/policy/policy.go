@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/secrets"
 )
 
 // Mode is how a policy treats targets that no allow rule names.
@@ -41,6 +43,11 @@ type Rule struct {
 	Host    string       // normalised name, "*.suffix" or "*"; empty for cidr rules
 	Prefix  netip.Prefix // valid for cidr rules
 	Ports   []int        // empty: any port
+
+	// Inject are the headers set from secrets on every request the rule allows; Secrets the secrets
+	// whose placeholders the rule's requests may carry. Both are empty on deny and cidr rules.
+	Inject  []secrets.Injection
+	Secrets []string
 
 	// id and allowReason are ID() and the reason of an allow by this rule, made once by
 	// Policy.prepare so that deciding a request formats no strings.

@@ -412,6 +412,10 @@ func orNone(s string) string {
 // provider's own kind and reason when it refused or failed to connect.
 func (b *Broker) Dial(ctx context.Context, req *dial.Request) (net.Conn, error) {
 	b.init()
+	if err := dial.Refuse(req); err != nil {
+		b.Metrics.open(dial.KindDenied.String())
+		return nil, err
+	}
 	if d := req.Decision; d.Pending {
 		// The broker's policy admits this name only if its addresses fall in an allow cidr rule, but
 		// the provider resolves the name on its own network: the broker cannot check that, so it

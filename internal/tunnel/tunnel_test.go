@@ -174,7 +174,7 @@ func (e *env) provider(session string, targets string, mod func(*Provider)) *tes
 		Broker:       e.addr,
 		TLS:          e.clientTLS,
 		Credentials:  func() (string, string, error) { return session, tk.Token, nil },
-		Dialer:       &dial.Direct{Policy: func() *policy.Policy { return pol }, Timeout: 2 * time.Second},
+		Dialer:       dial.Deciding{Policy: func() *policy.Policy { return pol }, Dialer: &dial.Direct{Policy: func() *policy.Policy { return pol }, Timeout: 2 * time.Second}},
 		Backoff:      Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond, AuthRetry: time.Hour},
 		DrainTimeout: 5 * time.Second,
 		Logger:       slog.New(slog.NewTextHandler(tp.logs, nil)),
@@ -234,7 +234,8 @@ func targetOf(t testing.TB, a net.Addr) policy.Target {
 }
 
 func req(session string, target policy.Target) *dial.Request {
-	return &dial.Request{Target: target, ID: "req-1", Session: session, Client: "127.0.0.1"}
+	return &dial.Request{Target: target, ID: "req-1", Session: session, Client: "127.0.0.1",
+		Decision: policy.Decision{Allow: true, Code: policy.CodeDiscovery}}
 }
 
 func TestOpenAndRelay(t *testing.T) {
@@ -325,7 +326,7 @@ func TestDialFailures(t *testing.T) {
 	ids := map[string]string{
 		"public": e.provider("public", "public", nil).waitConnected(t),
 		"loop":   e.provider("loop", "loopback", func(p *Provider) { p.RefusalNote = "loopback only" }).waitConnected(t),
-		"dns":    e.provider("dns", "any", func(p *Provider) { p.Dialer.(*dial.Direct).Resolver = fakeResolver{} }).waitConnected(t),
+		"dns":    e.provider("dns", "any", func(p *Provider) { p.Dialer.(dial.Deciding).Dialer.(*dial.Direct).Resolver = fakeResolver{} }).waitConnected(t),
 	}
 	silentProvider(t, e, "silent")
 	waitFor(t, "silent provider", func() bool { return len(e.broker.Providers("silent")) == 1 })
@@ -935,7 +936,7 @@ func TestSlowReaderDoesNotStallOtherStreams(t *testing.T) {
 	stalledTarget := streamTarget(t)
 	var fromStalled atomic.Int64 // bytes the provider took from the stalled stream's target
 	e.provider("s1", "loopback", func(p *Provider) {
-		p.Dialer.(*dial.Direct).DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		p.Dialer.(dial.Deciding).Dialer.(*dial.Direct).DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 			if err == nil && addr == stalledTarget.String() {
 				c = &countingConn{Conn: c, n: &fromStalled}
