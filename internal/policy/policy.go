@@ -41,6 +41,11 @@ type Rule struct {
 	Host    string       // normalised name, "*.suffix" or "*"; empty for cidr rules
 	Prefix  netip.Prefix // valid for cidr rules
 	Ports   []int        // empty: any port
+	// Inspect: connections this rule allows have their HTTPS terminated and each request decided by
+	// DecideRequest (set by http, access or inspect: true).
+	Inspect bool
+	// HTTP lists what requests the rule allows when it inspects; nil with Inspect allows every request.
+	HTTP []HTTPEntry
 
 	// id and allowReason are ID() and the reason of an allow by this rule, made once by
 	// Policy.prepare so that deciding a request formats no strings.
@@ -70,6 +75,9 @@ func (r *Rule) Describe(source string) string {
 	}
 	if len(r.Ports) > 0 {
 		what += fmt.Sprintf(", ports %v", r.Ports)
+	}
+	if r.Inspect {
+		what += ", inspected"
 	}
 	if source != "" && r.Line > 0 {
 		what += fmt.Sprintf(", %s line %d", source, r.Line)
