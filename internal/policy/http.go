@@ -106,7 +106,7 @@ func (s HTTPSpec) entry(line int) (HTTPEntry, error) {
 		errs = append(errs, errors.New("methods is missing: list the methods this entry allows, e.g. [GET, HEAD]"))
 	}
 	for _, m := range s.Methods {
-		if err := checkMethod(m); err != nil {
+		if err := CheckMethod(m); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -128,9 +128,9 @@ func (s HTTPSpec) entry(line int) (HTTPEntry, error) {
 	return e, errors.Join(errs...)
 }
 
-// checkMethod checks that m is an HTTP method token. Methods are case-sensitive; a lower-case
+// CheckMethod checks that m is an HTTP method token. Methods are case-sensitive; a lower-case
 // spelling of a standard method is refused as the mistake it almost always is.
-func checkMethod(m string) error {
+func CheckMethod(m string) error {
 	if m == "" {
 		return errors.New("method \"\" is empty")
 	}
