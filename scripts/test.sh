@@ -1,28 +1,58 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the end-to-end tests need (Debian packages, Go tools) when it is
-# missing, then runs formatting, vet, staticcheck and every test with the race detector.
+# missing, then runs formatting, vet, staticcheck and every test with the race detector, and ends with
+# the line "N passed, N failed, N skipped".
+#
+# It never stops or kills a process it did not start: the tests run their own sshd, Squid and
+# tinyproxy on ports the kernel picks and stop them by PID, so a system service on a default port
+# does not matter to them. The one exception is a service that this run's apt-get install started
+# itself: it is stopped right after the install, and the script says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the end-to-end tests use as real clients, servers and network tools.
+# Debian packages the end-to-end tests use as real clients, servers and network tools: command:package.
 need=()
 for pair in curl:curl ssh:openssh-client sshd:openssh-server git:git pip3:python3-pip \
             npm:npm node:nodejs ip:iproute2 iptables:iptables nft:nftables squid:squid tinyproxy:tinyproxy \
-            docker-compose:docker-compose fish:fish; do
+            docker-compose:docker-compose fish:fish openssl:openssl python3:python3; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
+
+# service_of names the systemd units a package's install may start.
+service_of() {
+  case "$1" in
+    openssh-server) echo ssh.service ssh.socket ;;
+    squid) echo squid.service ;;
+    tinyproxy) echo tinyproxy.service ;;
+  esac
+}
+
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  systemd=false
+  [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1 && systemd=true
+  # Units that were already running before the install are the machine's own: never touched.
+  units=() was_active=()
+  for pkg in "${need[@]}"; do
+    for unit in $(service_of "$pkg"); do
+      units+=("$unit")
+      if $systemd && systemctl is-active --quiet "$unit"; then was_active+=(yes); else was_active+=(no); fi
+    done
+  done
   echo "installing: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  if $systemd; then
+    for i in "${!units[@]}"; do
+      unit=${units[$i]}
+      if [ "${was_active[$i]}" = no ] && systemctl is-active --quiet "$unit"; then
+        echo "stopping $unit: this run's apt-get install started it (on its default port); the tests start their own"
+        $SUDO systemctl stop "$unit"
+      fi
+    done
+  fi
 fi
-# Packaged services must not keep running on their default ports after install: tests start their own.
-for svc in squid tinyproxy ssh; do
-  command -v systemctl >/dev/null 2>&1 && systemctl stop "$svc" >/dev/null 2>&1 || true
-  pkill -x "$svc" >/dev/null 2>&1 || true
-done
 
 export PATH="$(go env GOPATH)/bin:$PATH"
 command -v staticcheck >/dev/null || go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -31,4 +61,10 @@ unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go')
 if [ -n "$unformatted" ]; then echo "gofmt needed:"; echo "$unformatted"; exit 1; fi
 go vet ./...
 staticcheck ./...
-go test -race -count=1 -timeout 25m ./...
+
+# go test -json carries every test's outcome, skips included (invisible in go test's own output without
+# -v); testsummary prints each package's line, the output of failed tests, the skip reasons and the counts.
+summary=$(mktemp -d)
+trap 'rm -rf "$summary"' EXIT
+go build -o "$summary/testsummary" ./scripts/testsummary
+go test -json -race -count=1 -timeout 25m ./... 2>&1 | "$summary/testsummary"

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -219,6 +221,10 @@ deny:
 		{"db.internal:5432", []string{"decision      allow only if every address it resolves to is in an allow cidr rule, else deny",
 			"              db (cidr 10.20.0.0/16, ports [5432]"}},
 		{"[::1]:8080", []string{"target        [::1]:8080 (an IP address: a loopback address)", "decision      deny\n"}},
+		{"[64:ff9b::a9fe:a9fe]:80", []string{"(an IP address: a NAT64 address that carries 169.254.169.254, a cloud metadata address)",
+			"decision deny\n", "rule none (private_address)"}},
+		{"[2002:7f00:1::1]:443", []string{"(an IP address: a 6to4 address that carries 127.0.0.1, a loopback address)", "decision deny\n"}},
+		{"[fec0::1]:443", []string{"(an IP address: a site-local (deprecated) address)", "decision deny\n"}},
 	} {
 		t.Run(c.target, func(t *testing.T) {
 			r := runCLI(t, "", "policy", "explain", pol, c.target)
@@ -241,5 +247,30 @@ deny:
 	}
 	if _, err := policy.Load(pol); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// ownMachine is an injected list of the machine's own addresses.
+type ownMachine []netip.Addr
+
+func (m ownMachine) Owns(a netip.Addr) bool { return slices.Contains(m, a) }
+
+// TestPolicyExplainOwnAddress: explain refuses an address of the machine it runs on, as the proxy does.
+func TestPolicyExplainOwnAddress(t *testing.T) {
+	p, err := policy.Parse("policy.yaml", []byte("mode: discovery\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := ownMachine{netip.MustParseAddr("192.31.196.1")}
+	var b strings.Builder
+	if err := explain(&b, p, policy.Target{Host: "192.31.196.1", Port: 9393}, own, nil); err != nil {
+		t.Fatal(err)
+	}
+	out := strings.Join(strings.Fields(b.String()), " ")
+	for _, w := range []string{"(an IP address: an address of this machine)", "decision deny",
+		"reason 192.31.196.1 is an address of this machine, which is refused unless an allow rule with a cidr covers it"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q:\n%s", w, b.String())
+		}
 	}
 }

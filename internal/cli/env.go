@@ -7,19 +7,22 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/agentenv"
+	"github.com/swarm-proxy/swarm-proxy/internal/secrets"
 )
 
 func newEnvCmd() *cobra.Command {
 	var (
-		cfg        agentenv.Config
-		ticketFile string
-		format     string
+		cfg         agentenv.Config
+		ticketFile  string
+		format      string
+		secretsFile string
 	)
 	cmd := &cobra.Command{
 		Use:   "env",
@@ -32,6 +35,7 @@ from "swarm-proxy ticket --json" go in the proxy URLs as percent-encoded user an
   swarm-proxy env --format fish | source                        # fish
   swarm-proxy env --format dockerfile >> Dockerfile
   swarm-proxy env --format compose                              # an environment: block for compose.yaml
+  swarm-proxy env --secrets secrets.yaml                        # GITHUB_TOKEN=swarm-proxy-secret:github ...
 
 With --ca (HTTPS inspection, see docs/inspection.md) it adds the variables that make common tools
 trust the inspection CA: SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, GIT_SSL_CAINFO, PIP_CERT,
@@ -62,6 +66,11 @@ build context: the output copies it into the image's trust store and points the 
 			if err != nil {
 				return err
 			}
+			if secretsFile != "" {
+				if vars, err = withPlaceholders(vars, secretsFile); err != nil {
+					return err
+				}
+			}
 			return agentenv.Render(w, agentenv.Format(format), vars)
 		},
 	}
@@ -76,6 +85,7 @@ build context: the output copies it into the image's trust store and points the 
 	f.StringSliceVar(&cfg.NoProxy, "no-proxy", nil, "hosts, domains (.example.com) or CIDRs that bypass the proxy, added to "+strings.Join(agentenv.DefaultNoProxy, ","))
 	f.StringVar(&cfg.CA, "ca", "", "inspection CA certificate (ca.pem) as the agent sees it: adds the variables that make tools trust it")
 	f.StringVar(&cfg.CABundle, "ca-bundle", "", "system roots plus the CA (swarm-proxy ca bundle) as the agent sees it (default: "+agentenv.DefaultBundleName+" beside --ca)")
+	f.StringVar(&secretsFile, "secrets", "", "the proxy's secrets file: add each secret's placeholder_env set to its placeholder (swarm-proxy-secret:NAME); values are not read")
 	f.StringVar(&format, "format", string(agentenv.FormatSh), "output format: "+strings.Join(formats, ", "))
 	return cmd
 }
@@ -124,4 +134,23 @@ func caPaths(cmd *cobra.Command, cfg *agentenv.Config, f agentenv.Format) error 
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// withPlaceholders adds, for each secret of the secrets file that has a placeholder_env, that variable
+// set to the secret's placeholder. The values are not read: the agent gets only placeholders.
+func withPlaceholders(vars []agentenv.Var, path string) ([]agentenv.Var, error) {
+	f, err := secrets.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("env: %w", err)
+	}
+	for _, s := range f.Specs {
+		if s.PlaceholderEnv == "" {
+			continue
+		}
+		if slices.ContainsFunc(vars, func(v agentenv.Var) bool { return strings.EqualFold(v.Name, s.PlaceholderEnv) }) {
+			return nil, fmt.Errorf("env: %s:%d: placeholder_env %s of secret %q is a variable that env sets itself", path, s.Line, s.PlaceholderEnv, s.Name)
+		}
+		vars = append(vars, agentenv.Var{Name: s.PlaceholderEnv, Value: secrets.Placeholder(s.Name)})
+	}
+	return vars, nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/swarm-proxy/swarm-proxy/internal/hostaddr"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
@@ -21,7 +22,8 @@ func newPolicyExplainCmd() *cobra.Command {
 		Long: `Decide HOST[:PORT] with the policy in FILE as the proxy would before dialing, and print the rule
 that decides, the reason, what to change for the other outcome, and the other rules that match.
 PORT defaults to 443. An IP address is checked as it is, including the rule that refuses private,
-loopback, link-local and metadata addresses unless an allow cidr rule covers them; a name is
+loopback, link-local and metadata addresses and this machine's own addresses unless an allow cidr
+rule covers them; a name is
 checked by its rules here, and its addresses are checked again when the proxy resolves it at dial
 time. With METHOD PATH (the path as the client sends it, query allowed), a request to a host whose
 rule inspects is decided too: by the rule's http entries, and refused when its path is ambiguous.`,
@@ -50,7 +52,7 @@ rule inspects is decided too: by the rule's http entries, and refused when its p
 			if len(args) == 4 {
 				req = &explainRequest{method: args[2], path: policy.PathOf(args[3])}
 			}
-			return explain(cmd.OutOrStdout(), p, t, req)
+			return explain(cmd.OutOrStdout(), p, t, hostaddr.Default(), req)
 		},
 	}
 }
@@ -58,17 +60,20 @@ rule inspects is decided too: by the rule's http entries, and refused when its p
 // explainRequest is the METHOD PATH of an explain, when given.
 type explainRequest struct{ method, path string }
 
-func explain(w io.Writer, p *policy.Policy, t policy.Target, req *explainRequest) error {
+func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Machine, req *explainRequest) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	line := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, a...)) }
 
 	addr, isIP := t.Addr()
-	kind := ""
+	phrase := ""
 	if isIP {
-		kind = policy.SpecialKind(addr)
+		// Explained on the machine that runs it: its own addresses are refused like loopback.
+		if phrase = policy.Classify(addr).Phrase(); phrase == "" && machine.Owns(addr) {
+			phrase = policy.ThisMachine
+		}
 		what := "an IP address, checked as it is"
-		if kind != "" {
-			what = fmt.Sprintf("an IP address: %s address", article(kind))
+		if phrase != "" {
+			what = "an IP address: " + phrase
 		}
 		line("target", "%s (%s)", t, what)
 	} else {
@@ -76,7 +81,7 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target, req *explainRequest
 	}
 	line("policy", "%s (mode %s, %d allow and %d deny rules)", p.Source, p.Mode, len(p.Allow), len(p.Deny))
 
-	d := p.Decide(t, nil)
+	d := p.DecideOn(machine, t, nil)
 	if d.Allow && !d.Pending && req != nil {
 		if rd := p.DecideRequest(d, req.method, req.path); !rd.Allow {
 			line("request", "%s %s", req.method, req.path)
@@ -145,8 +150,8 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target, req *explainRequest
 		}
 	}
 	switch {
-	case isIP && kind != "" && d.Allow:
-		line("note", "%s is %s address: it is allowed only because an allow cidr rule covers it", addr, article(kind))
+	case isIP && phrase != "" && d.Allow:
+		line("note", "%s is %s: it is allowed only because an allow cidr rule covers it", addr, phrase)
 	case !isIP && d.Allow:
 		line("note", "if %s resolves to a private, loopback, link-local or metadata address, the proxy refuses it unless an allow cidr rule covers that address", t.Host)
 	}
@@ -186,11 +191,4 @@ func otherMatches(p *policy.Policy, t policy.Target, decided *policy.Rule) []str
 		}
 	}
 	return out
-}
-
-func article(kind string) string {
-	if strings.ContainsRune("aeiou", rune(kind[0])) {
-		return "an " + kind
-	}
-	return "a " + kind
 }

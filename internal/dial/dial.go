@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/swarm-proxy/swarm-proxy/internal/hostaddr"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
@@ -29,8 +30,38 @@ type Request struct {
 }
 
 // Dialer opens a connection to a request's target.
+//
+// The contract every Dialer keeps: it refuses (a KindDenied *Error) a request whose Decision is not
+// an allow, and it does not decide the target's name again; a Dialer that resolves names checks only
+// the addresses it resolved.
 type Dialer interface {
 	Dial(ctx context.Context, req *Request) (net.Conn, error)
+}
+
+// Refuse returns the refusal of a request whose decision is not an allow, or nil. Every Dialer
+// calls it first.
+func Refuse(req *Request) error {
+	if req.Decision.Allow {
+		return nil
+	}
+	d := req.Decision
+	if d.Code == "" {
+		d.Code, d.Reason = policy.CodeNoRule, "the request reached the dialer with no policy decision"
+	}
+	return Denied(req.Target, d)
+}
+
+// Deciding is a Dialer for callers that are not a proxy front end (a tunnel provider serving the
+// broker's open requests): it makes the name-stage decision under Policy, then dials with Dialer.
+type Deciding struct {
+	Policy func() *policy.Policy
+	Dialer Dialer
+}
+
+// Dial decides req's target by name and, when allowed, dials it.
+func (d Deciding) Dial(ctx context.Context, req *Request) (net.Conn, error) {
+	req.Decision = d.Policy().Decide(req.Target, nil)
+	return d.Dialer.Dial(ctx, req)
 }
 
 // Kind classifies dial failures; front ends turn kinds into status codes in one place.
@@ -134,17 +165,19 @@ type Direct struct {
 	Timeout time.Duration
 	// Observe, when set, is told how long each successful connect took.
 	Observe func(time.Duration)
+	// Machine reports this machine's own addresses, refused like loopback unless an allow cidr
+	// rule covers them; nil means the addresses of this machine's interfaces (hostaddr.Default).
+	Machine policy.Machine
 }
 
-// Dial resolves the target once, checks every address against the policy and dials the checked
-// addresses in order until one answers.
+// Dial refuses a request its front end did not allow, resolves the target once, checks every
+// address against the policy and dials the checked addresses in order until one answers.
 func (d *Direct) Dial(ctx context.Context, req *Request) (net.Conn, error) {
+	if err := Refuse(req); err != nil {
+		return nil, err
+	}
 	t := req.Target
 	pol := d.Policy()
-	dec := pol.Decide(t, nil)
-	if !dec.Allow {
-		return nil, Denied(t, dec)
-	}
 	timeout := d.Timeout
 	if timeout == 0 {
 		timeout = DefaultTimeout
@@ -156,7 +189,11 @@ func (d *Direct) Dial(ctx context.Context, req *Request) (net.Conn, error) {
 	if err != nil {
 		return nil, Classify(t, err)
 	}
-	dec = pol.Decide(t, addrs)
+	m := d.Machine
+	if m == nil {
+		m = hostaddr.Default()
+	}
+	dec := pol.DecideOn(m, t, addrs)
 	if !dec.Allow {
 		return nil, Denied(t, dec)
 	}

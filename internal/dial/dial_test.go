@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ func (r *rebindingResolver) LookupNetIP(context.Context, string, string) ([]neti
 	defer r.mu.Unlock()
 	r.calls++
 	if r.calls == 1 {
-		return []netip.Addr{netip.MustParseAddr("192.0.2.10")}, nil
+		return []netip.Addr{netip.MustParseAddr("93.184.215.14")}, nil
 	}
 	return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
 }
@@ -68,15 +69,15 @@ func target(host string, port int) *Request {
 func TestResolveOnceDialChecked(t *testing.T) {
 	res := &rebindingResolver{}
 	rec := &recorder{}
-	d := &Direct{Policy: policy.Default, Resolver: res, DialContext: rec.DialContext}
+	d := Deciding{Policy: policy.Default, Dialer: &Direct{Policy: policy.Default, Resolver: res, DialContext: rec.DialContext}}
 	req := target("rebind.example", 443)
 	c, err := d.Dial(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
-	if res.calls != 1 || len(rec.addrs) != 1 || rec.addrs[0] != "192.0.2.10:443" {
-		t.Fatalf("lookups %d, dialed %v; want one lookup and 192.0.2.10:443", res.calls, rec.addrs)
+	if res.calls != 1 || len(rec.addrs) != 1 || rec.addrs[0] != "93.184.215.14:443" {
+		t.Fatalf("lookups %d, dialed %v; want one lookup and 93.184.215.14:443", res.calls, rec.addrs)
 	}
 	if req.Decision.Code != policy.CodeDiscovery {
 		t.Errorf("decision %+v not recorded on the request", req.Decision)
@@ -98,11 +99,22 @@ func TestDirectRefusals(t *testing.T) {
 		{"enforce refuses before resolving", enforce, staticResolver{"192.0.2.1"}, target("other.example", 443), false},
 		{"private answer refused", policy.Default(), staticResolver{"10.1.2.3", "fe80::1"}, target("x.example", 80), true},
 		{"metadata literal", policy.Default(), staticResolver{}, target("169.254.169.254", 80), false},
+		// IPv6 forms that carry a loopback or metadata IPv4 address, as literals and as AAAA answers.
+		{"NAT64 loopback literal", policy.Default(), staticResolver{}, target("64:ff9b::7f00:1", 80), false},
+		{"NAT64 metadata literal", policy.Default(), staticResolver{}, target("64:ff9b::a9fe:a9fe", 80), false},
+		{"6to4 loopback literal", policy.Default(), staticResolver{}, target("2002:7f00:1::1", 80), false},
+		{"6to4 metadata literal", policy.Default(), staticResolver{}, target("2002:a9fe:a9fe::1", 80), false},
+		{"IPv4-compatible loopback literal", policy.Default(), staticResolver{}, target("::7f00:1", 80), false},
+		{"IPv4-translated loopback literal", policy.Default(), staticResolver{}, target("::ffff:0:7f00:1", 80), false},
+		{"site-local literal", policy.Default(), staticResolver{}, target("fec0::1", 80), false},
+		{"AAAA answer NAT64 metadata", policy.Default(), staticResolver{"64:ff9b::a9fe:a9fe"}, target("aaaa.example", 80), true},
+		{"AAAA answer Teredo private", policy.Default(), staticResolver{"2001:0:4136:e378:8000:63bf:f5ff:fffe"}, target("teredo.example", 80), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := &recorder{}
-			d := &Direct{Policy: func() *policy.Policy { return tt.pol }, Resolver: tt.resolver, DialContext: rec.DialContext}
+			pol := func() *policy.Policy { return tt.pol }
+			d := Deciding{Policy: pol, Dialer: &Direct{Policy: pol, Resolver: tt.resolver, DialContext: rec.DialContext}}
 			_, err := d.Dial(context.Background(), tt.req)
 			var de *Error
 			if !errors.As(err, &de) || de.Kind != KindDenied || de.Decision == nil {
@@ -112,6 +124,25 @@ func TestDirectRefusals(t *testing.T) {
 				t.Fatalf("dialed %v", rec.addrs)
 			}
 		})
+	}
+}
+
+// TestDirectRefusesUndecided: the direct dialer refuses a request whose decision is not an allow
+// (none made, a denial, a denial with the policy allowing everything) without a lookup or a dial.
+func TestDirectRefusesUndecided(t *testing.T) {
+	for _, d := range []policy.Decision{{}, {Code: policy.CodeDeniedByRule, Reason: "denied by rule deny#1"}} {
+		res, rec := &rebindingResolver{}, &recorder{}
+		dd := &Direct{Policy: policy.Default, Resolver: res, DialContext: rec.DialContext}
+		req := target("x.example", 443)
+		req.Decision = d
+		_, err := dd.Dial(context.Background(), req)
+		var de *Error
+		if !errors.As(err, &de) || de.Kind != KindDenied || de.Decision == nil || de.Decision.Code == "" {
+			t.Fatalf("decision %+v: %v, want a refusal with a code", d, err)
+		}
+		if res.calls != 0 || len(rec.addrs) != 0 {
+			t.Fatalf("decision %+v: %d lookups, dialed %v", d, res.calls, rec.addrs)
+		}
 	}
 }
 
@@ -142,13 +173,76 @@ func TestDialsNextCheckedAddress(t *testing.T) {
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port // nothing listens on 127.0.0.2 at this port: refused
 	pol, _ := policy.Parse("p.yaml", []byte("mode: discovery\nallow:\n  - cidr: 127.0.0.0/8\n"))
+	req := target("two.example", port)
+	req.Decision = pol.Decide(req.Target, nil)
 	d := &Direct{Policy: func() *policy.Policy { return pol }, Resolver: staticResolver{"127.0.0.2", "127.0.0.1"}, Timeout: 5 * time.Second}
-	c, err := d.Dial(context.Background(), target("two.example", port))
+	c, err := d.Dial(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	if got := c.RemoteAddr().String(); got != ln.Addr().String() {
 		t.Fatalf("connected to %s, want %s", got, ln.Addr())
+	}
+}
+
+// machine is an injected list of this machine's own addresses.
+type machine []string
+
+func (m machine) Owns(a netip.Addr) bool {
+	for _, s := range m {
+		if netip.MustParseAddr(s) == a {
+			return true
+		}
+	}
+	return false
+}
+
+// TestOwnAddressesRefused: an address of the dialing machine is refused like loopback, as a literal
+// and as a name's answer, unless an allow cidr rule covers it; nothing is dialed when refused.
+func TestOwnAddressesRefused(t *testing.T) {
+	own := machine{"192.31.196.1", "2001:4:112::1"}
+	allowed, err := policy.Parse("p.yaml", []byte("mode: discovery\nallow:\n  - cidr: 192.31.196.1/32\n    ports: [9393]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		pol      *policy.Policy
+		resolver Resolver
+		req      *Request
+		dial     string // "" when refused
+	}{
+		{"own IPv4 literal", policy.Default(), staticResolver{}, target("192.31.196.1", 9393), ""},
+		{"own IPv6 literal", policy.Default(), staticResolver{}, target("2001:4:112::1", 9393), ""},
+		{"name answering an own address", policy.Default(), staticResolver{"2001:4:112::1"}, target("me.example", 9393), ""},
+		{"name answering own and other: only the other", policy.Default(), staticResolver{"192.31.196.1", "93.184.215.14"}, target("two.example", 443), "93.184.215.14:443"},
+		{"covered by an allow cidr rule", allowed, staticResolver{}, target("192.31.196.1", 9393), "192.31.196.1:9393"},
+		{"another machine's address", policy.Default(), staticResolver{}, target("192.31.196.2", 9393), "192.31.196.2:9393"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := &recorder{}
+			pol := func() *policy.Policy { return tt.pol }
+			d := Deciding{Policy: pol, Dialer: &Direct{Policy: pol, Resolver: tt.resolver, DialContext: rec.DialContext, Machine: own}}
+			c, err := d.Dial(context.Background(), tt.req)
+			if tt.dial == "" {
+				var de *Error
+				if !errors.As(err, &de) || de.Kind != KindDenied || !strings.Contains(de.Reason, "an address of this machine") {
+					t.Fatalf("err = %v, want a denial naming an address of this machine", err)
+				}
+				if len(rec.addrs) != 0 {
+					t.Fatalf("dialed %v", rec.addrs)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			if len(rec.addrs) != 1 || rec.addrs[0] != tt.dial {
+				t.Fatalf("dialed %v, want %s", rec.addrs, tt.dial)
+			}
+		})
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 )
 
 // HostRow is one line of the domain report: everything observed for one host.
@@ -27,6 +29,12 @@ type HostRow struct {
 	// PrivateRefused counts requests refused because the host is, or resolved to, a private,
 	// loopback, link-local or metadata address.
 	PrivateRefused int64 `json:"private_refused,omitempty"`
+	// Lookups counts the DNS guard's records for the name (any query type), LookupsRefused those
+	// it refused; they are not requests.
+	Lookups        int64 `json:"lookups,omitempty"`
+	LookupsRefused int64 `json:"lookups_refused,omitempty"`
+	// LookupOnly marks a name that was looked up but never connected to.
+	LookupOnly bool `json:"lookup_only,omitempty"`
 }
 
 type hostAgg struct {
@@ -58,13 +66,20 @@ func (d *Domains) Add(e *Entry) {
 		d.hosts[e.Host] = h
 	}
 	r := &h.row
-	r.Requests++
-	if e.Blocked() {
+	switch {
+	case e.Method == accesslog.MethodDNS:
+		r.Lookups++
+		if e.Blocked() {
+			r.LookupsRefused++
+		}
+	case e.Blocked():
+		r.Requests++
 		r.Blocked++
 		if e.Error == ErrorPrivateAddress {
 			r.PrivateRefused++
 		}
-	} else {
+	default:
+		r.Requests++
 		r.Allowed++
 		if e.Error != "" {
 			r.Failed++
@@ -78,7 +93,7 @@ func (d *Domains) Add(e *Entry) {
 	if e.Time.After(r.LastSeen) {
 		r.LastSeen = e.Time
 	}
-	if e.Method != "" && !slices.Contains(h.methods, e.Method) {
+	if e.Method != "" && e.Method != accesslog.MethodDNS && !slices.Contains(h.methods, e.Method) {
 		h.methods = append(h.methods, e.Method)
 	}
 	if e.Port != 0 && !slices.Contains(h.ports, e.Port) {
@@ -107,6 +122,7 @@ func (d *Domains) Rows() []HostRow {
 		r.Methods = slices.Sorted(slices.Values(h.methods))
 		r.Ports = slices.Sorted(slices.Values(h.ports))
 		r.Clients = slices.SortedFunc(maps.Keys(h.clients), compareAddrs)
+		r.LookupOnly = r.Requests == 0 && r.Lookups > 0
 		if len(h.sessions) > 0 {
 			r.Sessions = slices.Sorted(maps.Keys(h.sessions))
 		}
@@ -114,6 +130,9 @@ func (d *Domains) Rows() []HostRow {
 	}
 	slices.SortFunc(rows, func(a, b HostRow) int {
 		if c := cmp.Compare(b.Requests, a.Requests); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(b.Lookups, a.Lookups); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.Host, b.Host)
@@ -149,6 +168,7 @@ type Group struct {
 	Key      string    `json:"key"`
 	Requests int64     `json:"requests"`
 	Blocked  int64     `json:"blocked"`
+	Lookups  int64     `json:"lookups,omitempty"`
 	Hosts    []HostRow `json:"hosts"`
 }
 
@@ -186,6 +206,7 @@ func (g *Grouped) Groups() []Group {
 		for _, r := range gr.Hosts {
 			gr.Requests += r.Requests
 			gr.Blocked += r.Blocked
+			gr.Lookups += r.Lookups
 		}
 		out = append(out, gr)
 	}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/publicsuffix"
 	"gopkg.in/yaml.v3"
 
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
@@ -67,6 +68,7 @@ func NewGenerator(opts GenerateOptions) (*Generator, error) {
 // never widen the policy beyond one real host.
 func (g *Generator) Add(e *Entry) {
 	switch {
+	case e.Method == accesslog.MethodDNS: // a lookup is not a connection: it needs no rule
 	case e.Blocked() && e.Error == ErrorPrivateAddress:
 		g.private[e.Host]++
 	case e.Blocked() && g.opts.ExcludeBlocked:

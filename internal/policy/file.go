@@ -38,6 +38,18 @@ type RuleSpec struct {
 	Access string `yaml:"access,omitempty"`
 	// Inspect true inspects and logs every request and allows each one; false is refused with http or access.
 	Inspect *bool `yaml:"inspect,omitempty"`
+
+	// Inject sets headers on every request the rule allows, from the secrets file (allow rules only).
+	Inject []InjectSpec `yaml:"inject,omitempty"`
+	// Secrets names the secrets whose placeholders may appear in the rule's requests (allow rules only).
+	Secrets []string `yaml:"secrets,omitempty,flow"`
+}
+
+// InjectSpec is one entry of a rule's inject: a header and its value, in which {{secret:NAME}} stands
+// for the value of secret NAME, e.g. "Bearer {{secret:github}}".
+type InjectSpec struct {
+	Header string `yaml:"header"`
+	Value  string `yaml:"value"`
 }
 
 // CurrentVersion is the newest file format version this build reads.
@@ -202,6 +214,11 @@ func (s RuleSpec) rule(list string, index, line int) (Rule, error) {
 		}
 	}
 	r.Ports = s.Ports
+	inject, secretNames, err := s.secretFields(list, r)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	r.Inject, r.Secrets = inject, secretNames
 	return r, errors.Join(errs...)
 }
 
@@ -323,13 +340,14 @@ func ruleKeyLines(item *yaml.Node) httpLines {
 var yamlLineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): `)
 
 // unknownKeyRE matches yaml's message for a key that the file format does not have.
-var unknownKeyRE = regexp.MustCompile(`^field (\S+) not found in type policy\.(File|RuleSpec|HTTPSpec)$`)
+var unknownKeyRE = regexp.MustCompile(`^field (\S+) not found in type policy\.(File|RuleSpec|HTTPSpec|InjectSpec)$`)
 
 // knownKeys names, for each type of the file format, what it is and the keys it has.
 var knownKeys = map[string]struct{ what, keys string }{
-	"File":     {"policy file", "version, mode, allow, deny"},
-	"RuleSpec": {"rule", "host, cidr, ports, name, comment, http, access, inspect"},
-	"HTTPSpec": {"http entry", "methods, paths"},
+	"File":       {"policy file", "version, mode, allow, deny"},
+	"RuleSpec":   {"rule", "host, cidr, ports, name, comment, http, access, inspect, inject, secrets"},
+	"HTTPSpec":   {"http entry", "methods, paths"},
+	"InjectSpec": {"header injection", "header, value"},
 }
 
 // yamlMessage turns yaml.v3's "yaml: line 3: problem" into "name:3: problem", so that every message

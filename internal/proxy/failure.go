@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 )
 
@@ -18,6 +19,9 @@ const (
 	HeaderError     = "X-Swarm-Proxy-Error"
 	HeaderRequestID = "X-Swarm-Proxy-Request-Id"
 )
+
+// ownHeaders are the headers only swarm-proxy may set: they are removed from targets' responses.
+var ownHeaders = []string{HeaderDecision, HeaderError, HeaderRequestID}
 
 // Failure is why a request got no upstream, in a form every front end can report: an HTTP status,
 // a machine-readable kind, a human reason and what to change.
@@ -37,7 +41,7 @@ type Failure struct {
 func FailureOf(err error) *Failure {
 	var de *dial.Error
 	if !errors.As(err, &de) {
-		return &Failure{Status: http.StatusBadGateway, Kind: "internal", Reason: err.Error()}
+		return &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorInternal, Reason: err.Error()}
 	}
 	f := &Failure{DialKind: de.Kind, Kind: de.Kind.String(), Reason: de.Reason, Provider: de.Provider}
 	switch de.Kind {
@@ -69,13 +73,17 @@ func rootCause(err error) error {
 }
 
 func clientNotAllowed(client string) *Failure {
-	return &Failure{Status: http.StatusForbidden, Kind: "client_not_allowed", Denied: true,
+	return &Failure{Status: http.StatusForbidden, Kind: accesslog.ErrorClientNotAllowed, Denied: true,
 		Reason: fmt.Sprintf("client %s is not in --allow-clients", client),
 		Fix:    "start the proxy with --allow-clients including this client's address"}
 }
 
 func badRequest(reason string) *Failure {
-	return &Failure{Status: http.StatusBadRequest, Kind: "bad_request", Reason: reason}
+	return &Failure{Status: http.StatusBadRequest, Kind: accesslog.ErrorBadRequest, Reason: reason}
+}
+
+func shuttingDown() *Failure {
+	return &Failure{Status: http.StatusServiceUnavailable, Kind: accesslog.ErrorShuttingDown, Reason: "the proxy is shutting down"}
 }
 
 // writeFailure answers an HTTP client with f: the status, the decision or error header (curl hides

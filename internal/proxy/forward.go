@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/http/httputil"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,9 @@ type forwarders struct {
 	by        map[forwarderKey]*forwarder
 	lastSweep time.Time
 }
+
+// maxResponseHeadBytes bounds a response head from the target, with its 1xx responses.
+const maxResponseHeadBytes = 1 << 20
 
 // upstreamIdle is how long a kept-alive upstream connection, and a transport, may go unused.
 const upstreamIdle = 90 * time.Second
@@ -65,23 +69,22 @@ func (f *forwarders) get(session string, pol *policy.Policy) *httputil.ReversePr
 		return fw.proxy
 	}
 	t := &http.Transport{
-		Proxy:                 nil, // never chain to the proxy of the proxy's own environment
-		DialContext:           f.s.dialForTransport,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       upstreamIdle,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: orDefault(f.s.UpstreamTimeout, DefaultUpstreamTimeout),
-		ExpectContinueTimeout: time.Second,
-		DisableCompression:    true, // pass Accept-Encoding and bodies through untouched
+		Proxy:                  nil, // never chain to the proxy of the proxy's own environment
+		DialContext:            f.s.dialForTransport,
+		MaxIdleConns:           1024,
+		MaxIdleConnsPerHost:    64,
+		IdleConnTimeout:        upstreamIdle,
+		TLSHandshakeTimeout:    10 * time.Second,
+		ResponseHeaderTimeout:  orDefault(f.s.UpstreamTimeout, DefaultUpstreamTimeout),
+		ExpectContinueTimeout:  time.Second,
+		DisableCompression:     true, // pass Accept-Encoding and bodies through untouched
+		MaxResponseHeaderBytes: maxResponseHeadBytes,
 	}
 	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.User = nil // never forward (or log) credentials from the URL
-			pr.Out.Header.Add("Via", "1.1 swarm-proxy")
-		},
-		ModifyResponse: modifyResponse,
-		Transport:      t,
+		Rewrite:        f.s.rewrite,
+		ModifyResponse: f.s.modifyResponse,
+		Transport:      transport{f.s, t},
+		FlushInterval:  flushDelay,
 		BufferPool:     bufferPool{},
 		ErrorHandler:   f.s.forwardError,
 		ErrorLog:       slog.NewLogLogger(f.s.Logger.Handler(), slog.LevelDebug),
@@ -133,41 +136,151 @@ func (bufferPool) Put(b []byte) { forwardBufs.Put(&b) }
 
 type forwardKey struct{}
 
-// forwardState is what one forwarded request shares between the handler and the transport hooks.
+// forwardState is what one forwarded request shares between the handler, the ReverseProxy hooks
+// and the transport's dial.
 type forwardState struct {
 	req     *Request
+	w       *countingWriter
+	body    *requestBody // the outgoing request's body; nil when it has none
 	failure *Failure
 	conn    atomic.Pointer[decidedConn] // the upstream connection that served the request
 	bodyErr error                       // why reading the target's response body failed, if it did
+
+	// The response head is sent on its own when the target's body keeps the proxy waiting; see
+	// watchedBody.
+	headMu   sync.Mutex
+	headWait bool // the handler waits for the first body bytes
 }
 
-// modifyResponse is the ReverseProxy's ModifyResponse hook. It adds Via, as RFC 9110 asks of a proxy
-// for every message it forwards, and wraps the target's response body so that a read failure in the
-// middle of the body is known when the request is logged.
-func modifyResponse(resp *http.Response) error {
+func stateOf(ctx context.Context) *forwardState {
+	st, _ := ctx.Value(forwardKey{}).(*forwardState)
+	return st
+}
+
+// rewrite is the ReverseProxy's Rewrite hook. The outgoing request is the proxy's own copy: its
+// body is wrapped there, never on the request net/http's server owns (the server must still
+// recognise that one, or it reads the body itself when the response begins).
+func (s *Server) rewrite(pr *httputil.ProxyRequest) {
+	st := stateOf(pr.Out.Context())
+	out, req := pr.Out, st.req
+	out.URL.User = nil // never forward (or log) credentials from the URL
+	out.URL.Scheme = "http"
+	if req.Conn != nil {
+		out.URL.Scheme = req.Conn.Scheme
+	} else if strings.EqualFold(pr.In.URL.Scheme, "https") {
+		out.URL.Scheme = "https"
+	}
+	// The transport dials the decided target, and the request target goes on as the client sent
+	// it: ReverseProxy drops query parameters it cannot parse, and URL.Path re-encoded could differ
+	// from what was decided and logged.
+	out.URL.Host = req.Target.String()
+	out.URL.RawQuery = pr.In.URL.RawQuery
+	out.URL.Opaque = req.Path
+	if strings.HasPrefix(req.Path, "//") {
+		out.URL.Opaque = "//" + out.URL.Host + req.Path // origin form would read as an authority
+	}
+	if req.Conn != nil && out.Host == "" {
+		out.Host = req.Target.Host
+	}
+	out.Header.Add("Via", "1.1 swarm-proxy")
+	if out.Body != nil && out.Body != http.NoBody {
+		st.body = &requestBody{r: out.Body, rc: http.NewResponseController(st.w.ResponseWriter), idle: orDefault(s.IdleTimeout, DefaultIdleTimeout)}
+		out.Body = st.body
+	}
+}
+
+// transport is the ReverseProxy's RoundTripper: the request mutator, then the session's
+// http.Transport.
+type transport struct {
+	s *Server
+	t *http.Transport
+}
+
+func (t transport) RoundTrip(out *http.Request) (*http.Response, error) {
+	if t.s.Mutate != nil {
+		if f := t.s.Mutate(out, stateOf(out.Context()).req); f != nil {
+			return nil, &mutateError{f}
+		}
+	}
+	return t.t.RoundTrip(out)
+}
+
+// mutateError is a refusal by Server.Mutate.
+type mutateError struct{ f *Failure }
+
+func (e *mutateError) Error() string { return e.f.Reason }
+
+// modifyResponse is the ReverseProxy's ModifyResponse hook. It drops the target's own
+// X-Swarm-Proxy-* headers (what a client reads under those names comes from swarm-proxy), adds
+// Via, as RFC 9110 asks of a proxy for every message it forwards, and watches the response body.
+func (s *Server) modifyResponse(resp *http.Response) error {
+	for _, h := range ownHeaders {
+		resp.Header.Del(h)
+	}
 	resp.Header.Add("Via", "1.1 swarm-proxy")
+	st := stateOf(resp.Request.Context())
+	if s.ModifyResponse != nil {
+		if err := s.ModifyResponse(resp, st.req); err != nil {
+			return err
+		}
+	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return nil // the body is the upgraded connection, which ReverseProxy needs writable
 	}
-	if st, _ := resp.Request.Context().Value(forwardKey{}).(*forwardState); st != nil && resp.Body != nil {
+	if resp.Body != nil {
 		resp.Body = &watchedBody{ReadCloser: resp.Body, st: st}
 	}
 	return nil
 }
 
-// watchedBody records the first error other than EOF that reading a response body returns. The
-// handler's goroutine both reads it and logs the request, so no lock is needed.
+// flushDelay is the longest the proxy holds bytes of a response, its head or a part of its body,
+// waiting to send them with more in one write: a response reaches the client as the target sends
+// it, whatever its framing.
+const flushDelay = 5 * time.Millisecond
+
+// watchedBody is the target's response body as ReverseProxy reads it. It records the first error
+// other than EOF, for the log, and sends the response head on its own when the first body bytes do
+// not follow within flushDelay. (Body bytes are flushed by ReverseProxy, with FlushInterval.)
 type watchedBody struct {
 	io.ReadCloser
-	st *forwardState
+	st      *forwardState
+	started bool
 }
 
 func (b *watchedBody) Read(p []byte) (int, error) {
+	if b.started {
+		return b.read(p)
+	}
+	b.started = true
+	st := b.st
+	st.headMu.Lock()
+	st.headWait = true
+	st.headMu.Unlock()
+	timer := time.AfterFunc(flushDelay, st.sendHead)
+	n, err := b.read(p)
+	timer.Stop()
+	st.headMu.Lock() // after this, sendHead flushes nothing: the handler writes from now on
+	st.headWait = false
+	st.headMu.Unlock()
+	return n, err
+}
+
+func (b *watchedBody) read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF && b.st.bodyErr == nil {
 		b.st.bodyErr = err
 	}
 	return n, err
+}
+
+// sendHead flushes the response head while the handler waits for the first body bytes.
+func (st *forwardState) sendHead() {
+	st.headMu.Lock()
+	defer st.headMu.Unlock()
+	if st.headWait {
+		st.headWait = false
+		st.w.Flush()
+	}
 }
 
 // decidedConn remembers the policy decision under which an upstream connection was dialed.
@@ -176,52 +289,55 @@ type decidedConn struct {
 	decision policy.Decision
 }
 
+// dialForTransport is the Transport's DialContext: it dials the request's decided target through
+// the pipeline's Dialer, and nothing else.
 func (s *Server) dialForTransport(ctx context.Context, network, addr string) (net.Conn, error) {
-	st, _ := ctx.Value(forwardKey{}).(*forwardState)
-	if st == nil {
-		return nil, errors.New("forward: dial without a request")
+	st := stateOf(ctx)
+	if st == nil || st.req.dial == nil {
+		return nil, errors.New("forward: dial without a decided request")
 	}
-	t, err := policy.ParseTarget(addr, 0)
+	if addr != st.req.Target.String() {
+		return nil, fmt.Errorf("forward: dial of %s for a request decided for %s", addr, st.req.Target)
+	}
+	c, err := s.Dialer.Dial(ctx, st.req.dial)
 	if err != nil {
 		return nil, err
 	}
-	return s.dialUpstream(ctx, st.req, t)
+	return &decidedConn{Conn: c, decision: st.req.dial.Decision}, nil
 }
 
 // forward relays a plain-HTTP request (and, after a 101, the upgraded connection).
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 	pol := s.Policy.Load()
-	d := pol.Decide(req.Target, nil)
-	if !d.Allow {
+	if d := s.decide(req, pol); !d.Allow {
 		s.fail(w, r, req, FailureOf(dial.Denied(req.Target, d)))
 		return
 	}
-	req.dial = &dial.Request{Target: req.Target, Decision: d}
-
-	st := &forwardState{req: req}
+	if s.CheckRequest != nil {
+		if f := s.CheckRequest(r, req); f != nil {
+			s.fail(w, r, req, f)
+			return
+		}
+	}
+	if r.ContentLength != 0 {
+		// The target may answer before it has read the whole body (an early 401 or 413, a
+		// streaming handler): the body keeps flowing to it while the response comes back.
+		http.NewResponseController(w).EnableFullDuplex()
+	}
 	cw := &countingWriter{ResponseWriter: w, s: s}
 	defer cw.untrack() // after the record is written, so Shutdown waits for it
-	var aborted bool
-	var body *countingReader
-	if simpleRequest(r) {
-		aborted = s.serveSimple(cw, r, st, pol)
-	} else {
-		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-			c := info.Conn
-			if tc, ok := c.(*tls.Conn); ok {
-				c = tc.NetConn()
-			}
-			if dc, ok := c.(*decidedConn); ok {
-				st.conn.Store(dc)
-			}
-		}}
-		ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), forwardKey{}, st), trace)
-		body = &countingReader{r: r.Body, rc: http.NewResponseController(w), idle: orDefault(s.IdleTimeout, DefaultIdleTimeout)}
-		if r.Body != nil && r.Body != http.NoBody {
-			r.Body = body
+	st := &forwardState{req: req, w: cw}
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		c := info.Conn
+		if tc, ok := c.(*tls.Conn); ok {
+			c = tc.NetConn()
 		}
-		aborted = s.serveForward(cw, r.WithContext(ctx), s.forwarders.get(req.Session, pol))
-	}
+		if dc, ok := c.(*decidedConn); ok {
+			st.conn.Store(dc)
+		}
+	}}
+	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), forwardKey{}, st), trace)
+	aborted := s.serveForward(cw, r.WithContext(ctx), s.forwarders.get(req.Session, pol))
 
 	rec := s.record(req)
 	rec.Status = cw.status
@@ -229,8 +345,8 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		rec.Status = http.StatusOK
 	}
 	rec.BytesOut = cw.upOut.Load()
-	if body != nil {
-		rec.BytesOut += body.n.Load()
+	if st.body != nil {
+		rec.BytesOut += st.body.n.Load()
 	}
 	rec.BytesIn = cw.n.Load() + cw.upIn.Load()
 	if dc := st.conn.Load(); dc != nil {
@@ -254,9 +370,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		}
 	}
 	if aborted {
-		rec.Error, rec.Reason = "client_closed", "the client went away before the response was complete"
-		if st.bodyErr != nil {
-			rec.Error, rec.Reason = "upstream", "the response body from the target broke off: "+st.bodyErr.Error()
+		rec.Error, rec.Reason = accesslog.ErrorClientClosed, "the client went away before the response was complete"
+		if cw.err == nil && r.Context().Err() == nil && st.bodyErr != nil {
+			rec.Error, rec.Reason = accesslog.ErrorUpstream, "the response body from the target broke off: "+st.bodyErr.Error()
 		}
 		s.finish(req, rec)
 		// Abort the client connection as net/http does for this panic: ending the response normally
@@ -283,29 +399,32 @@ func (s *Server) serveForward(w http.ResponseWriter, r *http.Request, rp *httput
 
 // forwardError is the ReverseProxy's error handler: it maps the failure and answers the client.
 func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error) {
-	st, _ := r.Context().Value(forwardKey{}).(*forwardState)
-	f := s.forwardFailure(r, err)
-	if st != nil {
-		st.failure = f
-		if cw, ok := w.(*countingWriter); ok && cw.status != 0 {
-			return // the response had begun; the connection is closed by the server
-		}
-		s.writeFailure(w, r, st.req, f)
+	st := stateOf(r.Context())
+	if st == nil {
+		return
 	}
+	st.failure = s.forwardFailure(r, err)
+	if st.w.status != 0 {
+		return // the response had begun; the connection is closed by the server
+	}
+	s.writeFailure(w, r, st.req, st.failure)
 }
 
 func (s *Server) forwardFailure(r *http.Request, err error) *Failure {
 	var de *dial.Error
+	var me *mutateError
 	switch {
+	case r.Context().Err() != nil:
+		return &Failure{Status: 499, Kind: accesslog.ErrorClientClosed, Reason: "the client closed the request before the response was complete"}
 	case errors.As(err, &de):
 		return FailureOf(de)
-	case r.Context().Err() != nil:
-		return &Failure{Status: 499, Kind: "client_closed", Reason: "the client closed the request before the response was complete"}
+	case errors.As(err, &me):
+		return me.f
 	case isTimeout(err):
-		return &Failure{Status: http.StatusGatewayTimeout, Kind: dial.KindTimeout.String(),
+		return &Failure{Status: http.StatusGatewayTimeout, Kind: accesslog.ErrorTimeout,
 			Reason: fmt.Sprintf("the target did not send response headers within %s", orDefault(s.UpstreamTimeout, DefaultUpstreamTimeout))}
 	default:
-		return &Failure{Status: http.StatusBadGateway, Kind: "upstream", Reason: "upstream error: " + rootCause(err).Error()}
+		return &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorUpstream, Reason: "upstream error: " + rootCause(err).Error()}
 	}
 }
 
@@ -314,29 +433,29 @@ func isTimeout(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
-// countingReader counts a request body and times the client out when the body stops arriving for
-// idle: each read extends the connection's read deadline.
-type countingReader struct {
+// requestBody is the outgoing request's body: it counts the client's body and times the client
+// out when the body stops arriving for idle (each read extends the connection's read deadline).
+type requestBody struct {
 	r    io.ReadCloser
 	n    atomic.Int64
 	rc   *http.ResponseController
 	idle time.Duration
 }
 
-func (c *countingReader) Read(p []byte) (int, error) {
-	c.rc.SetReadDeadline(time.Now().Add(c.idle))
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
+func (b *requestBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	n, err := b.r.Read(p)
+	b.n.Add(int64(n))
 	if err == io.EOF {
 		// Cleared at once: the server's own read of the connection starts at the end of the body.
 		// After a failed read the deadline stays, so that the server's attempt to drain the rest
 		// ends at once and the connection is closed.
-		c.rc.SetReadDeadline(time.Time{})
+		b.rc.SetReadDeadline(time.Time{})
 	}
 	return n, err
 }
 
-func (c *countingReader) Close() error { return c.r.Close() }
+func (b *requestBody) Close() error { return b.r.Close() }
 
 // countingWriter records the status and counts response bytes, including those of an upgraded
 // (101) connection, which it tracks as a tunnel so that Shutdown waits for it.
@@ -344,6 +463,7 @@ type countingWriter struct {
 	http.ResponseWriter
 	s      *Server
 	status int
+	err    error // the first failed write to the client
 	n      atomic.Int64
 	upIn   atomic.Int64
 	upOut  atomic.Int64
@@ -366,12 +486,19 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	}
 	n, err := c.ResponseWriter.Write(p)
 	c.n.Add(int64(n))
+	if err != nil && c.err == nil {
+		c.err = err
+	}
 	return n, err
 }
 
 func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
-func (c *countingWriter) Flush() { http.NewResponseController(c.ResponseWriter).Flush() }
+func (c *countingWriter) Flush() {
+	if err := http.NewResponseController(c.ResponseWriter).Flush(); err != nil && c.err == nil {
+		c.err = err
+	}
+}
 
 // Hijack hands the client connection to ReverseProxy after a 101 and counts what crosses it.
 func (c *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {

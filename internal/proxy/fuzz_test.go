@@ -30,10 +30,10 @@ func FuzzProxyCredentials(f *testing.F) {
 	})
 }
 
-// FuzzFrontServe sends arbitrary bytes to the proxy as a client and checks that it answers with
+// FuzzServe sends arbitrary bytes to the proxy as a client and checks that it answers with
 // well-formed responses, or none, and closes the connection once the client has finished sending.
 // The dialer reaches nothing, so no input can make the proxy connect anywhere.
-func FuzzFrontServe(f *testing.F) {
+func FuzzServe(f *testing.F) {
 	tp := startProxy(f, loopbackPolicy, nil, nil, func(s *Server) { s.ReadHeaderTimeout = 2 * time.Second })
 	for _, s := range []string{
 		"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",

@@ -14,11 +14,18 @@ import (
 	"github.com/swarm-proxy/swarm-proxy/internal/relay"
 )
 
-// ServeHTTP is the HTTP front end: it identifies the client, parses the target and hands the
-// request to the CONNECT or the forwarding path.
+// ServeHTTP is the one HTTP handler: it identifies the client, parses the target and hands the
+// request to the CONNECT or the forwarding path. Requests on connections handed over by ServeConn
+// come here too.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	client, _ := netip.ParseAddrPort(r.RemoteAddr)
-	req := s.NewRequest(client, r.Method)
+	handling(r)
+	req := s.NewRequest(netip.AddrPort{}, r.Method)
+	req.Conn = connInfoOf(r)
+	if req.Conn != nil {
+		req.Client, req.Session = req.Conn.Client, req.Conn.Session
+	} else {
+		req.Client, _ = netip.ParseAddrPort(r.RemoteAddr)
+	}
 	if f := s.admit(r, req); f != nil {
 		s.fail(w, r, req, f)
 		return
@@ -38,13 +45,13 @@ func (s *Server) admit(r *http.Request, req *Request) *Failure {
 	if !s.ClientAllowed(req.Client.Addr()) {
 		return clientNotAllowed(req.Client.Addr().String())
 	}
-	if s.Auth != nil {
+	if s.Auth != nil && req.Conn == nil {
 		user, pass, err := proxyCredentials(r.Header.Get("Proxy-Authorization"))
 		if err == nil {
 			req.Session, err = s.Auth.Authenticate(user, pass)
 		}
 		if err != nil {
-			return &Failure{Status: http.StatusProxyAuthRequired, Kind: "auth", Denied: true, Reason: err.Error(),
+			return &Failure{Status: http.StatusProxyAuthRequired, Kind: accesslog.ErrorAuth, Denied: true, Reason: err.Error(),
 				Fix: "send the session ticket as proxy credentials (user SESSION_ID, password TOKEN): http://SESSION_ID:TOKEN@broker:port in HTTP_PROXY, curl --proxy-user SESSION_ID:TOKEN, or swarm-proxy connect --ticket FILE"}
 		}
 	}
@@ -53,6 +60,9 @@ func (s *Server) admit(r *http.Request, req *Request) *Failure {
 
 // parseTarget sets req's target (and path) from a proxy request, or says why it is malformed.
 func parseTarget(r *http.Request, req *Request) *Failure {
+	if req.Conn != nil {
+		return parseHandedTarget(r, req)
+	}
 	var err error
 	if r.Method == http.MethodConnect {
 		req.Target, err = policy.ParseTarget(r.Host, 0)
@@ -72,11 +82,44 @@ func parseTarget(r *http.Request, req *Request) *Failure {
 	if err != nil {
 		return badRequest(err.Error())
 	}
-	req.Path = r.URL.Path
+	req.Path = rawPath(r.RequestURI)
 	return nil
 }
 
-var defaultPorts = map[string]int{"http": 80, "https": 443, "ws": 80, "wss": 443}
+// parseHandedTarget sets the target of a request on a connection handed over by ServeConn: the
+// connection's, which the request's Host must name.
+func parseHandedTarget(r *http.Request, req *Request) *Failure {
+	info := req.Conn
+	req.Target = info.Target
+	if r.Method == http.MethodConnect {
+		return badRequest("CONNECT is not accepted inside a " + info.Via + " connection")
+	}
+	host, err := policy.ParseTarget(r.Host, info.Target.Port)
+	if err != nil || host.Host != info.Target.Host || host.Port != info.Target.Port {
+		return badRequest(fmt.Sprintf("the request's Host %q is not %s, the target of the connection", r.Host, info.Target))
+	}
+	if r.URL.IsAbs() && r.URL.Host != r.Host {
+		return badRequest(fmt.Sprintf("the request names %q, not %s, the target of the connection", r.URL.Host, info.Target))
+	}
+	req.Path = rawPath(r.RequestURI)
+	return nil
+}
+
+// rawPath is the path of a request target (absolute or origin form) as the client sent it: not
+// decoded, not re-encoded, without the query.
+func rawPath(target string) string {
+	if _, rest, ok := strings.Cut(target, "://"); ok {
+		i := strings.IndexAny(rest, "/?")
+		if i < 0 || rest[i] == '?' {
+			return "/"
+		}
+		target = rest[i:]
+	}
+	target, _, _ = strings.Cut(target, "?")
+	return target
+}
+
+var defaultPorts = map[string]int{"http": 80, "https": 443}
 
 // errCredentials reports unusable Proxy-Authorization headers.
 type errCredentials string
@@ -119,7 +162,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, req *Reque
 	// for it, and Shutdown must.
 	t := &tunnel{}
 	if !s.track(t) {
-		s.fail(w, r, req, &Failure{Status: http.StatusServiceUnavailable, Kind: "shutting_down", Reason: "the proxy is shutting down"})
+		s.fail(w, r, req, shuttingDown())
 		return
 	}
 	handedOff := false
@@ -136,15 +179,16 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, req *Reque
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		upstream.Close()
-		s.fail(w, r, req, &Failure{Status: http.StatusInternalServerError, Kind: "internal", Reason: "cannot take over the connection: " + err.Error()})
+		s.fail(w, r, req, &Failure{Status: http.StatusInternalServerError, Kind: accesslog.ErrorInternal, Reason: "cannot take over the connection: " + err.Error()})
 		return
 	}
+	conn = unwrapConn(conn)
 	rec := s.record(req)
 	rec.Status = http.StatusOK
 	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
 		relay.Abort(conn)
 		upstream.Close()
-		rec.Error = "client went away before the tunnel opened"
+		rec.Error, rec.Reason = accesslog.ErrorClientClosed, "the client went away before the tunnel opened"
 		s.finish(req, rec)
 		return
 	}
@@ -157,7 +201,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, req *Reque
 		if err != nil {
 			relay.Abort(conn)
 			upstream.Close()
-			rec.Error = "upstream write failed: " + err.Error()
+			rec.Error, rec.Reason = accesslog.ErrorTunnelBroken, "the tunnel broke: "+rootCause(err).Error()
 			s.finish(req, rec)
 			return
 		}
@@ -180,7 +224,7 @@ func (s *Server) Relay(req *Request, status int, client, upstream net.Conn) {
 	if !s.track(t) {
 		relay.Abort(client)
 		upstream.Close()
-		rec.Error = "the proxy is shutting down"
+		rec.Error, rec.Reason = accesslog.ErrorShuttingDown, "the proxy is shutting down"
 		s.finish(req, rec)
 		return
 	}
@@ -217,11 +261,11 @@ func (s *Server) tunnelFailure(t *tunnel, err error) (kind, reason string) {
 	s.mu.Unlock()
 	switch {
 	case aborted:
-		return "shutting_down", "the proxy shut down while the tunnel was open (--shutdown-timeout ran out): " + err.Error()
+		return accesslog.ErrorShuttingDown, "the proxy shut down while the tunnel was open (--shutdown-timeout ran out): " + err.Error()
 	case errors.Is(err, relay.ErrIdle):
-		return "idle_timeout", fmt.Sprintf("no byte moved for %s (--tunnel-idle-timeout)", s.TunnelIdleTimeout)
+		return accesslog.ErrorIdleTimeout, fmt.Sprintf("no byte moved for %s (--tunnel-idle-timeout)", s.TunnelIdleTimeout)
 	}
-	return "tunnel_broken", "the tunnel broke: " + err.Error()
+	return accesslog.ErrorTunnelBroken, "the tunnel broke: " + err.Error()
 }
 
 func upstreamAddr(c net.Conn) string {

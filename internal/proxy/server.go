@@ -62,7 +62,8 @@ var DefaultAllowClients = []netip.Prefix{
 type Server struct {
 	// Policy holds the policy in force. Required.
 	Policy *policy.Holder
-	// Dialer opens upstream connections. Required.
+	// Dialer opens upstream connections, for tunnels and for the Transport that forwards plain
+	// HTTP. It is handed the decision Decide made and refuses any that is not an allow. Required.
 	Dialer dial.Dialer
 	// Auth, when set, requires proxy credentials and maps them to a session (broker mode).
 	Auth Authenticator
@@ -81,11 +82,25 @@ type Server struct {
 	MaxHeaderBytes    int
 	// TunnelIdleTimeout, when non-zero, ends tunnels that moved no byte for that long.
 	TunnelIdleTimeout time.Duration
+	// CheckRequest, when set, is asked about every HTTP request that is to be forwarded (explicit,
+	// inspected or captured) once its target has been allowed: method and path rules. A non-nil
+	// Failure refuses the request with it. It must not change r.
+	CheckRequest func(r *http.Request, req *Request) *Failure
+	// Mutate, when set, changes each allowed request's outgoing copy just before the Transport
+	// sends it (credentials bound to the deciding rule). A non-nil Failure refuses the request with
+	// it; its reason goes to the client and the log, so it must hold no secret.
+	Mutate func(out *http.Request, req *Request) *Failure
+	// ModifyResponse, when set, sees each response from a target before it goes to the client
+	// (after the proxy removed hop-by-hop and X-Swarm-Proxy-* headers): it may change its headers or
+	// wrap its body. An error answers 502 with kind upstream instead.
+	ModifyResponse func(resp *http.Response, req *Request) error
 
 	initOnce   sync.Once
 	srv        *http.Server
 	forwarders *forwarders
-	pool       *upstreamPool
+	conns      connTracker
+	handed     *handoffListener // the connections ServeConn hands to srv
+	handedOnce sync.Once
 
 	mu       sync.Mutex
 	tunnels  map[*tunnel]struct{}
@@ -103,13 +118,16 @@ func (s *Server) init() {
 		}
 		s.tunnels = map[*tunnel]struct{}{}
 		s.forwarders = newForwarders(s)
-		s.pool = newUpstreamPool(s.Policy.Load)
+		s.conns.init()
+		s.handed = newHandoffListener()
 		s.srv = &http.Server{
 			Handler:           s,
 			ReadHeaderTimeout: orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
 			IdleTimeout:       orDefault(s.IdleTimeout, DefaultIdleTimeout),
 			MaxHeaderBytes:    s.MaxHeaderBytes,
 			ErrorLog:          slog.NewLogLogger(s.Logger.Handler(), slog.LevelDebug),
+			ConnState:         s.conns.state,
+			ConnContext:       s.conns.context,
 		}
 		if s.srv.MaxHeaderBytes == 0 {
 			s.srv.MaxHeaderBytes = DefaultMaxHeaderBytes
@@ -127,7 +145,7 @@ func orDefault(d, def time.Duration) time.Duration {
 // Serve accepts proxy clients on ln until Shutdown. It returns nil after a Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.init()
-	err := s.srv.Serve(newFrontListener(ln, s))
+	err := s.srv.Serve(observingListener{ln, s})
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -141,6 +159,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
+	s.handed.Close()
+	// A client that connected and has sent no request yet would hold http.Server.Shutdown for five
+	// seconds: it has nothing in flight, so it is closed at once.
+	s.conns.shutdown()
 	err := s.srv.Shutdown(ctx)
 	done := make(chan struct{})
 	go func() { s.tunnelWG.Wait(); close(done) }()
@@ -156,7 +178,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	s.forwarders.closeIdle()
-	s.pool.closeAll()
 	return err
 }
 
@@ -164,9 +185,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // so that every later request is dialed, and so checked, under the policy in force.
 func (s *Server) PolicyChanged() {
 	s.init()
-	pol := s.Policy.Load()
-	s.forwarders.retire(pol)
-	s.pool.retire(pol)
+	s.forwarders.retire(s.Policy.Load())
 }
 
 // Request is one request or tunnel going through the pipeline, whatever front end it came from.
@@ -177,9 +196,15 @@ type Request struct {
 	Session string
 	Method  string // HTTP method, "CONNECT" or "SOCKS5"
 	Target  policy.Target
-	Path    string // plain HTTP only, without the query
+	// Path is the request target's path as the client sent it (not decoded, no query), for plain
+	// HTTP only: what is checked, logged and sent on are the same bytes.
+	Path string
+	// Conn describes the connection a request arrived on when another front end handed it over
+	// (ServeConn); nil for clients of the proxy's own listeners.
+	Conn *ConnInfo
 
-	dial *dial.Request
+	dial     *dial.Request // set by Decide
+	onRecord []func(*accesslog.Record)
 }
 
 // NewRequest starts a request from client with the given method.
@@ -194,6 +219,17 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// Decision is the policy decision Decide made for req; the zero Decision (a refusal) before that.
+func (req *Request) Decision() policy.Decision {
+	if req.dial == nil {
+		return policy.Decision{}
+	}
+	return req.dial.Decision
+}
+
+// OnRecord registers f to add fields to req's access-log record just before it is written.
+func (req *Request) OnRecord(f func(*accesslog.Record)) { req.onRecord = append(req.onRecord, f) }
+
 // ClientAllowed reports whether addr may use the proxy.
 func (s *Server) ClientAllowed(addr netip.Addr) bool {
 	s.init()
@@ -206,14 +242,24 @@ func (s *Server) ClientAllowed(addr netip.Addr) bool {
 	return false
 }
 
-// Dial decides req by policy and, when allowed, dials its target. A refusal or failure is a
+// Decide makes the name-stage policy decision for req's target under the policy in force and
+// keeps it with req for the dial and the record. It is the one place a request's target is
+// decided: every front end calls it, and dialers only re-check the addresses a name resolves to.
+func (s *Server) Decide(req *Request) policy.Decision {
+	return s.decide(req, s.Policy.Load())
+}
+
+func (s *Server) decide(req *Request, pol *policy.Policy) policy.Decision {
+	d := pol.Decide(req.Target, nil)
+	req.dial = &dial.Request{Target: req.Target, ID: req.ID, Session: req.Session,
+		Client: req.Client.Addr().String(), Decision: d}
+	return d
+}
+
+// Dial decides req (Decide) and, when allowed, dials its target. A refusal or failure is a
 // *dial.Error; its Kind says which.
 func (s *Server) Dial(ctx context.Context, req *Request) (net.Conn, error) {
-	pol := s.Policy.Load()
-	req.dial = &dial.Request{Target: req.Target, ID: req.ID, Session: req.Session, Client: req.Client.Addr().String()}
-	d := pol.Decide(req.Target, nil)
-	req.dial.Decision = d
-	if !d.Allow {
+	if d := s.Decide(req); !d.Allow {
 		return nil, dial.Denied(req.Target, d)
 	}
 	return s.Dialer.Dial(ctx, req.dial)
@@ -243,6 +289,9 @@ func (s *Server) record(req *Request) *accesslog.Record {
 func (s *Server) finish(req *Request, rec *accesslog.Record) {
 	rec.Timestamp = time.Now().UTC()
 	rec.DurationMS = float64(time.Since(req.Start).Microseconds()) / 1000
+	for _, f := range req.onRecord {
+		f(rec)
+	}
 	s.Metrics.observe(rec.Decision, rec.Status, rec.BytesIn, rec.BytesOut)
 	if s.Log == nil {
 		return

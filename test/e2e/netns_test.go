@@ -3,16 +3,17 @@ package e2e
 // The sidecar deployment of deploy/compose.yaml, rebuilt with Linux network namespaces:
 //
 //	agent ns  10.213.0.1 ──veth── 10.213.0.2 (:8080)  proxy ns  10.213.0.5 ──veth── 10.213.0.6   target ns
-//	(curl, git, pip, npm;          swarm-proxy proxy, the command                   203.0.113.10 (HTTP :80,
+//	(curl, git, pip, npm;          swarm-proxy proxy, the command                   192.31.196.10 (HTTP :80,
 //	 firewall applied)             of compose.yaml, admin on 127.0.0.1:9090                      HTTPS :443)
 //
 // The proxy namespace forwards packets, so without the firewall the agent could reach the target
 // directly: the test shows that it can, applies `swarm-proxy firewall --apply`, and shows that it no
 // longer can. The agent's tools get their proxy configuration only from `swarm-proxy env`. The policy
-// allows the target's 10.213.0.4/30. 203.0.113.10 is outside it and must be blocked because no rule
-// allows it: a public-looking address (TEST-NET-3, not one the proxy refuses as special), so the
-// refusal is the policy's no_rule_matched, not private_address. It exists only on the target's veth,
-// so its traffic never leaves the test's namespaces.
+// allows the target's 10.213.0.4/30. 192.31.196.10 is outside it and must be blocked because no rule
+// allows it: a public address (AS112, globally reachable in the IANA registry, so not one the proxy
+// refuses as special; the documentation ranges are), so the refusal is the policy's
+// no_rule_matched, not private_address. It exists only on the target's veth, so its traffic never
+// leaves the test's namespaces.
 
 import (
 	"archive/zip"
@@ -55,10 +56,10 @@ import (
 // Addresses of the namespaces' private subnets (only inside namespaces the test makes).
 const (
 	nsAgentIP     = "10.213.0.1"
-	nsProxyIP     = "10.213.0.2"   // the proxy's address on the agent side
-	nsProxyFarIP  = "10.213.0.5"   // the proxy's address on the target side
-	nsTargetIP    = "10.213.0.6"   // allowed by the policy
-	nsOutsideIP   = "203.0.113.10" // on the target too, public-looking, outside the policy
+	nsProxyIP     = "10.213.0.2"    // the proxy's address on the agent side
+	nsProxyFarIP  = "10.213.0.5"    // the proxy's address on the target side
+	nsTargetIP    = "10.213.0.6"    // allowed by the policy
+	nsOutsideIP   = "192.31.196.10" // on the target too, public, outside the policy
 	nsProxyPort   = "8080"
 	nsAllowedCIDR = "10.213.0.4/30"
 	// IPv6 (unique local addresses): not used by the proxy, only to show the firewall rejects it too.

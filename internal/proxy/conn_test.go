@@ -1,16 +1,12 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -18,9 +14,9 @@ import (
 	"time"
 )
 
-// TestFrontConnectKeepAlive: after a refused CONNECT, the same connection carries a CONNECT that
-// is allowed, and after another refusal, a plain GET (which net/http then serves).
-func TestFrontConnectKeepAlive(t *testing.T) {
+// TestConnectKeepAlive: after a refused CONNECT, the same connection carries a CONNECT that is
+// allowed, and after another refusal, a plain GET.
+func TestConnectKeepAlive(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "plain") }))
 	defer up.Close()
 	upAddr := up.Listener.Addr().String()
@@ -56,9 +52,9 @@ func TestFrontConnectKeepAlive(t *testing.T) {
 	}
 }
 
-// TestFrontConnectIdleTimeout: a connection kept alive after a refused CONNECT may stay quiet for
+// TestConnectIdleTimeout: a connection kept alive after a refused CONNECT may stay quiet for
 // longer than the header timeout (up to the idle timeout) before its next request.
-func TestFrontConnectIdleTimeout(t *testing.T) {
+func TestConnectIdleTimeout(t *testing.T) {
 	up := httptest.NewServer(http.NotFoundHandler())
 	defer up.Close()
 	upAddr := up.Listener.Addr().String()
@@ -79,86 +75,39 @@ func TestFrontConnectIdleTimeout(t *testing.T) {
 	c.Close()
 }
 
-// TestFrontConnectInPieces: a request whose first bytes arrive alone is recognised once enough of
-// its first line has come; peekKind waits for it rather than handing the connection to net/http,
-// and consumes nothing.
-func TestFrontConnectInPieces(t *testing.T) {
-	client, server := tcpPair(t)
-	io.WriteString(client, "CON")
-	server.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	if _, err := peekKind(server); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("after %q: %v, want it to wait for more", "CON", err)
+// TestConnectInPieces: a request whose head arrives in several writes is served once it is whole.
+func TestConnectInPieces(t *testing.T) {
+	up := httptest.NewServer(http.NotFoundHandler())
+	defer up.Close()
+	upAddr := up.Listener.Addr().String()
+	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
+	c, br := dialProxy(t, tp.addr)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	for _, piece := range []string{"CON", "NECT " + upAddr, " HTTP/1.1\r\nHost: " + upAddr + "\r", "\n\r\n"} {
+		if _, err := io.WriteString(c, piece); err != nil {
+			t.Fatal(err)
+		}
 	}
-	io.WriteString(client, "NECT a.test:443 HTTP/1.1\r\n\r\n")
-	server.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if kind, err := peekKind(server); kind != kindConnect || err != nil {
-		t.Fatalf("whole first line: %v %v, want a CONNECT", kind, err)
-	}
-	r, err := http.ReadRequest(bufio.NewReader(server))
-	if err != nil || r.Method != http.MethodConnect || r.Host != "a.test:443" {
-		t.Fatalf("the request after the peeks: %v %v", r, err)
-	}
-
-	io.WriteString(client, "GET http")
-	server.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	if _, err := peekKind(server); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("after %q: %v, want it to wait for more", "GET http", err)
-	}
-	io.WriteString(client, "://a.test/ HTTP/1.1\r\n\r\n")
-	server.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if kind, err := peekKind(server); kind != kindSimple || err != nil {
-		t.Fatalf("GET of an http URL: %v %v, want a simple one", kind, err)
-	}
-	bufio.NewReader(server).Discard(len("GET http://a.test/ HTTP/1.1\r\n\r\n"))
-
-	io.WriteString(client, "GET / HTTP/1.1\r\n\r\n")
-	if kind, err := peekKind(server); kind != kindOther || err != nil {
-		t.Fatalf("GET of a path: %v %v, want one for net/http", kind, err)
-	}
-
-	// A client that stops sending in the middle of a prefix is not waited for: net/http answers it.
-	client, server = tcpPair(t)
-	io.WriteString(client, "GET ht")
-	client.(*net.TCPConn).CloseWrite()
-	server.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if kind, err := peekKind(server); kind != kindOther || err != nil {
-		t.Fatalf("a prefix and the end of the stream: %v %v, want one for net/http at once", kind, err)
+	if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT in pieces: %v %v", resp, err)
 	}
 }
 
-// tcpPair returns the two ends of a loopback TCP connection, closed when the test ends.
-func tcpPair(t *testing.T) (client net.Conn, server *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	sc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sc.Close() })
-	return client, sc.(*net.TCPConn)
-}
-
-// TestFrontUnreadableRequests: a request head over the limit gets 431 and one that cannot be read
-// or breaks net/http's rules gets 400, as from net/http, but with the reason in the answer and in
-// an access-log record; the connection is then closed.
-func TestFrontUnreadableRequests(t *testing.T) {
+// TestUnreadableRequests: a request head over the limit gets 431, one that cannot be read or
+// breaks HTTP's rules 400 (with net/http's reason where it gives one), and each gets an access-log
+// record with the status and the reason; the connection is then closed. Whatever the method: one
+// server reads every request.
+func TestUnreadableRequests(t *testing.T) {
 	tp := startProxy(t, loopbackPolicy, nil, nil)
-	for _, tc := range []struct{ name, req, status, reason string }{
-		{"oversized", "CONNECT a.test:443 HTTP/1.1\r\nX-Big: " + strings.Repeat("x", 70<<10) + "\r\n\r\n", "431", "the request head is over"},
-		{"malformed", "CONNECT a.test:443 HTTP/9\r\n\r\n", "400", "malformed HTTP version"},
-		{"oversized GET", "GET http://a.test/ HTTP/1.1\r\nX-Big: " + strings.Repeat("x", 70<<10) + "\r\n\r\n", "431", "the request head is over"},
-		{"header line", "GET http://a.test/ HTTP/1.1\r\nno colon\r\n\r\n", "400", "malformed MIME header"},
-		{"header name", "GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nX V: a\r\n\r\n", "400", `invalid header name \"X V\"`},
-		{"host", "GET http://a<.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "400", `invalid host \"a<.test\"`},
+	for _, tc := range []struct{ name, req, status, answer, reason string }{
+		{"oversized", "CONNECT a.test:443 HTTP/1.1\r\nX-Big: " + strings.Repeat("x", 70<<10) + "\r\n\r\n", "431", "", "the request head is over"},
+		{"malformed", "CONNECT a.test:443 HTTP/9\r\n\r\n", "400", "", "its line or a header is malformed"},
+		{"oversized GET", "GET http://a.test/ HTTP/1.1\r\nX-Big: " + strings.Repeat("x", 70<<10) + "\r\n\r\n", "431", "", "the request head is over"},
+		{"oversized POST", "POST http://a.test/ HTTP/1.1\r\nX-Big: " + strings.Repeat("x", 70<<10) + "\r\n\r\n", "431", "", "the request head is over"},
+		{"header line", "GET http://a.test/ HTTP/1.1\r\nno colon\r\n\r\n", "400", "", "its line or a header is malformed"},
+		{"header name", "GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nX V: a\r\n\r\n", "400", "invalid header name", "invalid header name"},
+		{"header name of a PUT", "PUT http://a.test/ HTTP/1.1\r\nHost: a.test\r\nX V: a\r\n\r\n", "400", "invalid header name", "invalid header name"},
+		{"host", "GET http://a<.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "400", `invalid host "a<.test"`, `invalid host "a<.test"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, br := dialProxy(t, tp.addr)
@@ -169,18 +118,57 @@ func TestFrontUnreadableRequests(t *testing.T) {
 				t.Fatal(err)
 			}
 			body, _ := io.ReadAll(resp.Body)
-			if got := strconv.Itoa(resp.StatusCode); got != tc.status || !resp.Close ||
-				!strings.Contains(resp.Header.Get(HeaderError), tc.reason) {
-				t.Fatalf("%s %q close=%v %s, want %s with %q", got, body, resp.Close, resp.Header.Get(HeaderError), tc.status, tc.reason)
+			if got := strconv.Itoa(resp.StatusCode); got != tc.status || !resp.Close || !strings.Contains(string(body), tc.answer) {
+				t.Fatalf("%s %q close=%v, want %s with %q", got, body, resp.Close, tc.status, tc.answer)
 			}
 			if _, err := io.Copy(io.Discard, br); err != nil {
 				t.Fatalf("the connection was not closed cleanly: %v", err)
 			}
+			waitFor(t, "the record", func() bool { return len(tp.records(t)) > 0 && tp.records(t)[0] != "" })
 			rec := lastRecord(t, tp)
-			if strconv.Itoa(rec.Status) != tc.status || rec.Error != "bad_request" || !strings.Contains(rec.Reason, strings.ReplaceAll(tc.reason, `\"`, `"`)) {
+			if strconv.Itoa(rec.Status) != tc.status || rec.Error != "bad_request" || !strings.Contains(rec.Reason, tc.reason) || rec.Client != "127.0.0.1" {
 				t.Fatalf("record %+v", rec)
 			}
 		})
+	}
+}
+
+// TestOneAnswerWhereverTheRequest: requests that a hand-written front end and net/http used to
+// answer differently get one answer, as a connection's first request and after a POST on it: no
+// Host or a malformed one is a 400, Transfer-Encoding: identity a 501, each with a record.
+func TestOneAnswerWhereverTheRequest(t *testing.T) {
+	upAddr, _ := echoMethodServer(t)
+	post := fmt.Sprintf("POST http://%s/p HTTP/1.1\r\nHost: %s\r\nContent-Length: 2\r\n\r\nhi", upAddr, upAddr)
+	for _, tc := range []struct {
+		name, req string
+		status    int
+		answer    string
+	}{
+		{"no Host", fmt.Sprintf("GET http://%s/ HTTP/1.1\r\n\r\n", upAddr), 400, "400 Bad Request: missing required Host header"},
+		{"Host with a space", fmt.Sprintf("GET http://%s/ HTTP/1.1\r\nHost: a b\r\n\r\n", upAddr), 400, "400 Bad Request: malformed Host header"},
+		{"identity coding", fmt.Sprintf("POST http://%s/ HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: identity\r\n\r\n", upAddr, upAddr), 501, "Unsupported transfer encoding"},
+	} {
+		for _, after := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/after a POST=%v", tc.name, after), func(t *testing.T) {
+				tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
+				c, br := dialProxy(t, tp.addr)
+				if after {
+					if resp, body := roundTrip(t, c, br, post); resp.StatusCode != 200 || body != "post hi" {
+						t.Fatalf("POST: %d %q", resp.StatusCode, body)
+					}
+				}
+				resp, body := roundTrip(t, c, br, tc.req)
+				if resp.StatusCode != tc.status || !resp.Close || body != tc.answer {
+					t.Fatalf("%s %q close=%v, want %d %q", resp.Status, body, resp.Close, tc.status, tc.answer)
+				}
+				waitFor(t, "the record", func() bool {
+					return strings.Contains(strings.Join(tp.records(t), "\n"), `"status":`+strconv.Itoa(resp.StatusCode))
+				})
+				if rec := lastRecord(t, tp); rec.Status != resp.StatusCode || rec.Error != "bad_request" {
+					t.Fatalf("record %+v", rec)
+				}
+			})
+		}
 	}
 }
 
@@ -227,9 +215,8 @@ func echoMethodServer(t *testing.T) (string, *atomic.Int32) {
 	return up.Listener.Addr().String(), conns
 }
 
-// TestFrontPlainKeepAliveThenHandOff: GETs on one client connection are answered in turn, and
-// a POST after them, which net/http serves, gets the bytes the front end had already read.
-func TestFrontPlainKeepAliveThenHandOff(t *testing.T) {
+// TestPlainKeepAlive: GETs on one client connection are answered in turn, then a POST, then a GET.
+func TestPlainKeepAlive(t *testing.T) {
 	upAddr, _ := echoMethodServer(t)
 	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
 	c, br := dialProxy(t, tp.addr)
@@ -252,9 +239,8 @@ func TestFrontPlainKeepAliveThenHandOff(t *testing.T) {
 	}
 }
 
-// TestFrontPipelinedRequests: requests sent in one write are answered in order, including a POST
-// behind a GET, which is handed to net/http with the bytes read ahead.
-func TestFrontPipelinedRequests(t *testing.T) {
+// TestPipelinedRequests: requests sent in one write are answered in order, a POST among them.
+func TestPipelinedRequests(t *testing.T) {
 	upAddr, _ := echoMethodServer(t)
 	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
 	c, br := dialProxy(t, tp.addr)
@@ -276,9 +262,9 @@ func TestFrontPipelinedRequests(t *testing.T) {
 	}
 }
 
-// TestFrontHTTP10HandedOff: an HTTP/1.0 request goes to net/http, which answers it without chunks
-// (HTTP/1.0 has none) and closes the connection.
-func TestFrontHTTP10HandedOff(t *testing.T) {
+// TestHTTP10: an HTTP/1.0 request is answered without chunks (HTTP/1.0 has none) and its
+// connection closed.
+func TestHTTP10(t *testing.T) {
 	upAddr, _ := echoMethodServer(t)
 	tp := startProxy(t, loopbackPolicy, nil, []string{upAddr})
 	c, br := dialProxy(t, tp.addr)
@@ -338,50 +324,5 @@ func TestShutdownWaitsForPlainRequest(t *testing.T) {
 	}
 	if recs := tp.records(t); len(recs) != 1 || !strings.Contains(recs[0], `"status":200`) {
 		t.Fatalf("records when Shutdown returned: %v", recs)
-	}
-}
-
-// TestFrontWriterFraming: a short body the handler leaves without a length is sent with one, a
-// longer one chunked, and a body shorter than its declared length ends the connection.
-func TestFrontWriterFraming(t *testing.T) {
-	client, server := tcpPair(t)
-	fc := &frontConn{conn: server}
-	br := bufio.NewReader(client)
-	client.SetDeadline(time.Now().Add(10 * time.Second))
-	long := strings.Repeat("x", holdLimit+1)
-	for _, tc := range []struct {
-		name, declared, body string
-		keep                 bool
-		te                   []string
-		length               int64
-	}{
-		{"short", "", "abc", true, nil, 3},
-		{"long", "", long, true, []string{"chunked"}, -1},
-		{"declared", "3", "abc", true, nil, 3},
-		{"cut short", "10", "abc", false, nil, 10},
-	} {
-		r := httptest.NewRequest(http.MethodGet, "http://a.test/", nil)
-		w := newFrontWriter(fc, r)
-		if tc.declared != "" {
-			w.Header().Set("Content-Length", tc.declared)
-		}
-		io.WriteString(w, tc.body)
-		if keep := w.finish(); keep != tc.keep {
-			t.Fatalf("%s: finish says keep=%v, want %v", tc.name, keep, tc.keep)
-		}
-		w.release()
-		resp, err := http.ReadResponse(br, r)
-		if err != nil {
-			t.Fatalf("%s: %v", tc.name, err)
-		}
-		if !slices.Equal(resp.TransferEncoding, tc.te) || resp.ContentLength != tc.length {
-			t.Fatalf("%s: transfer-encoding %v, length %d", tc.name, resp.TransferEncoding, resp.ContentLength)
-		}
-		if !tc.keep {
-			break // the body is incomplete: the client can only read it to the connection's end
-		}
-		if body, err := io.ReadAll(resp.Body); err != nil || string(body) != tc.body {
-			t.Fatalf("%s: body %d bytes, %v", tc.name, len(body), err)
-		}
 	}
 }

@@ -1,0 +1,56 @@
+package cli
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestEnvSecrets checks that "env --secrets" gives the agent each placeholder_env set to its
+// placeholder, without reading the values (the variables they come from are unset here), and refuses
+// a file that others may read.
+func TestEnvSecrets(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "secrets.yaml")
+	if err := os.WriteFile(file, []byte(`github:
+  value_from: {env: SWARM_TEST_UNSET_TOKEN}
+  placeholder_env: GITHUB_TOKEN
+anthropic:
+  value_from: {file: /nonexistent/anthropic}
+  placeholder_env: ANTHROPIC_API_KEY
+inject-only:
+  value: "sk-TESTVALUE"
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runAgentCmd(t, "env", "--secrets", file, "--format", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vars map[string]string
+	if err := json.Unmarshal([]byte(out), &vars); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if vars["GITHUB_TOKEN"] != "swarm-proxy-secret:github" || vars["ANTHROPIC_API_KEY"] != "swarm-proxy-secret:anthropic" || vars["HTTP_PROXY"] == "" {
+		t.Errorf("vars = %v", vars)
+	}
+	if strings.Contains(out, "TESTVALUE") || strings.Contains(out, "inject-only") {
+		t.Errorf("output has a value or a secret without placeholder_env:\n%s", out)
+	}
+	sh, err := runAgentCmd(t, "env", "--secrets", file)
+	if err != nil || !strings.Contains(sh, "export GITHUB_TOKEN='swarm-proxy-secret:github'\n") {
+		t.Errorf("sh output %q, %v", sh, err)
+	}
+
+	os.Chmod(file, 0o644)
+	if _, err := runAgentCmd(t, "env", "--secrets", file); err == nil || !strings.Contains(err.Error(), "chmod 600 "+file) {
+		t.Errorf("mode 0644: err = %v", err)
+	}
+	clash := filepath.Join(dir, "clash.yaml")
+	os.WriteFile(clash, []byte("a:\n  value: x\n  placeholder_env: HTTPS_PROXY\n"), 0o600)
+	if _, err := runAgentCmd(t, "env", "--secrets", clash); err == nil || !strings.Contains(err.Error(), "placeholder_env HTTPS_PROXY of secret \"a\" is a variable that env sets itself") {
+		t.Errorf("clash: err = %v", err)
+	}
+}
