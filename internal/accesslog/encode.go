@@ -37,6 +37,16 @@ func (r *Record) AppendJSON(b []byte) []byte {
 		b = append(b, `,"`+FieldInspected+`":true`...)
 	}
 	b = appendStringField(b, FieldTunnelID, r.TunnelID, true)
+	if len(r.Secrets) > 0 {
+		b = append(b, `,"`+FieldSecrets+`":[`...)
+		for i, name := range r.Secrets {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, name)
+		}
+		b = append(b, ']')
+	}
 	return append(b, '}')
 }
 
