@@ -23,7 +23,7 @@ that decides, the reason, what to change for the other outcome, and the other ru
 PORT defaults to 443. An IP address is checked as it is, including the rule that refuses private,
 loopback, link-local and metadata addresses unless an allow cidr rule covers them; a name is
 checked by its rules here, and its addresses are checked again when the proxy resolves it at dial
-time.`,
+time (in broker mode its provider resolves it and applies the broker's address rules for it).`,
 		Example: `  swarm-proxy policy explain policy.yaml api.github.com
   swarm-proxy policy explain policy.yaml 169.254.169.254:80`,
 		Args: exactArgs(2, "FILE HOST[:PORT]"),
