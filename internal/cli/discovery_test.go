@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -245,5 +247,30 @@ deny:
 	}
 	if _, err := policy.Load(pol); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// ownMachine is an injected list of the machine's own addresses.
+type ownMachine []netip.Addr
+
+func (m ownMachine) Owns(a netip.Addr) bool { return slices.Contains(m, a) }
+
+// TestPolicyExplainOwnAddress: explain refuses an address of the machine it runs on, as the proxy does.
+func TestPolicyExplainOwnAddress(t *testing.T) {
+	p, err := policy.Parse("policy.yaml", []byte("mode: discovery\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := ownMachine{netip.MustParseAddr("192.31.196.1")}
+	var b strings.Builder
+	if err := explain(&b, p, policy.Target{Host: "192.31.196.1", Port: 9393}, own); err != nil {
+		t.Fatal(err)
+	}
+	out := strings.Join(strings.Fields(b.String()), " ")
+	for _, w := range []string{"(an IP address: an address of this machine)", "decision deny",
+		"reason 192.31.196.1 is an address of this machine, which is refused unless an allow rule with a cidr covers it"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q:\n%s", w, b.String())
+		}
 	}
 }

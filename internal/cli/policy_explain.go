@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/swarm-proxy/swarm-proxy/internal/hostaddr"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
@@ -21,7 +22,8 @@ func newPolicyExplainCmd() *cobra.Command {
 		Long: `Decide HOST[:PORT] with the policy in FILE as the proxy would before dialing, and print the rule
 that decides, the reason, what to change for the other outcome, and the other rules that match.
 PORT defaults to 443. An IP address is checked as it is, including the rule that refuses private,
-loopback, link-local and metadata addresses unless an allow cidr rule covers them; a name is
+loopback, link-local and metadata addresses and this machine's own addresses unless an allow cidr
+rule covers them; a name is
 checked by its rules here, and its addresses are checked again when the proxy resolves it at dial
 time (in broker mode its provider resolves it and applies the broker's address rules for it).`,
 		Example: `  swarm-proxy policy explain policy.yaml api.github.com
@@ -36,22 +38,25 @@ time (in broker mode its provider resolves it and applies the broker's address r
 			if err != nil {
 				return fmt.Errorf("policy explain: %w", err)
 			}
-			return explain(cmd.OutOrStdout(), p, t)
+			return explain(cmd.OutOrStdout(), p, t, hostaddr.Default())
 		},
 	}
 }
 
-func explain(w io.Writer, p *policy.Policy, t policy.Target) error {
+func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Machine) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	line := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, a...)) }
 
 	addr, isIP := t.Addr()
-	var class policy.Class
+	phrase := ""
 	if isIP {
-		class = policy.Classify(addr)
+		// Explained on the machine that runs it: its own addresses are refused like loopback.
+		if phrase = policy.Classify(addr).Phrase(); phrase == "" && machine.Owns(addr) {
+			phrase = policy.ThisMachine
+		}
 		what := "an IP address, checked as it is"
-		if class.Refused() {
-			what = "an IP address: " + class.Phrase()
+		if phrase != "" {
+			what = "an IP address: " + phrase
 		}
 		line("target", "%s (%s)", t, what)
 	} else {
@@ -59,7 +64,7 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target) error {
 	}
 	line("policy", "%s (mode %s, %d allow and %d deny rules)", p.Source, p.Mode, len(p.Allow), len(p.Deny))
 
-	d := p.Decide(t, nil)
+	d := p.DecideOn(machine, t, nil)
 	// A name that no host rule allows in enforce mode can still be admitted by an allow cidr rule
 	// once it is resolved: say so instead of a plain allow.
 	pending := d.Pending
@@ -105,8 +110,8 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target) error {
 		}
 	}
 	switch {
-	case isIP && class.Refused() && d.Allow:
-		line("note", "%s is %s: it is allowed only because an allow cidr rule covers it", addr, class.Phrase())
+	case isIP && phrase != "" && d.Allow:
+		line("note", "%s is %s: it is allowed only because an allow cidr rule covers it", addr, phrase)
 	case !isIP && d.Allow:
 		line("note", "if %s resolves to a private, loopback, link-local or metadata address, the proxy refuses it unless an allow cidr rule covers that address", t.Host)
 	}

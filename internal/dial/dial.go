@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/swarm-proxy/swarm-proxy/internal/hostaddr"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
@@ -169,6 +170,9 @@ type Direct struct {
 	Timeout time.Duration
 	// Observe, when set, is told how long each successful connect took.
 	Observe func(time.Duration)
+	// Machine reports this machine's own addresses, refused like loopback unless an allow cidr
+	// rule covers them; nil means the addresses of this machine's interfaces (hostaddr.Default).
+	Machine policy.Machine
 }
 
 // Dial refuses a request its front end did not allow, resolves the target once, checks every
@@ -190,7 +194,11 @@ func (d *Direct) Dial(ctx context.Context, req *Request) (net.Conn, error) {
 	if err != nil {
 		return nil, Classify(t, err)
 	}
-	dec := pol.Decide(t, addrs)
+	m := d.Machine
+	if m == nil {
+		m = hostaddr.Default()
+	}
+	dec := pol.DecideOn(m, t, addrs)
 	if !dec.Allow {
 		return nil, Denied(t, dec)
 	}

@@ -215,3 +215,48 @@ func TestGenerateMergeCreatesAllow(t *testing.T) {
 		}
 	}
 }
+
+// TestGoldenDomainsDNS: the DNS guard's records are counted beside the requests as lookups; a name
+// looked up and never connected to is marked; policy generation and replay leave lookups out.
+func TestGoldenDomainsDNS(t *testing.T) {
+	rep := &DomainReport{}
+	d := NewDomains()
+	g, err := NewGenerator(GenerateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewReplayer(policy.Default())
+	if _, err := Read(context.Background(), []Source{FileSource("testdata/dns/access.log")}, func(e *Entry) {
+		rep.Count(e)
+		d.Add(e)
+		g.Add(e)
+		r.Add(e)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rep.Hosts = d.Rows()
+	if rep.Requests != 2 || rep.Lookups != 5 || rep.Blocked != 0 {
+		t.Errorf("totals: %d requests, %d lookups, %d blocked; want 2, 5, 0", rep.Requests, rep.Lookups, rep.Blocked)
+	}
+	var table, js bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "dns/domains.txt", table.Bytes())
+	golden(t, "dns/domains.json", js.Bytes())
+	gen, err := g.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, lookedUpOnly := range []string{"denied.test", "docs.allowed.test", "aaaaaaaaaa"} {
+		if strings.Contains(string(gen.YAML), lookedUpOnly) {
+			t.Errorf("policy generate wrote a rule for %s, which was only looked up:\n%s", lookedUpOnly, gen.YAML)
+		}
+	}
+	if res := r.Result(); res.Requests != 2 {
+		t.Errorf("replay counted %d requests, want the 2 connections", res.Requests)
+	}
+}

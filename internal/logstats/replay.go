@@ -10,6 +10,7 @@ import (
 	"slices"
 	"text/tabwriter"
 
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
@@ -52,6 +53,9 @@ func NewReplayer(p *policy.Policy) *Replayer {
 
 // Add replays e, which must name a host. An IP-literal host is checked as the address it is.
 func (r *Replayer) Add(e *Entry) {
+	if e.Method == accesslog.MethodDNS {
+		return // a lookup is not a connection: the policy decides connections
+	}
 	d := r.decide(e)
 	k := replayKey{host: e.Host, allow: d.Allow, rule: d.RuleID()}
 	if k.rule == "" {

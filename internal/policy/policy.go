@@ -139,7 +139,16 @@ func (d Decision) RuleID() string { return d.Rule.ID() }
 // rescue is refused without a DNS lookup; then with every resolved address. The second decision lists
 // in Addrs the addresses that passed; dial only those. An IP-literal target is checked fully on the
 // first call.
-func (p *Policy) Decide(t Target, addrs []netip.Addr) Decision {
+func (p *Policy) Decide(t Target, addrs []netip.Addr) Decision { return p.DecideOn(nil, t, addrs) }
+
+// Machine tells which addresses are assigned to the machine that dials.
+type Machine interface {
+	Owns(netip.Addr) bool
+}
+
+// DecideOn is Decide for a dialer on machine m (nil: none): an address of m is refused like loopback
+// unless an allow cidr rule covers it, because a service bound to every address answers there too.
+func (p *Policy) DecideOn(m Machine, t Target, addrs []netip.Addr) Decision {
 	if lit, ok := t.Addr(); ok && addrs == nil {
 		addrs = []netip.Addr{lit}
 	}
@@ -172,7 +181,7 @@ func (p *Policy) Decide(t Target, addrs []netip.Addr) Decision {
 	var rule *Rule
 	for _, a := range addrs {
 		a = a.Unmap()
-		d, r := p.decideAddr(t, a, hostRule)
+		d, r := p.decideAddr(m, t, a, hostRule)
 		if !d.Allow {
 			if first.Code == "" {
 				first = d
@@ -192,7 +201,7 @@ func (p *Policy) Decide(t Target, addrs []netip.Addr) Decision {
 }
 
 // decideAddr checks one resolved address; it returns the decision and the allow rule that permits it.
-func (p *Policy) decideAddr(t Target, a netip.Addr, hostRule *Rule) (Decision, *Rule) {
+func (p *Policy) decideAddr(m Machine, t Target, a netip.Addr, hostRule *Rule) (Decision, *Rule) {
 	for i := range p.Deny {
 		if r := &p.Deny[i]; r.matchesAddr(a, t.Port) {
 			return p.deny(CodeDeniedByRule, r, t, fmt.Sprintf("%s is denied by rule %s", a, r.Describe(p.Source))), nil
@@ -205,17 +214,22 @@ func (p *Policy) decideAddr(t Target, a netip.Addr, hostRule *Rule) (Decision, *
 			break
 		}
 	}
-	if c := Classify(a); c.Refused() && cidrRule == nil {
-		d := p.deny(CodeSpecialAddr, nil, t, fmt.Sprintf("%s resolves to %s, %s, which is refused unless an allow rule with a cidr covers it", t.Host, a, c.Phrase()))
+	if cidrRule != nil {
+		return Decision{Allow: true}, cidrRule
+	}
+	phrase := Classify(a).Phrase()
+	if phrase == "" && m != nil && m.Owns(a) {
+		phrase = ThisMachine
+	}
+	if phrase != "" {
+		d := p.deny(CodeSpecialAddr, nil, t, fmt.Sprintf("%s resolves to %s, %s, which is refused unless an allow rule with a cidr covers it", t.Host, a, phrase))
 		if t.Host == a.String() {
-			d.Reason = fmt.Sprintf("%s is %s, which is refused unless an allow rule with a cidr covers it", a, c.Phrase())
+			d.Reason = fmt.Sprintf("%s is %s, which is refused unless an allow rule with a cidr covers it", a, phrase)
 		}
 		d.Fix = fmt.Sprintf("if this destination is intended, add to allow in %s: - {cidr: \"%s/%d\", ports: [%d]}", p.sourceName(), a, a.BitLen(), t.Port)
 		return d, nil
 	}
 	switch {
-	case cidrRule != nil:
-		return Decision{Allow: true}, cidrRule
 	case hostRule != nil || p.Mode == Discovery:
 		return Decision{Allow: true}, hostRule
 	default:
