@@ -89,7 +89,7 @@ var errBadCheck = errors.New("bad address check")
 func parseCheck(s string) (addrCheck, error) {
 	body, ok := strings.CutPrefix(s, "check=")
 	if !ok {
-		return addrCheck{}, fmt.Errorf("%w: want check=...", errBadCheck)
+		return addrCheck{}, fmt.Errorf("%w: want check=<entries>", errBadCheck)
 	}
 	var c addrCheck
 	if body == "" {
