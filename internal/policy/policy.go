@@ -43,6 +43,11 @@ type Rule struct {
 	Host    string       // normalised name, "*.suffix" or "*"; empty for cidr rules
 	Prefix  netip.Prefix // valid for cidr rules
 	Ports   []int        // empty: any port
+	// Inspect: connections this rule allows have their HTTPS terminated and each request decided by
+	// DecideRequest (set by http, access or inspect: true).
+	Inspect bool
+	// HTTP lists what requests the rule allows when it inspects; nil with Inspect allows every request.
+	HTTP []HTTPEntry
 
 	// Inject are the headers set from secrets on every request the rule allows; Secrets the secrets
 	// whose placeholders the rule's requests may carry. Both are empty on deny and cidr rules.
@@ -77,6 +82,9 @@ func (r *Rule) Describe(source string) string {
 	}
 	if len(r.Ports) > 0 {
 		what += fmt.Sprintf(", ports %v", r.Ports)
+	}
+	if r.Inspect {
+		what += ", inspected"
 	}
 	if source != "" && r.Line > 0 {
 		what += fmt.Sprintf(", %s line %d", source, r.Line)
@@ -140,6 +148,18 @@ func (d Decision) RuleID() string { return d.Rule.ID() }
 // in Addrs the addresses that passed; dial only those. An IP-literal target is checked fully on the
 // first call.
 func (p *Policy) Decide(t Target, addrs []netip.Addr) Decision { return p.DecideOn(nil, t, addrs) }
+
+// DecideDial is the decision the proxy makes for t on machine m when it dials t at addrs: the name
+// stage (DecideOn with no addresses), then, when that allows and addrs are known, the address stage.
+// The rule it names is the one the proxy logs; tools that decide offline (policy explain, policy
+// replay) call it with the addresses they know, or none.
+func (p *Policy) DecideDial(m Machine, t Target, addrs []netip.Addr) Decision {
+	d := p.DecideOn(m, t, nil)
+	if !d.Allow || addrs == nil {
+		return d
+	}
+	return p.DecideOn(m, t, addrs)
+}
 
 // Machine tells which addresses are assigned to the machine that dials.
 type Machine interface {
@@ -214,12 +234,17 @@ func (p *Policy) decideAddr(m Machine, t Target, a netip.Addr, hostRule *Rule) (
 			break
 		}
 	}
-	if cidrRule != nil {
-		return Decision{Allow: true}, cidrRule
-	}
 	phrase := Classify(a).Phrase()
 	if phrase == "" && m != nil && m.Owns(a) {
 		phrase = ThisMachine
+	}
+	// One naming for every stage and tool: the host rule that admitted the name decides, as it did
+	// before the name was resolved, unless the address is one only an allow cidr rule may admit.
+	if cidrRule != nil {
+		if hostRule != nil && phrase == "" {
+			return Decision{Allow: true}, hostRule
+		}
+		return Decision{Allow: true}, cidrRule
 	}
 	if phrase != "" {
 		d := p.deny(CodeSpecialAddr, nil, t, fmt.Sprintf("%s resolves to %s, %s, which is refused unless an allow rule with a cidr covers it", t.Host, a, phrase))
