@@ -33,6 +33,10 @@ func (r *Record) AppendJSON(b []byte) []byte {
 	b = append(b, `,"`+FieldDurationMS+`":`...)
 	b = appendFloat(b, r.DurationMS)
 	b = appendStringField(b, FieldError, r.Error, false)
+	if r.Transparent {
+		b = append(b, `,"`+FieldTransparent+`":true`...)
+	}
+	b = appendStringField(b, FieldOriginalDst, r.OriginalDst, true)
 	return append(b, '}')
 }
 

@@ -26,7 +26,9 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 	escapes.Path = "/caf\u00e9/\x1f"
 	tiny, huge := sample, sample
 	tiny.DurationMS, huge.DurationMS = 1e-9, 3e21
-	for name, rec := range map[string]Record{"full": sample, "minimal": minimal, "escapes": escapes, "tiny": tiny, "huge": huge} {
+	captured := sample
+	captured.Transparent, captured.OriginalDst = true, "[2001:db8::7]:443"
+	for name, rec := range map[string]Record{"full": sample, "minimal": minimal, "escapes": escapes, "tiny": tiny, "huge": huge, "transparent": captured} {
 		want, err := json.Marshal(&rec)
 		if err != nil {
 			t.Fatal(err)

@@ -8,25 +8,27 @@ import "time"
 // Field names of a record. Timestamp, Client, Method, Host, Port, Path and Status are a contract with
 // users and tools and must keep these names.
 const (
-	FieldTimestamp  = "timestamp"
-	FieldRequestID  = "request_id"
-	FieldClient     = "client"
-	FieldSession    = "session"
-	FieldProvider   = "provider"
-	FieldMethod     = "method"
-	FieldHost       = "host"
-	FieldPort       = "port"
-	FieldPath       = "path"
-	FieldStatus     = "status"
-	FieldDecision   = "decision"
-	FieldMode       = "mode"
-	FieldRule       = "rule"
-	FieldReason     = "reason"
-	FieldUpstream   = "upstream"
-	FieldBytesIn    = "bytes_in"
-	FieldBytesOut   = "bytes_out"
-	FieldDurationMS = "duration_ms"
-	FieldError      = "error"
+	FieldTimestamp   = "timestamp"
+	FieldRequestID   = "request_id"
+	FieldClient      = "client"
+	FieldSession     = "session"
+	FieldProvider    = "provider"
+	FieldMethod      = "method"
+	FieldHost        = "host"
+	FieldPort        = "port"
+	FieldPath        = "path"
+	FieldStatus      = "status"
+	FieldDecision    = "decision"
+	FieldMode        = "mode"
+	FieldRule        = "rule"
+	FieldReason      = "reason"
+	FieldUpstream    = "upstream"
+	FieldBytesIn     = "bytes_in"
+	FieldBytesOut    = "bytes_out"
+	FieldDurationMS  = "duration_ms"
+	FieldError       = "error"
+	FieldTransparent = "transparent"
+	FieldOriginalDst = "original_dst"
 )
 
 // Decision values.
@@ -56,6 +58,13 @@ const (
 	ErrorTunnelBroken      = "tunnel_broken"         // a tunnel failed on the target's (or provider's) side
 	ErrorIdleTimeout       = "idle_timeout"          // a tunnel moved no byte for --tunnel-idle-timeout
 	ErrorShuttingDown      = "shutting_down"         // refused or cut because the proxy is shutting down
+	ErrorSNIMismatch       = "sni_mismatch"          // transparent: the destination is not an address of the name the client sent
+	ErrorNotRedirected     = "not_redirected"        // transparent: a connection the firewall did not redirect
+	// The DNS guard's own kinds (DNSRecord), beside no_rule_matched and denied_by_rule.
+	ErrorDNSSuspicious  = FlagDNSSuspicious // refused as likely data tunnelled through DNS
+	ErrorDNSBadQuery    = "bad_query"       // not a standard query of class IN
+	ErrorDNSInvalidName = "invalid_name"    // a name the policy cannot match
+	ErrorDNSUpstream    = "upstream_failed" // no upstream resolver answered
 )
 
 // ErrorKinds lists every value of the error field, in the README's order.
@@ -63,7 +72,8 @@ var ErrorKinds = []string{
 	ErrorNoRule, ErrorDeniedByRule, ErrorPrivateAddress, ErrorClientNotAllowed, ErrorAuth,
 	ErrorBadRequest, ErrorCommandNotSupport, ErrorResolve, ErrorRefused, ErrorUnreachable,
 	ErrorTimeout, ErrorNoProvider, ErrorInternal, ErrorUpstream, ErrorClientClosed,
-	ErrorTunnelBroken, ErrorIdleTimeout, ErrorShuttingDown,
+	ErrorTunnelBroken, ErrorIdleTimeout, ErrorShuttingDown, ErrorSNIMismatch, ErrorNotRedirected,
+	ErrorDNSSuspicious, ErrorDNSBadQuery, ErrorDNSInvalidName, ErrorDNSUpstream,
 }
 
 // Record is one access-log line. BytesOut counts bytes sent from the client towards the target and
@@ -89,4 +99,8 @@ type Record struct {
 	BytesOut   int64     `json:"bytes_out"`
 	DurationMS float64   `json:"duration_ms"`
 	Error      string    `json:"error"`
+	// Transparent marks a connection captured by the firewall's redirect (--transparent-listen),
+	// OriginalDst the address it was going to.
+	Transparent bool   `json:"transparent,omitempty"`
+	OriginalDst string `json:"original_dst,omitempty"`
 }
