@@ -18,6 +18,10 @@ for pair in curl:curl ssh:openssh-client sshd:openssh-server git:git pip3:python
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
+# Python modules the end-to-end tests import (an SDK-style client): module:package.
+for pair in requests:python3-requests; do
+  python3 -c "import ${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
 
 # service_of names the systemd units a package's install may start.
 service_of() {

@@ -33,6 +33,16 @@ func (r *Record) AppendJSON(b []byte) []byte {
 	b = append(b, `,"`+FieldDurationMS+`":`...)
 	b = appendFloat(b, r.DurationMS)
 	b = appendStringField(b, FieldError, r.Error, false)
+	if len(r.Secrets) > 0 {
+		b = append(b, `,"`+FieldSecrets+`":[`...)
+		for i, name := range r.Secrets {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, name)
+		}
+		b = append(b, ']')
+	}
 	if r.Transparent {
 		b = append(b, `,"`+FieldTransparent+`":true`...)
 	}

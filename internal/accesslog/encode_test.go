@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -26,9 +27,11 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 	escapes.Path = "/caf\u00e9/\x1f"
 	tiny, huge := sample, sample
 	tiny.DurationMS, huge.DurationMS = 1e-9, 3e21
+	withSecrets := sample
+	withSecrets.Secrets = []string{"anthropic", "git\"hub"}
 	captured := sample
 	captured.Transparent, captured.OriginalDst = true, "[2001:db8::7]:443"
-	for name, rec := range map[string]Record{"full": sample, "minimal": minimal, "escapes": escapes, "tiny": tiny, "huge": huge, "transparent": captured} {
+	for name, rec := range map[string]Record{"full": sample, "minimal": minimal, "escapes": escapes, "tiny": tiny, "huge": huge, "secrets": withSecrets, "transparent": captured} {
 		want, err := json.Marshal(&rec)
 		if err != nil {
 			t.Fatal(err)
@@ -62,7 +65,7 @@ func FuzzAppendJSON(f *testing.F) {
 		if err := json.Unmarshal(want, &exp); err != nil {
 			t.Fatal(err)
 		}
-		if got != exp {
+		if !reflect.DeepEqual(got, exp) {
 			t.Fatalf("decoded\n %+v\nwant\n %+v", got, exp)
 		}
 	})

@@ -27,6 +27,7 @@ const (
 	FieldBytesOut    = "bytes_out"
 	FieldDurationMS  = "duration_ms"
 	FieldError       = "error"
+	FieldSecrets     = "secrets"
 	FieldTransparent = "transparent"
 	FieldOriginalDst = "original_dst"
 )
@@ -58,6 +59,8 @@ const (
 	ErrorTunnelBroken      = "tunnel_broken"         // a tunnel failed on the target's (or provider's) side
 	ErrorIdleTimeout       = "idle_timeout"          // a tunnel moved no byte for --tunnel-idle-timeout
 	ErrorShuttingDown      = "shutting_down"         // refused or cut because the proxy is shutting down
+	ErrorSecretNotBound    = "secret_not_bound"      // a secret's placeholder in a request whose rule does not list the secret
+	ErrorSecretUnavailable = "secret_unavailable"    // a secret the rule needs has no value (unset variable, unreadable file)
 	ErrorSNIMismatch       = "sni_mismatch"          // transparent: the destination is not an address of the name the client sent
 	ErrorNotRedirected     = "not_redirected"        // transparent: a connection the firewall did not redirect
 	// The DNS guard's own kinds (DNSRecord), beside no_rule_matched and denied_by_rule.
@@ -72,7 +75,8 @@ var ErrorKinds = []string{
 	ErrorNoRule, ErrorDeniedByRule, ErrorPrivateAddress, ErrorClientNotAllowed, ErrorAuth,
 	ErrorBadRequest, ErrorCommandNotSupport, ErrorResolve, ErrorRefused, ErrorUnreachable,
 	ErrorTimeout, ErrorNoProvider, ErrorInternal, ErrorUpstream, ErrorClientClosed,
-	ErrorTunnelBroken, ErrorIdleTimeout, ErrorShuttingDown, ErrorSNIMismatch, ErrorNotRedirected,
+	ErrorTunnelBroken, ErrorIdleTimeout, ErrorShuttingDown, ErrorSecretNotBound, ErrorSecretUnavailable,
+	ErrorSNIMismatch, ErrorNotRedirected,
 	ErrorDNSSuspicious, ErrorDNSBadQuery, ErrorDNSInvalidName, ErrorDNSUpstream,
 }
 
@@ -99,6 +103,8 @@ type Record struct {
 	BytesOut   int64     `json:"bytes_out"`
 	DurationMS float64   `json:"duration_ms"`
 	Error      string    `json:"error"`
+	// Secrets names the secrets put into the request (never their values).
+	Secrets []string `json:"secrets,omitempty"`
 	// Transparent marks a connection captured by the firewall's redirect (--transparent-listen),
 	// OriginalDst the address it was going to.
 	Transparent bool   `json:"transparent,omitempty"`

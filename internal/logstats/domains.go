@@ -39,10 +39,46 @@ type HostRow struct {
 
 type hostAgg struct {
 	row      HostRow
-	methods  []string // few per host: a slice beats a map
-	ports    []int
+	methods  smallSet[string]
+	ports    smallSet[int]
 	clients  map[string]struct{}
 	sessions map[string]struct{}
+}
+
+// smallSetMax is how many values a smallSet keeps in a slice before it moves them to a map.
+const smallSetMax = 8
+
+// smallSet is a set kept in a slice while it is small (the usual handful of methods or ports per
+// host, where a slice beats a map) and in a map beyond that, so that an agent sending endless
+// distinct methods or ports costs linear time, not quadratic.
+type smallSet[T cmp.Ordered] struct {
+	list []T
+	m    map[T]struct{}
+}
+
+func (s *smallSet[T]) add(v T) {
+	switch {
+	case s.m != nil:
+		s.m[v] = struct{}{}
+	case slices.Contains(s.list, v):
+	case len(s.list) < smallSetMax:
+		s.list = append(s.list, v)
+	default:
+		s.m = make(map[T]struct{}, 4*smallSetMax)
+		for _, x := range s.list {
+			s.m[x] = struct{}{}
+		}
+		s.m[v] = struct{}{}
+		s.list = nil
+	}
+}
+
+// sorted returns the values in order.
+func (s *smallSet[T]) sorted() []T {
+	if s.m != nil {
+		return slices.Sorted(maps.Keys(s.m))
+	}
+	return slices.Sorted(slices.Values(s.list))
 }
 
 // Domains aggregates entries per host. Its memory grows with the number of distinct hosts, clients
@@ -93,11 +129,11 @@ func (d *Domains) Add(e *Entry) {
 	if e.Time.After(r.LastSeen) {
 		r.LastSeen = e.Time
 	}
-	if e.Method != "" && e.Method != accesslog.MethodDNS && !slices.Contains(h.methods, e.Method) {
-		h.methods = append(h.methods, e.Method)
+	if e.Method != "" && e.Method != accesslog.MethodDNS {
+		h.methods.add(e.Method)
 	}
-	if e.Port != 0 && !slices.Contains(h.ports, e.Port) {
-		h.ports = append(h.ports, e.Port)
+	if e.Port != 0 {
+		h.ports.add(e.Port)
 	}
 	addString(h.clients, e.Client)
 	addString(h.sessions, e.Session)
@@ -119,8 +155,8 @@ func (d *Domains) Rows() []HostRow {
 	rows := make([]HostRow, 0, len(d.hosts))
 	for _, h := range d.hosts {
 		r := h.row
-		r.Methods = slices.Sorted(slices.Values(h.methods))
-		r.Ports = slices.Sorted(slices.Values(h.ports))
+		r.Methods = h.methods.sorted()
+		r.Ports = h.ports.sorted()
 		r.Clients = slices.SortedFunc(maps.Keys(h.clients), compareAddrs)
 		r.LookupOnly = r.Requests == 0 && r.Lookups > 0
 		if len(h.sessions) > 0 {

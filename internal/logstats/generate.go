@@ -333,7 +333,7 @@ func ruleComment(c candidate) string {
 		fmt.Fprintf(&b, " from %s to %s", stamp(r.FirstSeen), stamp(r.LastSeen))
 	}
 	if len(r.Methods) > 0 {
-		fmt.Fprintf(&b, ", %s", strings.Join(r.Methods, " "))
+		fmt.Fprintf(&b, ", %s", methodList(r.Methods))
 	}
 	fmt.Fprintf(&b, ", %d %s", len(r.Clients), plural(int64(len(r.Clients)), "client"))
 	if len(r.Sessions) > 0 {
@@ -348,6 +348,28 @@ func ruleComment(c candidate) string {
 		}
 	}
 	return b.String()
+}
+
+// commentMethods is how many methods a rule's comment names before it counts the rest.
+const commentMethods = 4
+
+// methodList names the methods a host used, at most commentMethods of them: "CONNECT GET", or
+// "DELETE GET PATCH POST and 99,996 others" for an agent that sent endless distinct methods.
+func methodList(methods []string) string {
+	if len(methods) <= commentMethods {
+		return strings.Join(methods, " ")
+	}
+	rest := len(methods) - commentMethods
+	return strings.Join(methods[:commentMethods], " ") + " and " + thousands(rest) + " " + plural(int64(rest), "other")
+}
+
+// thousands formats n with commas between groups of three digits: 99998 is "99,998".
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }
 
 // reverseLabels turns "api.github.com" into "com.github.api".

@@ -130,6 +130,11 @@ func checkBound(r *http.Request, bound []string) error {
 			if err := check(part.where, part.s); err != nil {
 				return err
 			}
+			if dec, err := url.PathUnescape(part.s); err == nil && dec != part.s {
+				if err := check(part.where, dec); err != nil {
+					return err
+				}
+			}
 		}
 		for _, piece := range strings.Split(u.RawQuery, "&") {
 			if dec, err := url.QueryUnescape(piece); err == nil {

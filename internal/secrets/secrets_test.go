@@ -233,6 +233,11 @@ func TestApply(t *testing.T) {
 		{name: "not bound: empty name", req: newReq(t, "http://h/", "X-Key", "swarm-proxy-secret:"), bound: gh, wantCode: CodeNotBound},
 		{name: "not bound: query", req: newReq(t, "http://h/?k=swarm-proxy-secret%3agithub"), wantCode: CodeNotBound},
 		{name: "not bound: path", req: newReq(t, "http://h/x/swarm-proxy-secret%3Agithub"), wantCode: CodeNotBound},
+		{name: "not bound: opaque path", req: func() *http.Request {
+			r := newReq(t, "http://h/")
+			r.URL.Opaque = "/x/swarm-proxy-secret%3agithub"
+			return r
+		}(), wantCode: CodeNotBound},
 		{name: "not bound: user", req: newReq(t, "http://u:swarm-proxy-secret:github@h/"), wantCode: CodeNotBound},
 		{name: "unavailable: placeholder", req: newReq(t, "http://h/", "X-Key", "swarm-proxy-secret:missing"), bound: []string{"missing"}, wantCode: CodeUnavailable},
 		{name: "unavailable: not in file", req: newReq(t, "http://h/?k=swarm-proxy-secret:gone"), bound: []string{"gone"}, wantCode: CodeUnavailable},
