@@ -195,8 +195,8 @@ func (d *Direct) Dial(ctx context.Context, req *Request) (net.Conn, error) {
 	defer cancel()
 
 	addrs := []netip.Addr{req.Pin.Unmap()}
+	var err error
 	if !req.Pin.IsValid() {
-		var err error
 		if addrs, err = d.resolve(ctx, t); err != nil {
 			return nil, Classify(t, err)
 		}
