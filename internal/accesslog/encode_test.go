@@ -15,7 +15,7 @@ var sample = Record{
 	Client: "10.0.0.5", Session: "s1", Provider: "127.0.0.1:4242/ab12cd", Method: "CONNECT", Host: "api.github.com",
 	Port: 443, Path: "/x", Status: 200, Decision: DecisionAllow, Mode: "enforce", Rule: "github",
 	Reason: "allowed by rule github (host api.github.com, policy.yaml line 3)", Upstream: "140.82.112.6:443",
-	BytesIn: 123456789, BytesOut: 42, DurationMS: 12.345, Error: "",
+	BytesIn: 123456789, BytesOut: 42, DurationMS: 12.345, Error: "", Inspected: true, TunnelID: "9f8e7d6c5b4a3921",
 }
 
 // TestAppendJSONMatchesEncodingJSON: the hand-written encoder writes what encoding/json writes for

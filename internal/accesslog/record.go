@@ -27,6 +27,8 @@ const (
 	FieldBytesOut   = "bytes_out"
 	FieldDurationMS = "duration_ms"
 	FieldError      = "error"
+	FieldInspected  = "inspected"
+	FieldTunnelID   = "tunnel_id"
 	FieldSecrets    = "secrets"
 )
 
@@ -92,6 +94,12 @@ type Record struct {
 	BytesOut   int64     `json:"bytes_out"`
 	DurationMS float64   `json:"duration_ms"`
 	Error      string    `json:"error"`
+	// Inspected marks a request decided by method and path under a rule that inspects (a decrypted
+	// HTTPS request, or a plain http:// one to such a rule's host).
+	Inspected bool `json:"inspected,omitempty"`
+	// TunnelID links the records of the requests inspected inside one CONNECT tunnel to the tunnel's
+	// own record: both carry it.
+	TunnelID string `json:"tunnel_id,omitempty"`
 	// Secrets names the secrets put into the request (never their values).
 	Secrets []string `json:"secrets,omitempty"`
 }

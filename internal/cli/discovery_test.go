@@ -263,7 +263,7 @@ func TestPolicyExplainOwnAddress(t *testing.T) {
 	}
 	own := ownMachine{netip.MustParseAddr("192.31.196.1")}
 	var b strings.Builder
-	if err := explain(&b, p, policy.Target{Host: "192.31.196.1", Port: 9393}, own); err != nil {
+	if err := explain(&b, p, policy.Target{Host: "192.31.196.1", Port: 9393}, own, nil); err != nil {
 		t.Fatal(err)
 	}
 	out := strings.Join(strings.Fields(b.String()), " ")

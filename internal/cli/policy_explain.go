@@ -17,18 +17,28 @@ const explainDefaultPort = 443
 
 func newPolicyExplainCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "explain FILE HOST[:PORT]",
-		Short: "Say which rule of a policy decides a target, and why",
+		Use:   "explain FILE HOST[:PORT] [METHOD PATH]",
+		Short: "Say which rule of a policy decides a target or a request, and why",
 		Long: `Decide HOST[:PORT] with the policy in FILE as the proxy would before dialing, and print the rule
 that decides, the reason, what to change for the other outcome, and the other rules that match.
 PORT defaults to 443. An IP address is checked as it is, including the rule that refuses private,
 loopback, link-local and metadata addresses and this machine's own addresses unless an allow cidr
 rule covers them; a name is
 checked by its rules here, and its addresses are checked again when the proxy resolves it at dial
-time.`,
+time. With METHOD PATH (the path as the client sends it, query allowed), a request to a host whose
+rule inspects is decided too: by the rule's http entries, and refused when its path is ambiguous.`,
 		Example: `  swarm-proxy policy explain policy.yaml api.github.com
+  swarm-proxy policy explain policy.yaml api.github.com POST /repos/myorg/tool/issues
   swarm-proxy policy explain policy.yaml 169.254.169.254:80`,
-		Args: exactArgs(2, "FILE HOST[:PORT]"),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 3 {
+				return fmt.Errorf("%s: METHOD needs a PATH too (see %s --help)", cmd.CommandPath(), cmd.CommandPath())
+			}
+			if len(args) == 4 {
+				return nil
+			}
+			return exactArgs(2, "FILE HOST[:PORT] [METHOD PATH]")(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := policy.Load(args[0])
 			if err != nil {
@@ -38,12 +48,19 @@ time.`,
 			if err != nil {
 				return fmt.Errorf("policy explain: %w", err)
 			}
-			return explain(cmd.OutOrStdout(), p, t, hostaddr.Default())
+			var req *explainRequest
+			if len(args) == 4 {
+				req = &explainRequest{method: args[2], path: policy.PathOf(args[3])}
+			}
+			return explain(cmd.OutOrStdout(), p, t, hostaddr.Default(), req)
 		},
 	}
 }
 
-func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Machine) error {
+// explainRequest is the METHOD PATH of an explain, when given.
+type explainRequest struct{ method, path string }
+
+func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Machine, req *explainRequest) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	line := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, a...)) }
 
@@ -65,6 +82,16 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Mach
 	line("policy", "%s (mode %s, %d allow and %d deny rules)", p.Source, p.Mode, len(p.Allow), len(p.Deny))
 
 	d := p.DecideOn(machine, t, nil)
+	if d.Allow && !d.Pending && req != nil {
+		if rd := p.DecideRequest(d, req.method, req.path); !rd.Allow {
+			line("request", "%s %s", req.method, req.path)
+			line("decision", "deny (%s)", rd.Code)
+			line("rule", "%s", rd.Rule.Describe(p.Source))
+			line("reason", "%s", rd.Reason)
+			line("fix", "%s", rd.Fix)
+			return tw.Flush()
+		}
+	}
 	// A name that no host rule allows in enforce mode can still be admitted by an allow cidr rule
 	// once it is resolved: say so instead of a plain allow.
 	pending := d.Pending
@@ -77,6 +104,16 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Mach
 			}
 		}
 		line("reason", "no host rule allows %s (mode: enforce)", t)
+	case d.Allow && req != nil:
+		line("request", "%s %s", req.method, req.path)
+		switch {
+		case d.Rule.Inspects() && d.Rule.HTTP == nil:
+			line("decision", "allow (the rule inspects and allows every request whose path is unambiguous)")
+		case d.Rule.Inspects():
+			line("decision", "allow (the rule inspects: this request is allowed by its http entries)")
+		default:
+			line("decision", "allow (the rule does not inspect: every request to the host is allowed)")
+		}
 	case d.Allow:
 		line("decision", "allow")
 	default:
@@ -87,6 +124,9 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Mach
 			line("rule", "%s", d.Rule.Describe(p.Source))
 			if d.Rule.Comment != "" {
 				line("comment", "%s", d.Rule.Comment)
+			}
+			if d.Allow && d.Rule.Inspects() {
+				inspectLines(line, d.Rule)
 			}
 		} else {
 			line("rule", "none (%s)", d.Code)
@@ -119,6 +159,18 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Mach
 		return fmt.Errorf("policy explain: %w", err)
 	}
 	return nil
+}
+
+// inspectLines says how the rule decides each request.
+func inspectLines(line func(k, format string, a ...any), r *policy.Rule) {
+	if r.HTTP == nil {
+		line("inspect", "yes: HTTPS is terminated and every request with an unambiguous path is allowed and logged")
+		return
+	}
+	line("inspect", "yes: HTTPS is terminated and each request must match one of:")
+	for i := range r.HTTP {
+		line("", "%s", r.HTTP[i].String())
+	}
 }
 
 // otherMatches describes the rules that match t besides the deciding one, in file order: deny

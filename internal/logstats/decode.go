@@ -26,6 +26,10 @@ type Entry struct {
 	Upstream string // the address the proxy dialed (host:port), when it dialed one
 	BytesIn  int64
 	BytesOut int64
+	// Path is the request's path (plain HTTP and inspected requests); Inspected marks a request
+	// decided by method and path under a rule that inspects.
+	Path      string
+	Inspected bool
 }
 
 // Blocked reports whether the proxy refused the request.
@@ -116,6 +120,10 @@ func (d *decoder) decode(line []byte, e *Entry) error {
 				i, err = d.strField(line, i, &e.Error)
 			case accesslog.FieldUpstream:
 				i, err = d.strField(line, i, &e.Upstream)
+			case accesslog.FieldPath:
+				i, err = d.strField(line, i, &e.Path)
+			case accesslog.FieldInspected:
+				e.Inspected, i, err = boolValue(line, i)
 			case accesslog.FieldPort:
 				var n int64
 				n, i, err = intValue(line, i)
@@ -232,6 +240,16 @@ func hasControl(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// boolValue reads a JSON boolean (or null, as false) at line[i].
+func boolValue(line []byte, i int) (bool, int, error) {
+	for _, lit := range [...]string{"true", "false", "null"} {
+		if len(line)-i >= len(lit) && string(line[i:i+len(lit)]) == lit {
+			return lit == "true", i + len(lit), nil
+		}
+	}
+	return false, 0, fmt.Errorf("%w: want true or false at byte %d", errSyntax, i)
 }
 
 func isNull(line []byte, i int) bool {

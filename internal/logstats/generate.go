@@ -30,6 +30,8 @@ type GenerateOptions struct {
 	// comments are kept. Nil starts from an empty policy.
 	Merge     []byte
 	MergeName string
+	// HTTP gives each host with inspected requests an http list: the methods seen per path pattern.
+	HTTP bool
 }
 
 // Generator collects entries and writes a policy that allows what they show.
@@ -41,6 +43,8 @@ type Generator struct {
 
 	invalid   int64    // records whose host is not a valid name or address
 	invalidAt []string // the first few of those hosts
+
+	http *httpPaths // with opts.HTTP: the inspected requests' paths per host
 }
 
 // NewGenerator returns a generator with opts.
@@ -48,7 +52,11 @@ func NewGenerator(opts GenerateOptions) (*Generator, error) {
 	if opts.Collapse == 1 || opts.Collapse < 0 {
 		return nil, fmt.Errorf("generate policy: collapse %d: want 0 (off) or 2 or more", opts.Collapse)
 	}
-	return &Generator{opts: opts, domains: NewDomains(), private: make(map[string]int64), hosts: make(map[string]string)}, nil
+	g := &Generator{opts: opts, domains: NewDomains(), private: make(map[string]int64), hosts: make(map[string]string)}
+	if opts.HTTP {
+		g.http = newHTTPPaths()
+	}
+	return g, nil
 }
 
 // Add counts e, which must name a host. Requests refused because the host is or resolved to a
@@ -85,6 +93,9 @@ func (g *Generator) Add(e *Entry) {
 			e = &n
 		}
 		g.domains.Add(e)
+		if g.http != nil && e.Inspected && e.Path != "" {
+			g.http.add(h, e)
+		}
 	}
 }
 
@@ -105,6 +116,7 @@ type candidate struct {
 	hosts  []string // the hosts a collapsed rule stands for
 	// covered says which of the host's ports rules of the merged policy already allow.
 	covered []string
+	http    []httpEntry // the rule's http list; nil for none
 }
 
 // Generate writes the policy: the merged file (or a new one) in enforce mode, with one allow rule
@@ -132,6 +144,9 @@ func (g *Generator) Generate() (*Generated, error) {
 			c.host, c.addr = "", a.Unmap()
 		} else {
 			c.domain = registrable(r.Host)
+			if g.http != nil {
+				c.http = g.http.entries(r.Host)
+			}
 		}
 		var coveredBy []string
 		for _, port := range r.Ports {
@@ -148,6 +163,10 @@ func (g *Generator) Generate() (*Generated, error) {
 		}
 		if len(coveredBy) > 0 && len(c.ports) == 0 {
 			covered = append(covered, r.Host)
+			if len(c.http) > 0 {
+				out.Notes = append(out.Notes, fmt.Sprintf("%s has inspected requests, but rule %s of %s already allows it: add its http entries by hand (run without --merge to see them)",
+					r.Host, coveredBy[0], g.opts.MergeName))
+			}
 		}
 		if len(c.ports) == 0 {
 			continue
@@ -179,6 +198,9 @@ func (g *Generator) Generate() (*Generated, error) {
 		out.Notes = append(out.Notes, fmt.Sprintf("left out %d %s refused as private, loopback or metadata addresses (%s): "+
 			"a host rule cannot admit them; if one is intended, add an allow rule with its cidr by hand",
 			len(hosts), plural(int64(len(hosts)), "host"), prose(hosts, 10)))
+	}
+	if g.http != nil {
+		out.Notes = append(out.Notes, g.http.notes()...)
 	}
 	if g.opts.Collapse >= 2 {
 		names = collapse(names, g.opts.Collapse)
@@ -304,6 +326,9 @@ func ruleNode(c candidate) *yaml.Node {
 		ports.Content = append(ports.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.Itoa(p)})
 	}
 	n.Content = append(n.Content, scalar("ports"), ports, scalar("comment"), scalar(ruleComment(c)))
+	if len(c.http) > 0 {
+		n.Content = append(n.Content, scalar("http"), httpNode(c.http))
+	}
 	return n
 }
 
@@ -394,7 +419,7 @@ func registrable(host string) string {
 func collapse(names []candidate, n int) []candidate {
 	below := make(map[string][]int)
 	for i, c := range names {
-		if c.domain != c.host && strings.HasSuffix(c.host, "."+c.domain) {
+		if len(c.http) == 0 && c.domain != c.host && strings.HasSuffix(c.host, "."+c.domain) { // paths are per host
 			below[c.domain] = append(below[c.domain], i)
 		}
 	}

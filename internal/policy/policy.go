@@ -43,6 +43,11 @@ type Rule struct {
 	Host    string       // normalised name, "*.suffix" or "*"; empty for cidr rules
 	Prefix  netip.Prefix // valid for cidr rules
 	Ports   []int        // empty: any port
+	// Inspect: connections this rule allows have their HTTPS terminated and each request decided by
+	// DecideRequest (set by http, access or inspect: true).
+	Inspect bool
+	// HTTP lists what requests the rule allows when it inspects; nil with Inspect allows every request.
+	HTTP []HTTPEntry
 
 	// Inject are the headers set from secrets on every request the rule allows; Secrets the secrets
 	// whose placeholders the rule's requests may carry. Both are empty on deny and cidr rules.
@@ -77,6 +82,9 @@ func (r *Rule) Describe(source string) string {
 	}
 	if len(r.Ports) > 0 {
 		what += fmt.Sprintf(", ports %v", r.Ports)
+	}
+	if r.Inspect {
+		what += ", inspected"
 	}
 	if source != "" && r.Line > 0 {
 		what += fmt.Sprintf(", %s line %d", source, r.Line)

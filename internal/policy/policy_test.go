@@ -251,6 +251,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("mode: discovery\n"))
 	f.Add([]byte("mode: enforce\nallow:\n  - cidr: ::/0\n    ports: [1, 65535]\n"))
 	f.Add([]byte("mode: enforce\nallow: {a: b}\n"))
+	f.Add([]byte(inspectPolicy))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("fuzz.yaml", data)
 		if err != nil {
@@ -267,6 +268,10 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("rule %s has neither or both of host and cidr", r.ID())
 			}
 			p.Decide(Target{Host: "example.com", Port: 443}, addrs("1.1.1.1"))
+			if len(r.HTTP) > 0 && !r.Inspects() {
+				t.Fatalf("rule %s has http entries but does not inspect", r.ID())
+			}
+			p.DecideRequest(Decision{Allow: true, Rule: &r}, "GET", "/a/b")
 		}
 	})
 }
