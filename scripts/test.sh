@@ -18,6 +18,8 @@ for pair in curl:curl ssh:openssh-client sshd:openssh-server git:git pip3:python
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
+# Python modules the forwarding compatibility suite runs as clients.
+python3 -c 'import requests' 2>/dev/null || need+=(python3-requests)
 
 # service_of names the systemd units a package's install may start.
 service_of() {
