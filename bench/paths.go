@@ -3,10 +3,17 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -179,9 +186,13 @@ func tunnelPath(e env) (*path, error) {
 	if err := os.WriteFile(pol, []byte(loopbackPolicy), 0o644); err != nil {
 		return nil, fmt.Errorf("write policy: %w", err)
 	}
+	cert, key, err := writeSelfSigned(dir)
+	if err != nil {
+		return nil, err
+	}
 	b, addr, err := startProc(e.binary, listeningRE, "broker", "--listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0",
 		"--admin-listen", "", "--secret-file", secret, "--policy", pol, "--policy-poll", "0",
-		"--log-file", filepath.Join(dir, "broker-access.log"))
+		"--tls-cert", cert, "--tls-key", key, "--log-file", filepath.Join(dir, "broker-access.log"))
 	if err != nil {
 		return nil, err
 	}
@@ -205,10 +216,12 @@ func tunnelPath(e env) (*path, error) {
 		b.stop()
 		return nil, fmt.Errorf("ticket --json printed %q: %v", out, err)
 	}
-	tf := filepath.Join(dir, "ticket.json")
-	if err := os.WriteFile(tf, out, 0o600); err != nil {
+	// The provider's ticket pins the broker's certificate: the tunnel runs over TLS.
+	tf := filepath.Join(dir, "provider.json")
+	if out, err := exec.Command(e.binary, "ticket", "--session", "bench", "--ttl", "2h", "--role", "provider",
+		"--secret-file", secret, "--tls-cert", cert, "--out", tf).CombinedOutput(); err != nil {
 		b.stop()
-		return nil, fmt.Errorf("ticket file: %w", err)
+		return nil, fmt.Errorf("provider ticket: %v: %s", err, out)
 	}
 	pv, _, err := startProc(e.binary, connectedRE, "provider", "--ticket", tf, "--broker", providerAddr, "--allow-targets", "loopback")
 	if err != nil {
@@ -220,6 +233,30 @@ func tunnelPath(e env) (*path, error) {
 	return &path{name: "tunnel", dial: connectDialer(addr, tk.Session+":"+tk.Token),
 		proxyURL: &url.URL{Scheme: "http", Host: addr, User: url.UserPassword(tk.Session, tk.Token)},
 		pids:     []int{b.pid(), pv.pid()}, providerPid: pv.pid(), brokerPort: brokerPort, procs: []*proc{b, pv}}, nil
+}
+
+// writeSelfSigned writes a self-signed certificate for 127.0.0.1 and its key into dir.
+func writeSelfSigned(dir string) (certFile, keyFile string, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench broker"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return "", "", err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return "", "", err
+	}
+	certFile, keyFile = filepath.Join(dir, "broker.crt"), filepath.Join(dir, "broker.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return "", "", err
+	}
+	return certFile, keyFile, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
 }
 
 // squidPath runs Squid on a loopback port with a generated configuration: no cache, access log on.

@@ -14,12 +14,14 @@ cd "$(dirname "$0")/.."
 need=()
 for pair in curl:curl ssh:openssh-client sshd:openssh-server git:git pip3:python3-pip \
             npm:npm node:nodejs ip:iproute2 iptables:iptables nft:nftables squid:squid tinyproxy:tinyproxy \
-            docker-compose:docker-compose fish:fish; do
+            docker-compose:docker-compose fish:fish openssl:openssl python3:python3; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
-# Python modules the forwarding compatibility suite runs as clients.
-python3 -c 'import requests' 2>/dev/null || need+=(python3-requests)
+# Python modules the end-to-end tests import (an SDK-style client): module:package.
+for pair in requests:python3-requests; do
+  python3 -c "import ${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
 
 # service_of names the systemd units a package's install may start.
 service_of() {

@@ -27,6 +27,9 @@ const (
 	FieldBytesOut   = "bytes_out"
 	FieldDurationMS = "duration_ms"
 	FieldError      = "error"
+	FieldInspected  = "inspected"
+	FieldTunnelID   = "tunnel_id"
+	FieldSecrets    = "secrets"
 )
 
 // Decision values.
@@ -56,6 +59,8 @@ const (
 	ErrorTunnelBroken      = "tunnel_broken"         // a tunnel failed on the target's (or provider's) side
 	ErrorIdleTimeout       = "idle_timeout"          // a tunnel moved no byte for --tunnel-idle-timeout
 	ErrorShuttingDown      = "shutting_down"         // refused or cut because the proxy is shutting down
+	ErrorSecretNotBound    = "secret_not_bound"      // a secret's placeholder in a request whose rule does not list the secret
+	ErrorSecretUnavailable = "secret_unavailable"    // a secret the rule needs has no value (unset variable, unreadable file)
 )
 
 // ErrorKinds lists every value of the error field, in the README's order.
@@ -63,7 +68,7 @@ var ErrorKinds = []string{
 	ErrorNoRule, ErrorDeniedByRule, ErrorPrivateAddress, ErrorClientNotAllowed, ErrorAuth,
 	ErrorBadRequest, ErrorCommandNotSupport, ErrorResolve, ErrorRefused, ErrorUnreachable,
 	ErrorTimeout, ErrorNoProvider, ErrorInternal, ErrorUpstream, ErrorClientClosed,
-	ErrorTunnelBroken, ErrorIdleTimeout, ErrorShuttingDown,
+	ErrorTunnelBroken, ErrorIdleTimeout, ErrorShuttingDown, ErrorSecretNotBound, ErrorSecretUnavailable,
 }
 
 // Record is one access-log line. BytesOut counts bytes sent from the client towards the target and
@@ -89,4 +94,12 @@ type Record struct {
 	BytesOut   int64     `json:"bytes_out"`
 	DurationMS float64   `json:"duration_ms"`
 	Error      string    `json:"error"`
+	// Inspected marks a request decided by method and path under a rule that inspects (a decrypted
+	// HTTPS request, or a plain http:// one to such a rule's host).
+	Inspected bool `json:"inspected,omitempty"`
+	// TunnelID links the records of the requests inspected inside one CONNECT tunnel to the tunnel's
+	// own record: both carry it.
+	TunnelID string `json:"tunnel_id,omitempty"`
+	// Secrets names the secrets put into the request (never their values).
+	Secrets []string `json:"secrets,omitempty"`
 }

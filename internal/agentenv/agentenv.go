@@ -1,6 +1,7 @@
 // Package agentenv computes and renders the environment variables that route an agent's tools through
 // swarm-proxy: HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, their lowercase twins, NO_PROXY and
-// NODE_USE_ENV_PROXY, quoted for a POSIX shell, fish, a Dockerfile, a compose file or JSON.
+// NODE_USE_ENV_PROXY, and with an inspection CA the variables that make common tools trust it, quoted
+// for a POSIX shell, fish, a Dockerfile, a compose file or JSON.
 package agentenv
 
 import (
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -33,6 +35,44 @@ type Config struct {
 	NoProxy []string
 	// Ticket, when set, puts the session credentials in the userinfo of every proxy URL (broker mode).
 	Ticket *ticket.Ticket
+	// CA, when set, is the inspection CA certificate's path as the agent sees it (NODE_EXTRA_CA_CERTS).
+	CA string
+	// CABundle is the path of the system roots plus the CA ("swarm-proxy ca bundle"), for the tools
+	// that take one file of roots; empty means DefaultBundleName beside CA.
+	CABundle string
+}
+
+// DefaultBundleName is the bundle's file name beside the CA when Config.CABundle is empty.
+const DefaultBundleName = "ca-bundle.pem"
+
+// BundleVars are the variables that point tools which read one file of trusted roots at the bundle:
+// OpenSSL-based tools and Go (SSL_CERT_FILE), Python requests, curl, git, pip, the AWS CLI and SDKs,
+// and cargo.
+var BundleVars = []string{"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT", "AWS_CA_BUNDLE", "CARGO_HTTP_CAINFO"}
+
+// NodeCAVar is Node.js's variable for extra roots, added to its built-in ones: it takes the CA alone.
+const NodeCAVar = "NODE_EXTRA_CA_CERTS"
+
+// Where the Dockerfile format installs the CA: Debian's, Ubuntu's and Alpine's trust store, which
+// update-ca-certificates merges into the system bundle.
+const (
+	DockerCAPath     = "/usr/local/share/ca-certificates/swarm-proxy.crt"
+	DockerBundlePath = "/etc/ssl/certs/ca-certificates.crt"
+)
+
+// DockerfileInstallCA returns the Dockerfile lines that copy the CA at src (a path in the build
+// context) into the image's trust store; the variables then point at DockerCAPath and DockerBundlePath.
+func DockerfileInstallCA(src string) string {
+	return fmt.Sprintf("# the swarm-proxy inspection CA, into the trust store (needs the ca-certificates package)\n"+
+		"COPY [%s, %s]\nRUN update-ca-certificates\n", jsonString(src), jsonString(DockerCAPath))
+}
+
+// BundlePath is the bundle the variables name for c: CABundle, or DefaultBundleName beside CA.
+func (c Config) BundlePath() string {
+	if c.CABundle != "" || c.CA == "" {
+		return c.CABundle
+	}
+	return filepath.Join(filepath.Dir(c.CA), DefaultBundleName)
 }
 
 // LoadTicket reads a ticket file ("swarm-proxy ticket --json") and checks that it names a session
@@ -114,6 +154,12 @@ func Vars(c Config) ([]Var, error) {
 		vars = append(vars, Var{strings.ToLower(v.Name), v.Value})
 	}
 	vars = append(vars, Var{"NODE_USE_ENV_PROXY", "1"})
+	if c.CA != "" {
+		for _, name := range BundleVars {
+			vars = append(vars, Var{name, c.BundlePath()})
+		}
+		vars = append(vars, Var{NodeCAVar, c.CA})
+	}
 	return vars, nil
 }
 

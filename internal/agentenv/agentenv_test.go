@@ -292,3 +292,34 @@ func FuzzRender(f *testing.F) {
 		}
 	})
 }
+
+func TestVarsCA(t *testing.T) {
+	vars, err := Vars(Config{CA: "/etc/sp/ca.pem"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, v := range vars {
+		got[v.Name] = v.Value
+	}
+	for _, name := range []string{"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT", "AWS_CA_BUNDLE", "CARGO_HTTP_CAINFO"} {
+		if got[name] != "/etc/sp/ca-bundle.pem" {
+			t.Errorf("%s = %q, want the bundle beside the CA", name, got[name])
+		}
+	}
+	if got["NODE_EXTRA_CA_CERTS"] != "/etc/sp/ca.pem" {
+		t.Errorf("NODE_EXTRA_CA_CERTS = %q, want the CA alone", got["NODE_EXTRA_CA_CERTS"])
+	}
+	vars, _ = Vars(Config{CA: "/a/ca.pem", CABundle: "/b/bundle.pem"})
+	for _, v := range vars {
+		if v.Name == "SSL_CERT_FILE" && v.Value != "/b/bundle.pem" {
+			t.Errorf("SSL_CERT_FILE = %q, want --ca-bundle", v.Value)
+		}
+	}
+	vars, _ = Vars(Config{})
+	for _, v := range vars {
+		if v.Name == "SSL_CERT_FILE" || v.Name == "NODE_EXTRA_CA_CERTS" {
+			t.Errorf("%s set without a CA", v.Name)
+		}
+	}
+}

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -245,5 +247,47 @@ deny:
 	}
 	if _, err := policy.Load(pol); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// ownMachine is an injected list of the machine's own addresses.
+type ownMachine []netip.Addr
+
+func (m ownMachine) Owns(a netip.Addr) bool { return slices.Contains(m, a) }
+
+// TestPolicyExplainOwnAddress: explain refuses an address of the machine it runs on, as the proxy does.
+func TestPolicyExplainOwnAddress(t *testing.T) {
+	p, err := policy.Parse("policy.yaml", []byte("mode: discovery\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := ownMachine{netip.MustParseAddr("192.31.196.1")}
+	var b strings.Builder
+	if err := explain(&b, p, policy.Target{Host: "192.31.196.1", Port: 9393}, own, nil); err != nil {
+		t.Fatal(err)
+	}
+	out := strings.Join(strings.Fields(b.String()), " ")
+	for _, w := range []string{"(an IP address: an address of this machine)", "decision deny",
+		"reason 192.31.196.1 is an address of this machine, which is refused unless an allow rule with a cidr covers it"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q:\n%s", w, b.String())
+		}
+	}
+}
+
+// TestPolicyGenerateDenied: the documented `policy generate access.log` leaves out what a deny rule
+// refused, and --include-denied puts it back.
+func TestPolicyGenerateDenied(t *testing.T) {
+	log := `{"timestamp":"2026-11-24T10:00:00Z","client":"10.0.0.5","method":"CONNECT","host":"api.github.com","port":443,"status":200,"decision":"allow","mode":"discovery"}
+{"timestamp":"2026-11-24T10:00:01Z","client":"10.0.0.5","method":"CONNECT","host":"evil.test","port":443,"status":403,"decision":"deny","mode":"discovery","rule":"deny#1","error":"denied_by_rule"}
+`
+	r := runCLI(t, log, "policy", "generate")
+	if r.err != nil || strings.Contains(r.stdout, "host: evil.test") || !strings.Contains(r.stdout, "# evil.test:443 denied by deny#1") ||
+		!strings.Contains(r.stderr, "left out 1 target (host and port) that a deny rule refused") {
+		t.Errorf("generate: %v\n%s\n%s", r.err, r.stdout, r.stderr)
+	}
+	r = runCLI(t, log, "policy", "generate", "--include-denied")
+	if r.err != nil || !strings.Contains(r.stdout, "host: evil.test") {
+		t.Errorf("generate --include-denied: %v\n%s", r.err, r.stdout)
 	}
 }

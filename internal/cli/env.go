@@ -1,7 +1,12 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -30,7 +35,14 @@ from "swarm-proxy ticket --json" go in the proxy URLs as percent-encoded user an
   swarm-proxy env --format fish | source                        # fish
   swarm-proxy env --format dockerfile >> Dockerfile
   swarm-proxy env --format compose                              # an environment: block for compose.yaml
-  swarm-proxy env --secrets secrets.yaml                        # GITHUB_TOKEN=swarm-proxy-secret:github ...`,
+  swarm-proxy env --secrets secrets.yaml                        # GITHUB_TOKEN=swarm-proxy-secret:github ...
+
+With --ca (HTTPS inspection, see docs/inspection.md) it adds the variables that make common tools
+trust the inspection CA: SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, GIT_SSL_CAINFO, PIP_CERT,
+AWS_CA_BUNDLE and CARGO_HTTP_CAINFO name the bundle (the system roots plus the CA, written by
+"swarm-proxy ca bundle"; --ca-bundle, default ca-bundle.pem beside --ca), NODE_EXTRA_CA_CERTS the CA
+alone. Paths are as the agent sees them. With --format dockerfile, --ca is the CA's path in the
+build context: the output copies it into the image's trust store and points the variables there.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if ticketFile != "" {
@@ -44,6 +56,12 @@ from "swarm-proxy ticket --json" go in the proxy URLs as percent-encoded user an
 					cfg.Proxy = "http://" + t.BrokerAddr
 				}
 			}
+			w := cmd.OutOrStdout()
+			if cfg.CA != "" {
+				if err := caPaths(cmd, &cfg, agentenv.Format(format)); err != nil {
+					return err
+				}
+			}
 			vars, err := agentenv.Vars(cfg)
 			if err != nil {
 				return err
@@ -53,7 +71,7 @@ from "swarm-proxy ticket --json" go in the proxy URLs as percent-encoded user an
 					return err
 				}
 			}
-			return agentenv.Render(cmd.OutOrStdout(), agentenv.Format(format), vars)
+			return agentenv.Render(w, agentenv.Format(format), vars)
 		},
 	}
 	formats := make([]string, len(agentenv.Formats))
@@ -65,9 +83,57 @@ from "swarm-proxy ticket --json" go in the proxy URLs as percent-encoded user an
 	f.StringVar(&cfg.SOCKS, "socks", "", "SOCKS5 proxy URL for ALL_PROXY, e.g. socks5h://proxy:1080 (unset: no ALL_PROXY)")
 	f.StringVar(&ticketFile, "ticket", "", "broker mode: ticket file from \"swarm-proxy ticket --json\"; its credentials go in the proxy URLs")
 	f.StringSliceVar(&cfg.NoProxy, "no-proxy", nil, "hosts, domains (.example.com) or CIDRs that bypass the proxy, added to "+strings.Join(agentenv.DefaultNoProxy, ","))
+	f.StringVar(&cfg.CA, "ca", "", "inspection CA certificate (ca.pem) as the agent sees it: adds the variables that make tools trust it")
+	f.StringVar(&cfg.CABundle, "ca-bundle", "", "system roots plus the CA (swarm-proxy ca bundle) as the agent sees it (default: "+agentenv.DefaultBundleName+" beside --ca)")
 	f.StringVar(&secretsFile, "secrets", "", "the proxy's secrets file: add each secret's placeholder_env set to its placeholder (swarm-proxy-secret:NAME); values are not read")
 	f.StringVar(&format, "format", string(agentenv.FormatSh), "output format: "+strings.Join(formats, ", "))
 	return cmd
+}
+
+// caPaths settles where the agent finds the CA and the bundle for format f. sh and fish are evaluated
+// here, so relative paths become absolute and a missing bundle gets a note; compose and json describe
+// another machine, so they need absolute paths; dockerfile installs the CA into the image.
+func caPaths(cmd *cobra.Command, cfg *agentenv.Config, f agentenv.Format) error {
+	switch f {
+	case agentenv.FormatDockerfile:
+		if cfg.CABundle != "" {
+			return errors.New("env: --ca-bundle does not apply to --format dockerfile: the image's own bundle is used")
+		}
+		if _, err := io.WriteString(cmd.OutOrStdout(), agentenv.DockerfileInstallCA(cfg.CA)); err != nil {
+			return err
+		}
+		cfg.CA, cfg.CABundle = agentenv.DockerCAPath, agentenv.DockerBundlePath
+		return nil
+	case agentenv.FormatSh, agentenv.FormatFish:
+		var err error
+		if cfg.CA, err = filepath.Abs(cfg.CA); err != nil {
+			return fmt.Errorf("env: --ca: %w", err)
+		}
+		if cfg.CABundle != "" {
+			if cfg.CABundle, err = filepath.Abs(cfg.CABundle); err != nil {
+				return fmt.Errorf("env: --ca-bundle: %w", err)
+			}
+		}
+		if _, err := os.Stat(cfg.CA); err != nil {
+			return fmt.Errorf("env: --ca: %w", err)
+		}
+		if b := cfg.BundlePath(); !fileExists(b) {
+			fmt.Fprintf(cmd.ErrOrStderr(), "env: note: %s does not exist; write it with: swarm-proxy ca bundle --ca %s --out %s\n", b, cfg.CA, b)
+		}
+		return nil
+	default:
+		for _, p := range []string{cfg.CA, cfg.CABundle} {
+			if p != "" && !path.IsAbs(p) && !filepath.IsAbs(p) {
+				return fmt.Errorf("env: %q: give absolute paths with --format %s: tools resolve a relative one from their own working directory", p, f)
+			}
+		}
+		return nil
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // withPlaceholders adds, for each secret of the secrets file that has a placeholder_env, that variable

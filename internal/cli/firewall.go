@@ -18,9 +18,12 @@ func newFirewallCmd() *cobra.Command {
 		allowUIDs []uint
 		format    string
 		apply     bool
+		capture   bool
+		proxyPort uint16
+		dnsPort   uint16
 	)
 	cmd := &cobra.Command{
-		Use:   "firewall --proxy HOST:PORT [--proxy HOST:PORT]",
+		Use:   "firewall --proxy HOST:PORT [--proxy HOST:PORT] | --transparent --proxy-port N [--dns-port N] --allow-uid UID",
 		Short: "Print (or --apply) egress rules that let the agent's namespace reach only the proxy",
 		Long: `Print the firewall rules for the agent's network namespace or container: replies to allowed
 connections, loopback, the proxy and (with --dns) DNS are allowed; everything else, IPv4 and IPv6, is
@@ -28,13 +31,25 @@ rejected, TCP with a reset so tools fail fast. Each rule has a comment.
 
 The rules live in their own iptables chain (` + firewall.Chain + `, jumped to from OUTPUT) or nftables table
 (inet ` + firewall.Table + `), so --apply, or running the printed script, again replaces them atomically.
-A proxy given by name is resolved now; the rules hold its addresses.`,
+A proxy given by name is resolved now; the rules hold its addresses.
+
+With --transparent the proxy runs in the agent's namespace (a sidecar sharing it) and the rules
+redirect the agent's TCP to its --transparent-listen port (--proxy-port) and, with --dns-port, its
+DNS (UDP and TCP 53) to its --dns-listen port, IPv4 and IPv6, in a nat chain (` + firewall.CaptureChain + `,
+or the chain capture of the nftables table). Loopback and the users of --allow-uid (the proxy's own
+user, required so that its connections are not redirected back to it) are not redirected.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if len(proxies) == 0 {
-				return fmt.Errorf("firewall: --proxy HOST:PORT is required")
+			if len(proxies) == 0 && !capture {
+				return fmt.Errorf("firewall: --proxy HOST:PORT is required (or --transparent)")
+			}
+			if !capture && (proxyPort != 0 || dnsPort != 0) {
+				return fmt.Errorf("firewall: --proxy-port and --dns-port go with --transparent")
 			}
 			cfg := firewall.Config{Names: map[netip.Addr]string{}}
+			if capture {
+				cfg.Capture = &firewall.Capture{ProxyPort: proxyPort, DNSPort: dnsPort}
+			}
 			for _, p := range proxies {
 				host, port, err := firewall.ParseProxy(p)
 				if err != nil {
@@ -81,6 +96,9 @@ A proxy given by name is resolved now; the rules hold its addresses.`,
 	f.StringSliceVar(&proxies, "proxy", nil, "the proxy the agent may reach, HOST:PORT (required; repeat it, or separate with commas, for the SOCKS5 port too)")
 	f.StringSliceVar(&dns, "dns", nil, "DNS server addresses the agent may query on port 53 (default: none)")
 	f.UintSliceVar(&allowUIDs, "allow-uid", nil, "user ids whose processes may connect anywhere: the proxy's own user when it shares the agent's namespace (e.g. a Kubernetes sidecar on 127.0.0.1)")
+	f.BoolVar(&capture, "transparent", false, "redirect the agent's TCP (and DNS with --dns-port) to the proxy in this namespace: transparent capture")
+	f.Uint16Var(&proxyPort, "proxy-port", 0, "with --transparent: the port of the proxy's --transparent-listen")
+	f.Uint16Var(&dnsPort, "dns-port", 0, "with --transparent: the port of the proxy's --dns-listen; DNS is redirected there")
 	f.StringVar(&format, "format", string(firewall.FormatIPTables), "rule syntax: iptables or nftables")
 	f.BoolVar(&apply, "apply", false, "apply the rules in the current network namespace (needs CAP_NET_ADMIN) and report what was done")
 	return cmd

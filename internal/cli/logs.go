@@ -29,9 +29,11 @@ func newLogsDomainsCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "domains [FILES...]",
-		Short: "One row per host: requests, allowed, blocked, methods, ports, bytes, first and last seen, clients",
+		Short: "One row per host: requests, allowed, blocked, methods, ports, bytes, first and last seen, clients, DNS lookups",
 		Long: `Report every host in the access logs: requests, allowed and blocked counts, methods, ports, bytes
 each way, first and last seen, and the clients and sessions that used it, most requested first.
+The DNS guard's records are counted beside them as lookups (with those it refused), and a name that
+was looked up but never connected to is shown as such.
 
 FILES are access logs as the proxy writes them, plain or gzip-compressed, so rotated files can be
 given together (access*.log*). With no FILES, or "-", the log is read from standard input.
@@ -54,10 +56,7 @@ Malformed lines are skipped and reported on standard error.`,
 				if !filter.Match(e) {
 					return
 				}
-				report.Requests++
-				if e.Blocked() {
-					report.Blocked++
-				}
+				report.Count(e)
 				if by == logstats.ByHost {
 					domains.Add(e)
 				} else {

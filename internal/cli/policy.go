@@ -2,10 +2,12 @@ package cli
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+	"github.com/swarm-proxy/swarm-proxy/internal/secrets"
 )
 
 func newPolicyCmd() *cobra.Command {
@@ -19,7 +21,8 @@ func newPolicyCmd() *cobra.Command {
 }
 
 func newPolicyCheckCmd() *cobra.Command {
-	return &cobra.Command{
+	var secretsFile string
+	cmd := &cobra.Command{
 		Use:   "check FILE",
 		Short: "Validate a policy file: exit 0, or print every problem with its line and exit 1",
 		Args:  exactArgs(1, "FILE"),
@@ -28,10 +31,41 @@ func newPolicyCheckCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if secretsFile != "" {
+				if err := checkSecretNames(p, secretsFile); err != nil {
+					return err
+				}
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (mode %s, %d allow rules, %d deny rules)\n", args[0], p.Mode, len(p.Allow), len(p.Deny))
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&secretsFile, "secrets", "", "also check that every secret the rules name is defined in this secrets file (values are not read)")
+	return cmd
+}
+
+// checkSecretNames reports every secret that a rule of p names and the secrets file does not define.
+func checkSecretNames(p *policy.Policy, path string) error {
+	f, err := secrets.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	defined := map[string]bool{}
+	for _, s := range f.Specs {
+		defined[s.Name] = true
+	}
+	var problems []string
+	for _, r := range p.Allow {
+		for _, name := range r.Secrets {
+			if !defined[name] {
+				problems = append(problems, fmt.Sprintf("%s:%d: %s: secret %q is not defined in %s", p.Source, r.Line, r.ID(), name, path))
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w:\n%s", policy.ErrInvalid, strings.Join(problems, "\n"))
+	}
+	return nil
 }
 
 // exactArgs requires n positional arguments, naming them in the error.

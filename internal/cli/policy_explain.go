@@ -3,11 +3,14 @@ package cli
 import (
 	"fmt"
 	"io"
+	"net/netip"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"github.com/swarm-proxy/swarm-proxy/internal/hostaddr"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
@@ -16,17 +19,30 @@ const explainDefaultPort = 443
 
 func newPolicyExplainCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "explain FILE HOST[:PORT]",
-		Short: "Say which rule of a policy decides a target, and why",
+		Use:   "explain FILE HOST[:PORT] [METHOD PATH]",
+		Short: "Say which rule of a policy decides a target or a request, and why",
 		Long: `Decide HOST[:PORT] with the policy in FILE as the proxy would before dialing, and print the rule
 that decides, the reason, what to change for the other outcome, and the other rules that match.
 PORT defaults to 443. An IP address is checked as it is, including the rule that refuses private,
-loopback, link-local and metadata addresses unless an allow cidr rule covers them; a name is
-checked by its rules here, and its addresses are checked again when the proxy resolves it at dial
-time.`,
+loopback, link-local and metadata addresses and this machine's own addresses unless an allow cidr
+rule covers them; so is a localhost name, at the loopback addresses it always resolves to. Any other
+name is checked by its rules here, and its addresses are checked again when the proxy resolves it
+at dial time (in broker mode its provider resolves it and applies the broker's address rules to
+those addresses). The rule named is the one the proxy logs for the same target. With METHOD PATH (the
+path as the client sends it, query allowed), a request to a host whose rule inspects is decided
+too: by the rule's http entries, and refused when its path is ambiguous.`,
 		Example: `  swarm-proxy policy explain policy.yaml api.github.com
+  swarm-proxy policy explain policy.yaml api.github.com POST /repos/myorg/tool/issues
   swarm-proxy policy explain policy.yaml 169.254.169.254:80`,
-		Args: exactArgs(2, "FILE HOST[:PORT]"),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 3 {
+				return fmt.Errorf("%s: METHOD needs a PATH too (see %s --help)", cmd.CommandPath(), cmd.CommandPath())
+			}
+			if len(args) == 4 {
+				return nil
+			}
+			return exactArgs(2, "FILE HOST[:PORT] [METHOD PATH]")(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := policy.Load(args[0])
 			if err != nil {
@@ -36,30 +52,56 @@ time.`,
 			if err != nil {
 				return fmt.Errorf("policy explain: %w", err)
 			}
-			return explain(cmd.OutOrStdout(), p, t)
+			var req *explainRequest
+			if len(args) == 4 {
+				req = &explainRequest{method: args[2], path: policy.PathOf(args[3])}
+			}
+			return explain(cmd.OutOrStdout(), p, t, hostaddr.Default(), req)
 		},
 	}
 }
 
-func explain(w io.Writer, p *policy.Policy, t policy.Target) error {
+// explainRequest is the METHOD PATH of an explain, when given.
+type explainRequest struct{ method, path string }
+
+func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Machine, req *explainRequest) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	line := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, a...)) }
 
 	addr, isIP := t.Addr()
-	var class policy.Class
-	if isIP {
-		class = policy.Classify(addr)
+	phrase := ""
+	var addrs []netip.Addr // the addresses decided, as the proxy decides them when it dials
+	loopback := policy.LoopbackAddrs(t.Host)
+	switch {
+	case isIP:
+		// Explained on the machine that runs it: its own addresses are refused like loopback.
+		if phrase = policy.Classify(addr).Phrase(); phrase == "" && machine.Owns(addr) {
+			phrase = policy.ThisMachine
+		}
 		what := "an IP address, checked as it is"
-		if class.Refused() {
-			what = "an IP address: " + class.Phrase()
+		if phrase != "" {
+			what = "an IP address: " + phrase
 		}
 		line("target", "%s (%s)", t, what)
-	} else {
+	case loopback != nil:
+		addrs = loopback
+		line("target", "%s (a localhost name: it always resolves to loopback, %s)", t, joinAddrs(addrs))
+	default:
 		line("target", "%s (a name: the proxy resolves it when it dials and checks every address again)", t)
 	}
 	line("policy", "%s (mode %s, %d allow and %d deny rules)", p.Source, p.Mode, len(p.Allow), len(p.Deny))
 
-	d := p.Decide(t, nil)
+	d := p.DecideDial(machine, t, addrs)
+	if d.Allow && !d.Pending && req != nil {
+		if rd := p.DecideRequest(d, req.method, req.path); !rd.Allow {
+			line("request", "%s %s", req.method, req.path)
+			line("decision", "deny (%s)", rd.Code)
+			line("rule", "%s", rd.Rule.Describe(p.Source))
+			line("reason", "%s", rd.Reason)
+			line("fix", "%s", rd.Fix)
+			return tw.Flush()
+		}
+	}
 	// A name that no host rule allows in enforce mode can still be admitted by an allow cidr rule
 	// once it is resolved: say so instead of a plain allow.
 	pending := d.Pending
@@ -72,6 +114,16 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target) error {
 			}
 		}
 		line("reason", "no host rule allows %s (mode: enforce)", t)
+	case d.Allow && req != nil:
+		line("request", "%s %s", req.method, req.path)
+		switch {
+		case d.Rule.Inspects() && d.Rule.HTTP == nil:
+			line("decision", "allow (the rule inspects and allows every request whose path is unambiguous)")
+		case d.Rule.Inspects():
+			line("decision", "allow (the rule inspects: this request is allowed by its http entries)")
+		default:
+			line("decision", "allow (the rule does not inspect: every request to the host is allowed)")
+		}
 	case d.Allow:
 		line("decision", "allow")
 	default:
@@ -82,6 +134,9 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target) error {
 			line("rule", "%s", d.Rule.Describe(p.Source))
 			if d.Rule.Comment != "" {
 				line("comment", "%s", d.Rule.Comment)
+			}
+			if d.Allow && d.Rule.Inspects() {
+				inspectLines(line, d.Rule)
 			}
 		} else {
 			line("rule", "none (%s)", d.Code)
@@ -98,15 +153,17 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target) error {
 			line("", "%s", fix)
 		}
 	}
-	if also := otherMatches(p, t, d.Rule); len(also) > 0 {
+	if also := otherMatches(p, t, addrs, d.Rule); len(also) > 0 {
 		line("also matches", "%s", also[0])
 		for _, a := range also[1:] {
 			line("", "%s", a)
 		}
 	}
 	switch {
-	case isIP && class.Refused() && d.Allow:
-		line("note", "%s is %s: it is allowed only because an allow cidr rule covers it", addr, class.Phrase())
+	case isIP && phrase != "" && d.Allow:
+		line("note", "%s is %s: it is allowed only because an allow cidr rule covers it", addr, phrase)
+	case loopback != nil && d.Allow:
+		line("note", "the proxy dials only the addresses an allow cidr rule covers: %s", joinAddrs(d.Addrs))
 	case !isIP && d.Allow:
 		line("note", "if %s resolves to a private, loopback, link-local or metadata address, the proxy refuses it unless an allow cidr rule covers that address", t.Host)
 	}
@@ -116,10 +173,27 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target) error {
 	return nil
 }
 
+// inspectLines says how the rule decides each request.
+func inspectLines(line func(k, format string, a ...any), r *policy.Rule) {
+	if r.HTTP == nil {
+		line("inspect", "yes: HTTPS is terminated and every request with an unambiguous path is allowed and logged")
+		return
+	}
+	line("inspect", "yes: HTTPS is terminated and each request must match one of:")
+	for i := range r.HTTP {
+		line("", "%s", r.HTTP[i].String())
+	}
+}
+
 // otherMatches describes the rules that match t besides the deciding one, in file order: deny
 // rules first, because they are checked first.
-func otherMatches(p *policy.Policy, t policy.Target, decided *policy.Rule) []string {
-	addr, isIP := t.Addr()
+func otherMatches(p *policy.Policy, t policy.Target, addrs []netip.Addr, decided *policy.Rule) []string {
+	if addr, isIP := t.Addr(); isIP {
+		addrs = []netip.Addr{addr}
+	}
+	covers := func(r *policy.Rule) bool {
+		return r.Prefix.IsValid() && slices.ContainsFunc(addrs, r.Prefix.Contains)
+	}
 	var out []string
 	for _, rules := range [][]policy.Rule{p.Deny, p.Allow} {
 		for i := range rules {
@@ -127,11 +201,19 @@ func otherMatches(p *policy.Policy, t policy.Target, decided *policy.Rule) []str
 			if r == decided {
 				continue
 			}
-			match := r.MatchesHost(t.Host) || isIP && r.Prefix.IsValid() && r.Prefix.Contains(addr)
+			match := r.MatchesHost(t.Host) || covers(r)
 			if match && r.MatchesPort(t.Port) {
 				out = append(out, r.Describe(p.Source))
 			}
 		}
 	}
 	return out
+}
+
+func joinAddrs(addrs []netip.Addr) string {
+	s := make([]string, len(addrs))
+	for i, a := range addrs {
+		s[i] = a.String()
+	}
+	return strings.Join(s, " and ")
 }

@@ -27,9 +27,17 @@ with "policy replay", then run the proxy with it.
 
 FILES are access logs, plain or gzip-compressed; with none, or "-", standard input is read.
 Requests refused because a host is or resolved to a private, loopback or metadata address never
-become rules: add an allow cidr rule by hand when such a destination is intended.`,
+become rules: add an allow cidr rule by hand when such a destination is intended. Hosts that a deny
+rule refused (error denied_by_rule) are left out too and listed in a comment at the end with the
+rule that denied them; --include-denied puts them back. With --merge naming the policy that was in
+force, its deny rules are kept in the result.
+
+With --http, each host with inspected requests (logged under a rule with inspect: true, see
+docs/inspection.md) gets an http list: the methods seen on each path pattern, where path segments
+that look like ids (numbers, UUIDs, long hex) become "*". Review the patterns before enforcing.`,
 		Example: `  swarm-proxy policy generate -o policy.yaml /var/log/swarm-proxy/access*.log*
-  swarm-proxy policy generate --collapse 3 --merge policy.yaml -o policy.yaml access.log`,
+  swarm-proxy policy generate --collapse 3 --merge policy.yaml -o policy.yaml access.log
+  swarm-proxy policy generate --http access.log`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			filter, err := f.filter(time.Now())
 			if err != nil {
@@ -77,7 +85,9 @@ become rules: add an allow cidr rule by hand when such a destination is intended
 	fs.StringVarP(&output, "output", "o", "", "write the policy to this file instead of standard output (may be the --merge file)")
 	fs.IntVar(&opts.Collapse, "collapse", 0, "turn N or more subdomains of one registrable domain into one *.domain rule (0: off)")
 	fs.StringVar(&merge, "merge", "", "add to this existing policy, keeping its rules, their order and its comments")
+	fs.BoolVar(&opts.HTTP, "http", false, "add http entries (methods per path pattern) from inspected requests")
 	fs.BoolVar(&opts.ExcludeBlocked, "exclude-blocked", false, "leave out requests the proxy refused")
+	fs.BoolVar(&opts.IncludeDenied, "include-denied", false, "also allow hosts that a deny rule refused (by default they are left out and listed in a comment)")
 	return cmd
 }
 

@@ -29,6 +29,7 @@ type frontendFlags struct {
 	socksListen       string
 	adminListen       string
 	policyFile        string
+	secretsFile       string
 	logFile           string
 	logMaxSizeMB      int
 	logMaxBackups     int
@@ -48,6 +49,7 @@ func (f *frontendFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.socksListen, "socks-listen", "", "address for SOCKS5 clients, same policy and log as --listen (empty disables)")
 	fs.StringVar(&f.adminListen, "admin-listen", "127.0.0.1:9090", "address for /healthz, /readyz and /metrics (empty disables)")
 	fs.StringVar(&f.policyFile, "policy", "", "policy.yaml; without it: discovery mode, private and metadata addresses refused")
+	fs.StringVar(&f.secretsFile, "secrets", "", "secrets file (YAML, mode 0600): values put into the requests of the rules that name them, reloaded like the policy; agents hold placeholders (see docs/secrets.md)")
 	fs.StringVar(&f.logFile, "log-file", "", "access log file, rotated by size (default: stdout)")
 	fs.IntVar(&f.logMaxSizeMB, "log-max-size", accesslog.DefaultRotation.MaxSizeMB, "rotate the access log at this many MB")
 	fs.IntVar(&f.logMaxBackups, "log-max-backups", accesslog.DefaultRotation.MaxBackups, "rotated access logs to keep (gzip-compressed)")
@@ -131,6 +133,11 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		}
 		pol = p
 	}
+	sec, err := loadSecrets(f.secretsFile, logger)
+	if err != nil {
+		return err
+	}
+	warnUnknownSecrets(pol, sec.Load(), logger)
 	rt := &runtime{logger: logger, policy: policy.NewHolder(pol), registry: admin.NewRegistry()}
 	rt.metrics = proxy.NewMetrics(rt.registry)
 
@@ -158,6 +165,7 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		Policy: rt.policy, Dialer: dialer, Auth: auth, Log: logw, Metrics: rt.metrics, Logger: logger,
 		AllowClients: allow, UpstreamTimeout: f.upstreamTimeout, IdleTimeout: f.idleTimeout,
 		TunnelIdleTimeout: f.tunnelIdleTimeout, ReadHeaderTimeout: f.headerTimeout,
+		Mutate: secretsHook{sec}.mutate, ModifyResponse: secretsHook{sec}.modifyResponse,
 	}
 
 	ln, err := net.Listen("tcp", f.listen)
@@ -201,7 +209,13 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 	reloadCtx, stopReload := context.WithCancel(ctx)
 	defer stopReload()
 	if f.policyFile != "" {
-		go watchPolicy(reloadCtx, f.policyFile, f.policyPoll, rt.policy, srv.PolicyChanged, logger)
+		go watchPolicy(reloadCtx, f.policyFile, f.policyPoll, rt.policy, func() {
+			srv.PolicyChanged()
+			warnUnknownSecrets(rt.policy.Load(), sec.Load(), logger)
+		}, logger)
+	}
+	if f.secretsFile != "" {
+		go watchSecrets(reloadCtx, f.secretsFile, f.policyPoll, sec, rt.policy, logger)
 	}
 
 	serveErr := make(chan error, 2)
@@ -216,6 +230,9 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		attrs = append(attrs, "socks", socksAddr)
 	}
 	attrs = append(attrs, "admin", adminAddr, "mode", pol.Mode, "policy", orBuiltIn(f.policyFile))
+	if f.secretsFile != "" {
+		attrs = append(attrs, "secrets", f.secretsFile)
+	}
 	logger.Info("proxy listening", attrs...)
 
 	select {

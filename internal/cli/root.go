@@ -57,6 +57,7 @@ func newRootCmd() *cobra.Command {
 		newLogsCmd(),
 		newConnectCmd(), newForwardCmd(),
 		newTicketCmd(), newBrokerCmd(), newProviderCmd(),
+		newCACmd(),
 	)
 	return root
 }

@@ -54,3 +54,20 @@ inject-only:
 		t.Errorf("clash: err = %v", err)
 	}
 }
+
+// TestPolicyCheckSecrets: "policy check --secrets" names each secret a rule uses that the secrets
+// file does not define, with the rule's line.
+func TestPolicyCheckSecrets(t *testing.T) {
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(pol, []byte("mode: enforce\nallow:\n  - host: api.github.com\n    secrets: [github]\n  - host: api.example.com\n    secrets: [github, nope]\n"), 0o644)
+	sec := filepath.Join(dir, "secrets.yaml")
+	os.WriteFile(sec, []byte("github:\n  value_from: {env: UNSET_IN_TEST}\n"), 0o600)
+	if out, err := runAgentCmd(t, "policy", "check", pol); err != nil || !strings.Contains(out, "ok") {
+		t.Fatalf("without --secrets: %q, %v", out, err)
+	}
+	_, err := runAgentCmd(t, "policy", "check", pol, "--secrets", sec)
+	if want := pol + `:5: allow#2: secret "nope" is not defined in ` + sec; err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "allow#1") {
+		t.Errorf("err = %v, want %q", err, want)
+	}
+}

@@ -5,6 +5,7 @@
 package dial
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/swarm-proxy/swarm-proxy/internal/hostaddr"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
@@ -23,6 +25,10 @@ type Request struct {
 	ID      string // request id, for logs on both ends of a tunnel
 	Session string // broker session, "" in proxy mode
 	Client  string // client address, for logs
+	// AddrCheck, when set, is a further check of each resolved address on behalf of whoever asked
+	// for the dial (a broker's policy, which its provider applies): an address it returns an error
+	// for is not dialed, and when none is left the first such error is the dial's.
+	AddrCheck func(netip.Addr) error
 	// Decision is the policy decision that admitted the request. The front end sets it from the
 	// name-stage decision; a Dialer that checks resolved addresses replaces it with the final one.
 	Decision policy.Decision
@@ -164,6 +170,9 @@ type Direct struct {
 	Timeout time.Duration
 	// Observe, when set, is told how long each successful connect took.
 	Observe func(time.Duration)
+	// Machine reports this machine's own addresses, refused like loopback unless an allow cidr
+	// rule covers them; nil means the addresses of this machine's interfaces (hostaddr.Default).
+	Machine policy.Machine
 }
 
 // Dial refuses a request its front end did not allow, resolves the target once, checks every
@@ -185,9 +194,18 @@ func (d *Direct) Dial(ctx context.Context, req *Request) (net.Conn, error) {
 	if err != nil {
 		return nil, Classify(t, err)
 	}
-	dec := pol.Decide(t, addrs)
+	m := d.Machine
+	if m == nil {
+		m = hostaddr.Default()
+	}
+	dec := pol.DecideOn(m, t, addrs)
 	if !dec.Allow {
 		return nil, Denied(t, dec)
+	}
+	if req.AddrCheck != nil {
+		if dec.Addrs, err = checkAddrs(dec.Addrs, req.AddrCheck); err != nil {
+			return nil, err
+		}
 	}
 	req.Decision = dec
 	dialFn := d.DialContext
@@ -212,6 +230,23 @@ func (d *Direct) Dial(ctx context.Context, req *Request) (net.Conn, error) {
 		}
 	}
 	return nil, Classify(t, firstErr)
+}
+
+// checkAddrs keeps the addresses check accepts, or returns its first refusal when it accepts none.
+func checkAddrs(addrs []netip.Addr, check func(netip.Addr) error) ([]netip.Addr, error) {
+	var ok []netip.Addr
+	var first error
+	for _, a := range addrs {
+		if err := check(a); err != nil {
+			first = cmp.Or(first, err)
+			continue
+		}
+		ok = append(ok, a)
+	}
+	if len(ok) == 0 {
+		return nil, first
+	}
+	return ok, nil
 }
 
 func (d *Direct) resolve(ctx context.Context, t policy.Target) ([]netip.Addr, error) {

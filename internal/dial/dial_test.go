@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -182,5 +183,66 @@ func TestDialsNextCheckedAddress(t *testing.T) {
 	defer c.Close()
 	if got := c.RemoteAddr().String(); got != ln.Addr().String() {
 		t.Fatalf("connected to %s, want %s", got, ln.Addr())
+	}
+}
+
+// machine is an injected list of this machine's own addresses.
+type machine []string
+
+func (m machine) Owns(a netip.Addr) bool {
+	for _, s := range m {
+		if netip.MustParseAddr(s) == a {
+			return true
+		}
+	}
+	return false
+}
+
+// TestOwnAddressesRefused: an address of the dialing machine is refused like loopback, as a literal
+// and as a name's answer, unless an allow cidr rule covers it; nothing is dialed when refused.
+func TestOwnAddressesRefused(t *testing.T) {
+	own := machine{"192.31.196.1", "2001:4:112::1"}
+	allowed, err := policy.Parse("p.yaml", []byte("mode: discovery\nallow:\n  - cidr: 192.31.196.1/32\n    ports: [9393]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		pol      *policy.Policy
+		resolver Resolver
+		req      *Request
+		dial     string // "" when refused
+	}{
+		{"own IPv4 literal", policy.Default(), staticResolver{}, target("192.31.196.1", 9393), ""},
+		{"own IPv6 literal", policy.Default(), staticResolver{}, target("2001:4:112::1", 9393), ""},
+		{"name answering an own address", policy.Default(), staticResolver{"2001:4:112::1"}, target("me.example", 9393), ""},
+		{"name answering own and other: only the other", policy.Default(), staticResolver{"192.31.196.1", "93.184.215.14"}, target("two.example", 443), "93.184.215.14:443"},
+		{"covered by an allow cidr rule", allowed, staticResolver{}, target("192.31.196.1", 9393), "192.31.196.1:9393"},
+		{"another machine's address", policy.Default(), staticResolver{}, target("192.31.196.2", 9393), "192.31.196.2:9393"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := &recorder{}
+			pol := func() *policy.Policy { return tt.pol }
+			d := Deciding{Policy: pol, Dialer: &Direct{Policy: pol, Resolver: tt.resolver, DialContext: rec.DialContext, Machine: own}}
+			c, err := d.Dial(context.Background(), tt.req)
+			if tt.dial == "" {
+				var de *Error
+				if !errors.As(err, &de) || de.Kind != KindDenied || !strings.Contains(de.Reason, "an address of this machine") {
+					t.Fatalf("err = %v, want a denial naming an address of this machine", err)
+				}
+				if len(rec.addrs) != 0 {
+					t.Fatalf("dialed %v", rec.addrs)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			if len(rec.addrs) != 1 || rec.addrs[0] != tt.dial {
+				t.Fatalf("dialed %v, want %s", rec.addrs, tt.dial)
+			}
+		})
 	}
 }

@@ -44,12 +44,15 @@ type Config struct {
 	// AllowUIDs lists users whose processes may connect anywhere: the proxy's own user when it
 	// shares the agent's namespace (a Kubernetes sidecar listening on 127.0.0.1).
 	AllowUIDs []uint32
+	// Capture, when set, redirects the agent's connections to the proxy in its namespace
+	// (transparent capture); Proxy may then be empty.
+	Capture *Capture
 }
 
 // Validate reports every problem with c at once.
 func (c Config) Validate() error {
 	var errs []error
-	if len(c.Proxy) == 0 {
+	if len(c.Proxy) == 0 && c.Capture == nil {
 		errs = append(errs, errors.New("firewall: no proxy address"))
 	}
 	for _, ap := range c.Proxy {
@@ -67,6 +70,7 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("firewall: proxy name %q: want a host name of at most 64 characters", name))
 		}
 	}
+	errs = append(errs, c.validateCapture()...)
 	return errors.Join(errs...)
 }
 
@@ -90,6 +94,7 @@ func (c Config) rules() []rule {
 		{6, "-p ipv6-icmp --icmpv6-type neighbour-solicitation", "icmpv6 type nd-neighbor-solicit", "accept", "IPv6 neighbour solicitation, to reach any neighbour"},
 		{6, "-p ipv6-icmp --icmpv6-type neighbour-advertisement", "icmpv6 type nd-neighbor-advert", "accept", "IPv6 neighbour advertisement, to answer neighbours"},
 	}
+	rs = append(rs, c.captureAccepts()...)
 	for _, uid := range c.AllowUIDs {
 		rs = append(rs, rule{0, fmt.Sprintf("-m owner --uid-owner %d", uid), fmt.Sprintf("meta skuid %d", uid),
 			"accept", fmt.Sprintf("processes of uid %d (--allow-uid: the proxy in this namespace)", uid)})
@@ -171,6 +176,7 @@ func (c Config) IPTablesRestore(f int) string {
 		b.WriteString("\n")
 	}
 	b.WriteString("COMMIT\n")
+	b.WriteString(c.captureRestore())
 	return b.String()
 }
 
@@ -184,6 +190,7 @@ func (c Config) IPTablesScript() string {
 		cmd := iptablesCmd(f)
 		fmt.Fprintf(&b, "%s-restore --noflush <<'EOF'\n%sEOF\n", cmd, c.IPTablesRestore(f))
 		fmt.Fprintf(&b, "%s -C OUTPUT -j %s 2>/dev/null || %s -I OUTPUT 1 -j %s\n", cmd, Chain, cmd, Chain)
+		b.WriteString(c.captureJumpScript(cmd))
 	}
 	return b.String()
 }
@@ -206,7 +213,9 @@ func (c Config) NFTables() string {
 	for _, r := range c.rules() {
 		b.WriteString("\t\t" + nftRule(r))
 	}
-	b.WriteString("\t}\n}\n")
+	b.WriteString("\t}\n")
+	c.writeNFTCapture(&b)
+	b.WriteString("}\n")
 	return b.String()
 }
 
@@ -221,7 +230,10 @@ func nftRule(r rule) string {
 
 func (c Config) header(b *strings.Builder) {
 	fmt.Fprintf(b, "# swarm-proxy firewall: egress rules for the agent's network namespace or container.\n")
-	fmt.Fprintf(b, "# Allowed: replies, loopback, the proxy at %s", joinAddrPorts(c.Proxy))
+	b.WriteString("# Allowed: replies, loopback")
+	if len(c.Proxy) > 0 {
+		fmt.Fprintf(b, ", the proxy at %s", joinAddrPorts(c.Proxy))
+	}
 	if len(c.DNS) > 0 {
 		fmt.Fprintf(b, ", DNS at %s", joinAddrs(c.DNS))
 	}
@@ -229,6 +241,7 @@ func (c Config) header(b *strings.Builder) {
 		fmt.Fprintf(b, ", anything from uid %d", uid)
 	}
 	b.WriteString(". Everything else, IPv4 and IPv6, is rejected.\n")
+	b.WriteString(c.captureHeader())
 }
 
 func joinAddrPorts(aps []netip.AddrPort) string {
@@ -296,12 +309,15 @@ func Apply(ctx context.Context, f Format, c Config, run Runner) ([]string, error
 			report = append(report, fmt.Sprintf("%s: replaced chain %s in table filter (%d rules)", cmd, Chain, len(c.rulesFor(family(fam)))))
 			if _, err := run(ctx, "", cmd, "-C", "OUTPUT", "-j", Chain); err == nil {
 				report = append(report, fmt.Sprintf("%s: OUTPUT already jumps to %s", cmd, Chain))
-				continue
-			}
-			if out, err := run(ctx, "", cmd, "-I", "OUTPUT", "1", "-j", Chain); err != nil {
+			} else if out, err := run(ctx, "", cmd, "-I", "OUTPUT", "1", "-j", Chain); err != nil {
 				return report, fmt.Errorf("firewall: %s -I OUTPUT: %w: %s", cmd, err, strings.TrimSpace(out))
+			} else {
+				report = append(report, fmt.Sprintf("%s: inserted a jump to %s at the top of OUTPUT", cmd, Chain))
 			}
-			report = append(report, fmt.Sprintf("%s: inserted a jump to %s at the top of OUTPUT", cmd, Chain))
+			var err error
+			if report, err = c.applyCaptureJump(ctx, run, cmd, report); err != nil {
+				return report, err
+			}
 		}
 	case FormatNFTables:
 		script := c.NFTables()
@@ -309,6 +325,9 @@ func Apply(ctx context.Context, f Format, c Config, run Runner) ([]string, error
 			return nil, fmt.Errorf("firewall: nft -f: %w: %s", err, strings.TrimSpace(out))
 		}
 		report = append(report, fmt.Sprintf("nftables: replaced table inet %s (%d rules in chain output, hook output)", Table, len(c.rules())))
+		if c.Capture != nil {
+			report = append(report, fmt.Sprintf("nftables: chain capture of table inet %s redirects (%d rules, nat hook output)", Table, len(c.captureRules())))
+		}
 	default:
 		return nil, fmt.Errorf("firewall: unknown format %q (want iptables or nftables)", f)
 	}

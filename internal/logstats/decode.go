@@ -23,9 +23,14 @@ type Entry struct {
 	Port     int
 	Decision string // accesslog.DecisionAllow or accesslog.DecisionDeny
 	Error    string // failure kind: "private_address", "no_rule_matched", "resolve", ... or ""
+	Rule     string // the rule that decided, "" when none did
 	Upstream string // the address the proxy dialed (host:port), when it dialed one
 	BytesIn  int64
 	BytesOut int64
+	// Path is the request's path (plain HTTP and inspected requests); Inspected marks a request
+	// decided by method and path under a rule that inspects.
+	Path      string
+	Inspected bool
 }
 
 // Blocked reports whether the proxy refused the request.
@@ -34,6 +39,9 @@ func (e *Entry) Blocked() bool { return e.Decision == accesslog.DecisionDeny }
 // ErrorPrivateAddress is the failure kind logged when a target was refused because it is, or
 // resolved to, a private, loopback, link-local or metadata address.
 const ErrorPrivateAddress = string(policy.CodeSpecialAddr)
+
+// ErrorDeniedByRule is the failure kind logged when a deny rule refused a target.
+const ErrorDeniedByRule = string(policy.CodeDeniedByRule)
 
 // errSyntax is wrapped by every decoding error.
 var errSyntax = errors.New("not a JSON access-log record")
@@ -114,8 +122,14 @@ func (d *decoder) decode(line []byte, e *Entry) error {
 				i, err = d.strField(line, i, &e.Decision)
 			case accesslog.FieldError:
 				i, err = d.strField(line, i, &e.Error)
+			case accesslog.FieldRule:
+				i, err = d.strField(line, i, &e.Rule)
 			case accesslog.FieldUpstream:
 				i, err = d.strField(line, i, &e.Upstream)
+			case accesslog.FieldPath:
+				i, err = d.strField(line, i, &e.Path)
+			case accesslog.FieldInspected:
+				e.Inspected, i, err = boolValue(line, i)
 			case accesslog.FieldPort:
 				var n int64
 				n, i, err = intValue(line, i)
@@ -232,6 +246,16 @@ func hasControl(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// boolValue reads a JSON boolean (or null, as false) at line[i].
+func boolValue(line []byte, i int) (bool, int, error) {
+	for _, lit := range [...]string{"true", "false", "null"} {
+		if len(line)-i >= len(lit) && string(line[i:i+len(lit)]) == lit {
+			return lit == "true", i + len(lit), nil
+		}
+	}
+	return false, 0, fmt.Errorf("%w: want true or false at byte %d", errSyntax, i)
 }
 
 func isNull(line []byte, i int) bool {

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 )
 
 // HostRow is one line of the domain report: everything observed for one host.
@@ -27,14 +29,56 @@ type HostRow struct {
 	// PrivateRefused counts requests refused because the host is, or resolved to, a private,
 	// loopback, link-local or metadata address.
 	PrivateRefused int64 `json:"private_refused,omitempty"`
+	// Lookups counts the DNS guard's records for the name (any query type), LookupsRefused those
+	// it refused; they are not requests.
+	Lookups        int64 `json:"lookups,omitempty"`
+	LookupsRefused int64 `json:"lookups_refused,omitempty"`
+	// LookupOnly marks a name that was looked up but never connected to.
+	LookupOnly bool `json:"lookup_only,omitempty"`
 }
 
 type hostAgg struct {
 	row      HostRow
-	methods  []string // few per host: a slice beats a map
-	ports    []int
+	methods  smallSet[string]
+	ports    smallSet[int]
 	clients  map[string]struct{}
 	sessions map[string]struct{}
+}
+
+// smallSetMax is how many values a smallSet keeps in a slice before it moves them to a map.
+const smallSetMax = 8
+
+// smallSet is a set kept in a slice while it is small (the usual handful of methods or ports per
+// host, where a slice beats a map) and in a map beyond that, so that an agent sending endless
+// distinct methods or ports costs linear time, not quadratic.
+type smallSet[T cmp.Ordered] struct {
+	list []T
+	m    map[T]struct{}
+}
+
+func (s *smallSet[T]) add(v T) {
+	switch {
+	case s.m != nil:
+		s.m[v] = struct{}{}
+	case slices.Contains(s.list, v):
+	case len(s.list) < smallSetMax:
+		s.list = append(s.list, v)
+	default:
+		s.m = make(map[T]struct{}, 4*smallSetMax)
+		for _, x := range s.list {
+			s.m[x] = struct{}{}
+		}
+		s.m[v] = struct{}{}
+		s.list = nil
+	}
+}
+
+// sorted returns the values in order.
+func (s *smallSet[T]) sorted() []T {
+	if s.m != nil {
+		return slices.Sorted(maps.Keys(s.m))
+	}
+	return slices.Sorted(slices.Values(s.list))
 }
 
 // Domains aggregates entries per host. Its memory grows with the number of distinct hosts, clients
@@ -58,13 +102,20 @@ func (d *Domains) Add(e *Entry) {
 		d.hosts[e.Host] = h
 	}
 	r := &h.row
-	r.Requests++
-	if e.Blocked() {
+	switch {
+	case e.Method == accesslog.MethodDNS:
+		r.Lookups++
+		if e.Blocked() {
+			r.LookupsRefused++
+		}
+	case e.Blocked():
+		r.Requests++
 		r.Blocked++
 		if e.Error == ErrorPrivateAddress {
 			r.PrivateRefused++
 		}
-	} else {
+	default:
+		r.Requests++
 		r.Allowed++
 		if e.Error != "" {
 			r.Failed++
@@ -78,11 +129,11 @@ func (d *Domains) Add(e *Entry) {
 	if e.Time.After(r.LastSeen) {
 		r.LastSeen = e.Time
 	}
-	if e.Method != "" && !slices.Contains(h.methods, e.Method) {
-		h.methods = append(h.methods, e.Method)
+	if e.Method != "" && e.Method != accesslog.MethodDNS {
+		h.methods.add(e.Method)
 	}
-	if e.Port != 0 && !slices.Contains(h.ports, e.Port) {
-		h.ports = append(h.ports, e.Port)
+	if e.Port != 0 {
+		h.ports.add(e.Port)
 	}
 	addString(h.clients, e.Client)
 	addString(h.sessions, e.Session)
@@ -104,9 +155,10 @@ func (d *Domains) Rows() []HostRow {
 	rows := make([]HostRow, 0, len(d.hosts))
 	for _, h := range d.hosts {
 		r := h.row
-		r.Methods = slices.Sorted(slices.Values(h.methods))
-		r.Ports = slices.Sorted(slices.Values(h.ports))
+		r.Methods = h.methods.sorted()
+		r.Ports = h.ports.sorted()
 		r.Clients = slices.SortedFunc(maps.Keys(h.clients), compareAddrs)
+		r.LookupOnly = r.Requests == 0 && r.Lookups > 0
 		if len(h.sessions) > 0 {
 			r.Sessions = slices.Sorted(maps.Keys(h.sessions))
 		}
@@ -114,6 +166,9 @@ func (d *Domains) Rows() []HostRow {
 	}
 	slices.SortFunc(rows, func(a, b HostRow) int {
 		if c := cmp.Compare(b.Requests, a.Requests); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(b.Lookups, a.Lookups); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.Host, b.Host)
@@ -149,6 +204,7 @@ type Group struct {
 	Key      string    `json:"key"`
 	Requests int64     `json:"requests"`
 	Blocked  int64     `json:"blocked"`
+	Lookups  int64     `json:"lookups,omitempty"`
 	Hosts    []HostRow `json:"hosts"`
 }
 
@@ -186,6 +242,7 @@ func (g *Grouped) Groups() []Group {
 		for _, r := range gr.Hosts {
 			gr.Requests += r.Requests
 			gr.Blocked += r.Blocked
+			gr.Lookups += r.Lookups
 		}
 		out = append(out, gr)
 	}

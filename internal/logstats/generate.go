@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/net/publicsuffix"
 	"gopkg.in/yaml.v3"
 
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
@@ -25,10 +27,15 @@ type GenerateOptions struct {
 	Collapse int
 	// ExcludeBlocked leaves out requests that the proxy refused.
 	ExcludeBlocked bool
+	// IncludeDenied turns hosts that a deny rule refused into allow rules like any other host; by
+	// default they are left out and listed in a comment with the rule that denied them.
+	IncludeDenied bool
 	// Merge is an existing policy file to add to, named MergeName; its rules, their order and its
 	// comments are kept. Nil starts from an empty policy.
 	Merge     []byte
 	MergeName string
+	// HTTP gives each host with inspected requests an http list: the methods seen per path pattern.
+	HTTP bool
 }
 
 // Generator collects entries and writes a policy that allows what they show.
@@ -37,9 +44,13 @@ type Generator struct {
 	domains *Domains
 	private map[string]int64  // hosts refused as private addresses, and how often
 	hosts   map[string]string // logged host -> normalised host, "" when invalid
+	// denied is what deny rules refused: normalised host and port -> the rules that did.
+	denied map[hostPort]map[string]struct{}
 
 	invalid   int64    // records whose host is not a valid name or address
 	invalidAt []string // the first few of those hosts
+
+	http *httpPaths // with opts.HTTP: the inspected requests' paths per host
 }
 
 // NewGenerator returns a generator with opts.
@@ -47,8 +58,22 @@ func NewGenerator(opts GenerateOptions) (*Generator, error) {
 	if opts.Collapse == 1 || opts.Collapse < 0 {
 		return nil, fmt.Errorf("generate policy: collapse %d: want 0 (off) or 2 or more", opts.Collapse)
 	}
-	return &Generator{opts: opts, domains: NewDomains(), private: make(map[string]int64), hosts: make(map[string]string)}, nil
+	g := &Generator{opts: opts, domains: NewDomains(), private: make(map[string]int64), hosts: make(map[string]string),
+		denied: make(map[hostPort]map[string]struct{})}
+	if opts.HTTP {
+		g.http = newHTTPPaths()
+	}
+	return g, nil
 }
+
+// hostPort is a normalised host and a port.
+type hostPort struct {
+	host string
+	port int
+}
+
+// maxRuleID bounds how much of a logged rule ID a comment repeats.
+const maxRuleID = 64
 
 // Add counts e, which must name a host. Requests refused because the host is or resolved to a
 // private, loopback, link-local or metadata address never become rules: a host rule cannot admit
@@ -59,6 +84,7 @@ func NewGenerator(opts GenerateOptions) (*Generator, error) {
 // never widen the policy beyond one real host.
 func (g *Generator) Add(e *Entry) {
 	switch {
+	case e.Method == accesslog.MethodDNS: // a lookup is not a connection: it needs no rule
 	case e.Blocked() && e.Error == ErrorPrivateAddress:
 		g.private[e.Host]++
 	case e.Blocked() && g.opts.ExcludeBlocked:
@@ -77,12 +103,31 @@ func (g *Generator) Add(e *Entry) {
 			}
 			return
 		}
+		if e.Blocked() && e.Error == ErrorDeniedByRule && !g.opts.IncludeDenied {
+			// A person denied it: a generated policy must not allow it back.
+			k := hostPort{h, e.Port}
+			if g.denied[k] == nil {
+				g.denied[k] = make(map[string]struct{}, 1)
+			}
+			rule := e.Rule
+			if rule == "" {
+				rule = "a deny rule"
+			}
+			if len(rule) > maxRuleID {
+				rule = rule[:maxRuleID] + "..."
+			}
+			g.denied[k][printable(rule)] = struct{}{}
+			return
+		}
 		if h != e.Host {
 			n := *e
 			n.Host = h
 			e = &n
 		}
 		g.domains.Add(e)
+		if g.http != nil && e.Inspected && e.Path != "" {
+			g.http.add(h, e)
+		}
 	}
 }
 
@@ -103,13 +148,14 @@ type candidate struct {
 	hosts  []string // the hosts a collapsed rule stands for
 	// covered says which of the host's ports rules of the merged policy already allow.
 	covered []string
+	http    []httpEntry // the rule's http list; nil for none
 }
 
 // Generate writes the policy: the merged file (or a new one) in enforce mode, with one allow rule
 // per observed host (or collapsed domain) that an existing rule does not already cover. The result
 // is checked with policy.Parse before it is returned.
 func (g *Generator) Generate() (*Generated, error) {
-	if g.domains.Len() == 0 && len(g.private) == 0 && g.invalid == 0 {
+	if g.domains.Len() == 0 && len(g.private) == 0 && g.invalid == 0 && len(g.denied) == 0 {
 		return nil, fmt.Errorf("generate policy: %w", ErrNoRecords)
 	}
 	out := &Generated{}
@@ -130,9 +176,15 @@ func (g *Generator) Generate() (*Generated, error) {
 			c.host, c.addr = "", a.Unmap()
 		} else {
 			c.domain = registrable(r.Host)
+			if g.http != nil {
+				c.http = g.http.entries(r.Host)
+			}
 		}
 		var coveredBy []string
 		for _, port := range r.Ports {
+			if g.denied[hostPort{r.Host, port}] != nil {
+				continue // listed in the denied comment
+			}
 			if id := allowedBy(existing, c, port); id != "" {
 				coveredBy = append(coveredBy, id)
 				c.covered = append(c.covered, fmt.Sprintf("port %d already allowed by %s", port, id))
@@ -146,6 +198,10 @@ func (g *Generator) Generate() (*Generated, error) {
 		}
 		if len(coveredBy) > 0 && len(c.ports) == 0 {
 			covered = append(covered, r.Host)
+			if len(c.http) > 0 {
+				out.Notes = append(out.Notes, fmt.Sprintf("%s has inspected requests, but rule %s of %s already allows it: add its http entries by hand (run without --merge to see them)",
+					r.Host, coveredBy[0], g.opts.MergeName))
+			}
 		}
 		if len(c.ports) == 0 {
 			continue
@@ -178,8 +234,16 @@ func (g *Generator) Generate() (*Generated, error) {
 			"a host rule cannot admit them; if one is intended, add an allow rule with its cidr by hand",
 			len(hosts), plural(int64(len(hosts)), "host"), prose(hosts, 10)))
 	}
+	deniedLines := g.deniedLines()
+	if len(deniedLines) > 0 {
+		out.Notes = append(out.Notes, fmt.Sprintf("left out %d %s (host and port) that a deny rule refused, listed in a comment at the end; --include-denied puts them back",
+			len(deniedLines), plural(int64(len(deniedLines)), "target")))
+	}
+	if g.http != nil {
+		out.Notes = append(out.Notes, g.http.notes()...)
+	}
 	if g.opts.Collapse >= 2 {
-		names = collapse(names, g.opts.Collapse)
+		names = collapse(names, g.opts.Collapse, g.deniedHosts())
 	}
 	// Related names sit together: ordered by registrable domain, then by name, each read from its
 	// last label (so api.github.com follows github.com and precedes pypi.org).
@@ -202,6 +266,15 @@ func (g *Generator) Generate() (*Generated, error) {
 	if len(allow.Content) > 0 {
 		allow.Style = 0
 	}
+	if len(deniedLines) > 0 {
+		root := doc.Content[0]
+		c := "Left out: refused by a deny rule of the policy in force when logged (policy generate --include-denied puts them back):\n" +
+			strings.Join(deniedLines, "\n")
+		if root.FootComment != "" {
+			c = root.FootComment + "\n\n" + c
+		}
+		root.FootComment = c
+	}
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
@@ -216,6 +289,36 @@ func (g *Generator) Generate() (*Generated, error) {
 		return nil, fmt.Errorf("generate policy: the result does not validate (a bug): %w", err)
 	}
 	return out, nil
+}
+
+// maxDeniedLines bounds the denied comment; the rest are counted.
+const maxDeniedLines = 50
+
+// deniedLines lists what deny rules refused, one "host:port denied by RULE" per host and port, in
+// order, at most maxDeniedLines of them and a count of the rest.
+func (g *Generator) deniedLines() []string {
+	keys := slices.SortedFunc(maps.Keys(g.denied), func(a, b hostPort) int {
+		return cmp.Or(cmp.Compare(a.host, b.host), cmp.Compare(a.port, b.port))
+	})
+	var lines []string
+	for i, k := range keys {
+		if i == maxDeniedLines {
+			lines = append(lines, fmt.Sprintf("and %d more", len(keys)-i))
+			break
+		}
+		rules := slices.Sorted(maps.Keys(g.denied[k]))
+		lines = append(lines, fmt.Sprintf("%s denied by %s", net.JoinHostPort(k.host, strconv.Itoa(k.port)), strings.Join(rules, ", ")))
+	}
+	return lines
+}
+
+// deniedHosts is the set of hosts a deny rule refused on some port.
+func (g *Generator) deniedHosts() map[string]bool {
+	m := make(map[string]bool, len(g.denied))
+	for k := range g.denied {
+		m[k.host] = true
+	}
+	return m
 }
 
 // base returns the document to add rules to, switched to enforce mode, and the policy it holds.
@@ -302,6 +405,9 @@ func ruleNode(c candidate) *yaml.Node {
 		ports.Content = append(ports.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.Itoa(p)})
 	}
 	n.Content = append(n.Content, scalar("ports"), ports, scalar("comment"), scalar(ruleComment(c)))
+	if len(c.http) > 0 {
+		n.Content = append(n.Content, scalar("http"), httpNode(c.http))
+	}
 	return n
 }
 
@@ -331,7 +437,7 @@ func ruleComment(c candidate) string {
 		fmt.Fprintf(&b, " from %s to %s", stamp(r.FirstSeen), stamp(r.LastSeen))
 	}
 	if len(r.Methods) > 0 {
-		fmt.Fprintf(&b, ", %s", strings.Join(r.Methods, " "))
+		fmt.Fprintf(&b, ", %s", methodList(r.Methods))
 	}
 	fmt.Fprintf(&b, ", %d %s", len(r.Clients), plural(int64(len(r.Clients)), "client"))
 	if len(r.Sessions) > 0 {
@@ -346,6 +452,28 @@ func ruleComment(c candidate) string {
 		}
 	}
 	return b.String()
+}
+
+// commentMethods is how many methods a rule's comment names before it counts the rest.
+const commentMethods = 4
+
+// methodList names the methods a host used, at most commentMethods of them: "CONNECT GET", or
+// "DELETE GET PATCH POST and 99,996 others" for an agent that sent endless distinct methods.
+func methodList(methods []string) string {
+	if len(methods) <= commentMethods {
+		return strings.Join(methods, " ")
+	}
+	rest := len(methods) - commentMethods
+	return strings.Join(methods[:commentMethods], " ") + " and " + thousands(rest) + " " + plural(int64(rest), "other")
+}
+
+// thousands formats n with commas between groups of three digits: 99998 is "99,998".
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }
 
 // reverseLabels turns "api.github.com" into "com.github.api".
@@ -367,10 +495,10 @@ func registrable(host string) string {
 
 // collapse replaces n or more names below one registrable domain with "*.domain". The domain itself,
 // when seen, keeps its own rule: "*.domain" does not match it.
-func collapse(names []candidate, n int) []candidate {
+func collapse(names []candidate, n int, denied map[string]bool) []candidate {
 	below := make(map[string][]int)
 	for i, c := range names {
-		if c.domain != c.host && strings.HasSuffix(c.host, "."+c.domain) {
+		if len(c.http) == 0 && c.domain != c.host && strings.HasSuffix(c.host, "."+c.domain) { // paths are per host
 			below[c.domain] = append(below[c.domain], i)
 		}
 	}
@@ -378,8 +506,8 @@ func collapse(names []candidate, n int) []candidate {
 	var out []candidate
 	for _, domain := range slices.Sorted(maps.Keys(below)) {
 		idx := below[domain]
-		if len(idx) < n {
-			continue
+		if len(idx) < n || coversAny(domain, denied) {
+			continue // a "*.domain" rule would allow back a host that a deny rule refused
 		}
 		w := candidate{host: "*." + domain, domain: domain}
 		ports := make(map[int]struct{})
@@ -420,6 +548,16 @@ func collapse(names []candidate, n int) []candidate {
 		}
 	}
 	return out
+}
+
+// coversAny reports whether "*.domain" matches one of hosts.
+func coversAny(domain string, hosts map[string]bool) bool {
+	for h := range hosts {
+		if strings.HasSuffix(h, "."+domain) {
+			return true
+		}
+	}
+	return false
 }
 
 func addAll(set map[string]struct{}, items []string) {

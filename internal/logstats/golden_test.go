@@ -99,9 +99,19 @@ func TestGoldenGenerate(t *testing.T) {
 		opts  GenerateOptions
 		notes []string // substrings, one per expected note
 	}{
-		{"generate.yaml", GenerateOptions{}, []string{"left out 2 hosts refused as private, loopback or metadata addresses (169.254.169.254, intranet.corp.example)"}},
+		// evil.example.org was denied by rule no-paste: left out, listed at the end with the rule.
+		{"generate.yaml", GenerateOptions{}, []string{"left out 2 hosts refused as private, loopback or metadata addresses (169.254.169.254, intranet.corp.example)",
+			"left out 1 target (host and port) that a deny rule refused"}},
+		{"generate-include-denied.yaml", GenerateOptions{IncludeDenied: true}, []string{"left out 2 hosts refused as private"}},
 		{"generate-collapse.yaml", GenerateOptions{Collapse: 3, ExcludeBlocked: true}, []string{"left out 2 hosts"}},
 		{"generate-merge.yaml", GenerateOptions{Collapse: 3, Merge: existing, MergeName: "existing-policy.yaml"}, []string{
+			"mode changed from discovery to enforce",
+			"1 host already allowed by existing-policy.yaml: codeload.github.com",
+			"left out 2 hosts",
+			"left out 1 target (host and port) that a deny rule refused",
+		}},
+		// Even with --include-denied, the deny rules of the merged policy stay and win.
+		{"generate-merge-include-denied.yaml", GenerateOptions{Collapse: 3, IncludeDenied: true, Merge: existing, MergeName: "existing-policy.yaml"}, []string{
 			"mode changed from discovery to enforce",
 			"evil.example.org:443 is denied by rule no-paste of existing-policy.yaml: not added",
 			"1 host already allowed by existing-policy.yaml: codeload.github.com",
@@ -149,7 +159,7 @@ func TestGoldenGenerate(t *testing.T) {
 			for _, d := range r.Result().WouldDeny {
 				switch {
 				case d.Host == "169.254.169.254" || d.Host == "intranet.corp.example":
-				case d.Host == "evil.example.org" && (c.opts.ExcludeBlocked || c.opts.Merge != nil):
+				case d.Host == "evil.example.org" && (c.opts.ExcludeBlocked || c.opts.Merge != nil || !c.opts.IncludeDenied):
 				default:
 					t.Errorf("the generated policy would deny %s %v (%s)", d.Host, d.Ports, d.Reason)
 				}
@@ -213,5 +223,50 @@ func TestGenerateMergeCreatesAllow(t *testing.T) {
 		if p.Mode != policy.Enforce || len(p.Allow) != 1 || p.Allow[0].Host != "a.example" || len(p.Deny) != strings.Count(existing, "host:") {
 			t.Errorf("%q merged into:\n%s", existing, out.YAML)
 		}
+	}
+}
+
+// TestGoldenDomainsDNS: the DNS guard's records are counted beside the requests as lookups; a name
+// looked up and never connected to is marked; policy generation and replay leave lookups out.
+func TestGoldenDomainsDNS(t *testing.T) {
+	rep := &DomainReport{}
+	d := NewDomains()
+	g, err := NewGenerator(GenerateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewReplayer(policy.Default())
+	if _, err := Read(context.Background(), []Source{FileSource("testdata/dns/access.log")}, func(e *Entry) {
+		rep.Count(e)
+		d.Add(e)
+		g.Add(e)
+		r.Add(e)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rep.Hosts = d.Rows()
+	if rep.Requests != 2 || rep.Lookups != 5 || rep.Blocked != 0 {
+		t.Errorf("totals: %d requests, %d lookups, %d blocked; want 2, 5, 0", rep.Requests, rep.Lookups, rep.Blocked)
+	}
+	var table, js bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "dns/domains.txt", table.Bytes())
+	golden(t, "dns/domains.json", js.Bytes())
+	gen, err := g.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, lookedUpOnly := range []string{"denied.test", "docs.allowed.test", "aaaaaaaaaa"} {
+		if strings.Contains(string(gen.YAML), lookedUpOnly) {
+			t.Errorf("policy generate wrote a rule for %s, which was only looked up:\n%s", lookedUpOnly, gen.YAML)
+		}
+	}
+	if res := r.Result(); res.Requests != 2 {
+		t.Errorf("replay counted %d requests, want the 2 connections", res.Requests)
 	}
 }

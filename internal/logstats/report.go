@@ -9,6 +9,8 @@ import (
 	"text/tabwriter"
 	"time"
 	"unicode"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 )
 
 // DomainReport is the JSON form of the domain report: Hosts for the per-host report, Groups for a
@@ -16,9 +18,22 @@ import (
 type DomainReport struct {
 	Requests  int64     `json:"requests"`
 	Blocked   int64     `json:"blocked"`
+	Lookups   int64     `json:"lookups,omitempty"` // DNS guard records, not counted as requests
 	Malformed int64     `json:"malformed_lines"`
 	Hosts     []HostRow `json:"hosts,omitempty"`
 	Groups    []Group   `json:"groups,omitempty"`
+}
+
+// Count adds e to the report's totals: a request, or a DNS lookup.
+func (r *DomainReport) Count(e *Entry) {
+	if e.Method == accesslog.MethodDNS {
+		r.Lookups++
+		return
+	}
+	r.Requests++
+	if e.Blocked() {
+		r.Blocked++
+	}
 }
 
 // WriteJSON writes the report as one indented JSON document.
@@ -59,6 +74,9 @@ func (r *DomainReport) WriteTable(w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "\n%d %s, %d %s (%d blocked)", len(r.Hosts), plural(int64(len(r.Hosts)), "host"),
 			r.Requests, plural(r.Requests, "request"), r.Blocked)
+		if r.Lookups > 0 {
+			fmt.Fprintf(tw, ", %d DNS %s", r.Lookups, plural(r.Lookups, "lookup"))
+		}
 		if !first.IsZero() {
 			fmt.Fprintf(tw, ", %s to %s", stamp(first), stamp(last))
 		}
@@ -71,13 +89,17 @@ func (r *DomainReport) WriteTable(w io.Writer) error {
 }
 
 func writeHostRows(tw io.Writer, rows []HostRow) {
-	sessions := false
+	sessions, lookups := false, false
 	for _, h := range rows {
 		sessions = sessions || len(h.Sessions) > 0
+		lookups = lookups || h.Lookups > 0
 	}
 	fmt.Fprint(tw, "HOST\tREQUESTS\tALLOWED\tBLOCKED\tMETHODS\tPORTS\tOUT\tIN\tFIRST SEEN\tLAST SEEN\tCLIENTS")
 	if sessions {
 		fmt.Fprint(tw, "\tSESSIONS")
+	}
+	if lookups {
+		fmt.Fprint(tw, "\tDNS LOOKUPS")
 	}
 	fmt.Fprintln(tw)
 	for _, h := range rows {
@@ -91,8 +113,26 @@ func writeHostRows(tw io.Writer, rows []HostRow) {
 		if sessions {
 			fmt.Fprintf(tw, "\t%s", list(h.Sessions, 3))
 		}
+		if lookups {
+			fmt.Fprintf(tw, "\t%s", lookupCell(h))
+		}
 		fmt.Fprintln(tw)
 	}
+}
+
+// lookupCell says how often the DNS guard was asked for the host, and whether it was ever connected to.
+func lookupCell(h HostRow) string {
+	if h.Lookups == 0 {
+		return "-"
+	}
+	s := strconv.FormatInt(h.Lookups, 10)
+	if h.LookupsRefused > 0 {
+		s += fmt.Sprintf(" (%d refused)", h.LookupsRefused)
+	}
+	if h.LookupOnly {
+		s += ", looked up only: never connected"
+	}
+	return s
 }
 
 // list joins up to n items with commas and says how many more there are.

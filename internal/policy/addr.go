@@ -119,6 +119,9 @@ var metadataAddrs = map[netip.Addr]bool{
 	netip.MustParseAddr("100.100.100.200"): true,
 }
 
+// ThisMachine is how a reason names an address assigned to the dialing machine's own interfaces.
+const ThisMachine = "an address of this machine"
+
 // Class is what the classifier says about one address.
 type Class struct {
 	// Kind says why the address is not a public destination ("loopback", "private",

@@ -32,6 +32,12 @@ type RuleSpec struct {
 	Host    string `yaml:"host,omitempty"`
 	CIDR    string `yaml:"cidr,omitempty"`
 	Ports   []int  `yaml:"ports,omitempty,flow"`
+	// HTTP, on an allow rule, has the rule's HTTPS inspected and lists the requests it allows.
+	HTTP []HTTPSpec `yaml:"http,omitempty"`
+	// Access "read-only" allows ReadOnlyMethods on every path (and inspects).
+	Access string `yaml:"access,omitempty"`
+	// Inspect true inspects and logs every request and allows each one; false is refused with http or access.
+	Inspect *bool `yaml:"inspect,omitempty"`
 
 	// Inject sets headers on every request the rule allows, from the secrets file (allow rules only).
 	Inject []InjectSpec `yaml:"inject,omitempty"`
@@ -80,10 +86,6 @@ func Parse(name string, data []byte) (*Policy, error) {
 	lines := ruleLines(&doc)
 
 	p := &Policy{Source: name}
-	type problemAt struct {
-		line int
-		msg  string
-	}
 	var problems []problemAt
 	problem := func(line int, format string, args ...any) {
 		problems = append(problems, problemAt{line, fmt.Sprintf(format, args...)})
@@ -107,8 +109,15 @@ func Parse(name string, data []byte) (*Policy, error) {
 		for i, spec := range specs {
 			line := lines.at(list, i)
 			r, err := spec.rule(list, i+1, line)
-			if err != nil {
+			bad := err != nil
+			if bad {
 				problem(line, "%s#%d: %s", list, i+1, strings.ReplaceAll(err.Error(), "\n", "; "))
+			}
+			for _, hp := range spec.inspection(&r, lines.httpAt(list, i)) {
+				problem(hp.line, "%s#%d: %s", list, i+1, hp.msg)
+				bad = true
+			}
+			if bad {
 				continue
 			}
 			if list == "allow" {
@@ -127,6 +136,55 @@ func Parse(name string, data []byte) (*Policy, error) {
 		return nil, fmt.Errorf("%w:\n%s", ErrInvalid, strings.Join(msgs, "\n"))
 	}
 	return p.prepare(), nil
+}
+
+// problemAt is one validation problem and the line it is on.
+type problemAt struct {
+	line int
+	msg  string
+}
+
+// inspection validates the http, access and inspect keys of s and sets them on r. lines holds the
+// line of the rule and of each http entry.
+func (s RuleSpec) inspection(r *Rule, lines httpLines) []problemAt {
+	var problems []problemAt
+	if s.HTTP == nil && s.Access == "" && s.Inspect == nil {
+		return nil
+	}
+	if r.List == "deny" {
+		return []problemAt{{lines.rule, "http, access and inspect belong on allow rules: a deny rule refuses the whole connection"}}
+	}
+	if s.Host == "" {
+		return []problemAt{{lines.rule, "http, access and inspect need a host rule: a cidr rule is matched only after the name is resolved, too late to inspect"}}
+	}
+	wants := s.HTTP != nil || s.Access != ""
+	if s.Inspect != nil && !*s.Inspect && wants {
+		problems = append(problems, problemAt{lines.rule, "inspect: false contradicts http/access, which need inspection: remove inspect: false"})
+	}
+	switch s.Access {
+	case "":
+	case ReadOnly:
+		all, _ := ParsePathPattern("/**")
+		r.HTTP = append(r.HTTP, HTTPEntry{Methods: ReadOnlyMethods, Paths: []PathPattern{all}})
+	default:
+		problems = append(problems, problemAt{lines.key("access"), fmt.Sprintf("access %q is not valid: the one value is %s (GET, HEAD and OPTIONS on every path); list other methods under http", s.Access, ReadOnly)})
+	}
+	if s.HTTP != nil && len(s.HTTP) == 0 {
+		problems = append(problems, problemAt{lines.key("http"), "http is empty, which would refuse every request: list entries, or use inspect: true to allow and log every request"})
+	}
+	for j, hs := range s.HTTP {
+		line := lines.entry(j)
+		e, err := hs.entry(line)
+		if err != nil {
+			for _, msg := range strings.Split(err.Error(), "\n") {
+				problems = append(problems, problemAt{line, fmt.Sprintf("http#%d: %s", j+1, msg)})
+			}
+			continue
+		}
+		r.HTTP = append(r.HTTP, e)
+	}
+	r.Inspect = wants || *s.Inspect
+	return problems
 }
 
 func (s RuleSpec) rule(list string, index, line int) (Rule, error) {
@@ -204,6 +262,35 @@ func parseCIDR(s string) (netip.Prefix, error) {
 type lineIndex struct {
 	key   map[string]int
 	rules map[string][]int
+	http  map[string][]httpLines
+}
+
+// httpLines are the lines of one rule, of its keys and of the entries of its http list.
+type httpLines struct {
+	rule    int
+	keys    map[string]int
+	entries []int
+}
+
+func (h httpLines) key(k string) int {
+	if l := h.keys[k]; l > 0 {
+		return l
+	}
+	return h.rule
+}
+
+func (h httpLines) entry(i int) int {
+	if i < len(h.entries) {
+		return h.entries[i]
+	}
+	return h.key("http")
+}
+
+func (l lineIndex) httpAt(list string, i int) httpLines {
+	if i < len(l.http[list]) {
+		return l.http[list][i]
+	}
+	return httpLines{rule: l.at(list, i)}
 }
 
 func (l lineIndex) at(list string, i int) int {
@@ -214,7 +301,7 @@ func (l lineIndex) at(list string, i int) int {
 }
 
 func ruleLines(doc *yaml.Node) lineIndex {
-	l := lineIndex{key: map[string]int{}, rules: map[string][]int{}}
+	l := lineIndex{key: map[string]int{}, rules: map[string][]int{}, http: map[string][]httpLines{}}
 	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
 		return l
 	}
@@ -225,21 +312,41 @@ func ruleLines(doc *yaml.Node) lineIndex {
 		if v.Kind == yaml.SequenceNode {
 			for _, item := range v.Content {
 				l.rules[k.Value] = append(l.rules[k.Value], item.Line)
+				l.http[k.Value] = append(l.http[k.Value], ruleKeyLines(item))
 			}
 		}
 	}
 	return l
 }
 
+// ruleKeyLines indexes the keys of one rule and the entries of its http list.
+func ruleKeyLines(item *yaml.Node) httpLines {
+	h := httpLines{rule: item.Line, keys: map[string]int{}}
+	if item.Kind != yaml.MappingNode {
+		return h
+	}
+	for i := 0; i+1 < len(item.Content); i += 2 {
+		k, v := item.Content[i], item.Content[i+1]
+		h.keys[k.Value] = k.Line
+		if k.Value == "http" && v.Kind == yaml.SequenceNode {
+			for _, e := range v.Content {
+				h.entries = append(h.entries, e.Line)
+			}
+		}
+	}
+	return h
+}
+
 var yamlLineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): `)
 
 // unknownKeyRE matches yaml's message for a key that the file format does not have.
-var unknownKeyRE = regexp.MustCompile(`^field (\S+) not found in type policy\.(File|RuleSpec|InjectSpec)$`)
+var unknownKeyRE = regexp.MustCompile(`^field (\S+) not found in type policy\.(File|RuleSpec|HTTPSpec|InjectSpec)$`)
 
 // knownKeys names, for each type of the file format, what it is and the keys it has.
 var knownKeys = map[string]struct{ what, keys string }{
 	"File":       {"policy file", "version, mode, allow, deny"},
-	"RuleSpec":   {"rule", "host, cidr, ports, name, comment, inject, secrets"},
+	"RuleSpec":   {"rule", "host, cidr, ports, name, comment, http, access, inspect, inject, secrets"},
+	"HTTPSpec":   {"http entry", "methods, paths"},
 	"InjectSpec": {"header injection", "header, value"},
 }
 

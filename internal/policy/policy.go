@@ -43,6 +43,11 @@ type Rule struct {
 	Host    string       // normalised name, "*.suffix" or "*"; empty for cidr rules
 	Prefix  netip.Prefix // valid for cidr rules
 	Ports   []int        // empty: any port
+	// Inspect: connections this rule allows have their HTTPS terminated and each request decided by
+	// DecideRequest (set by http, access or inspect: true).
+	Inspect bool
+	// HTTP lists what requests the rule allows when it inspects; nil with Inspect allows every request.
+	HTTP []HTTPEntry
 
 	// Inject are the headers set from secrets on every request the rule allows; Secrets the secrets
 	// whose placeholders the rule's requests may carry. Both are empty on deny and cidr rules.
@@ -77,6 +82,9 @@ func (r *Rule) Describe(source string) string {
 	}
 	if len(r.Ports) > 0 {
 		what += fmt.Sprintf(", ports %v", r.Ports)
+	}
+	if r.Inspect {
+		what += ", inspected"
 	}
 	if source != "" && r.Line > 0 {
 		what += fmt.Sprintf(", %s line %d", source, r.Line)
@@ -139,7 +147,28 @@ func (d Decision) RuleID() string { return d.Rule.ID() }
 // rescue is refused without a DNS lookup; then with every resolved address. The second decision lists
 // in Addrs the addresses that passed; dial only those. An IP-literal target is checked fully on the
 // first call.
-func (p *Policy) Decide(t Target, addrs []netip.Addr) Decision {
+func (p *Policy) Decide(t Target, addrs []netip.Addr) Decision { return p.DecideOn(nil, t, addrs) }
+
+// DecideDial is the decision the proxy makes for t on machine m when it dials t at addrs: the name
+// stage (DecideOn with no addresses), then, when that allows and addrs are known, the address stage.
+// The rule it names is the one the proxy logs; tools that decide offline (policy explain, policy
+// replay) call it with the addresses they know, or none.
+func (p *Policy) DecideDial(m Machine, t Target, addrs []netip.Addr) Decision {
+	d := p.DecideOn(m, t, nil)
+	if !d.Allow || addrs == nil {
+		return d
+	}
+	return p.DecideOn(m, t, addrs)
+}
+
+// Machine tells which addresses are assigned to the machine that dials.
+type Machine interface {
+	Owns(netip.Addr) bool
+}
+
+// DecideOn is Decide for a dialer on machine m (nil: none): an address of m is refused like loopback
+// unless an allow cidr rule covers it, because a service bound to every address answers there too.
+func (p *Policy) DecideOn(m Machine, t Target, addrs []netip.Addr) Decision {
 	if lit, ok := t.Addr(); ok && addrs == nil {
 		addrs = []netip.Addr{lit}
 	}
@@ -172,7 +201,7 @@ func (p *Policy) Decide(t Target, addrs []netip.Addr) Decision {
 	var rule *Rule
 	for _, a := range addrs {
 		a = a.Unmap()
-		d, r := p.decideAddr(t, a, hostRule)
+		d, r := p.decideAddr(m, t, a, hostRule)
 		if !d.Allow {
 			if first.Code == "" {
 				first = d
@@ -192,7 +221,7 @@ func (p *Policy) Decide(t Target, addrs []netip.Addr) Decision {
 }
 
 // decideAddr checks one resolved address; it returns the decision and the allow rule that permits it.
-func (p *Policy) decideAddr(t Target, a netip.Addr, hostRule *Rule) (Decision, *Rule) {
+func (p *Policy) decideAddr(m Machine, t Target, a netip.Addr, hostRule *Rule) (Decision, *Rule) {
 	for i := range p.Deny {
 		if r := &p.Deny[i]; r.matchesAddr(a, t.Port) {
 			return p.deny(CodeDeniedByRule, r, t, fmt.Sprintf("%s is denied by rule %s", a, r.Describe(p.Source))), nil
@@ -205,17 +234,27 @@ func (p *Policy) decideAddr(t Target, a netip.Addr, hostRule *Rule) (Decision, *
 			break
 		}
 	}
-	if c := Classify(a); c.Refused() && cidrRule == nil {
-		d := p.deny(CodeSpecialAddr, nil, t, fmt.Sprintf("%s resolves to %s, %s, which is refused unless an allow rule with a cidr covers it", t.Host, a, c.Phrase()))
+	phrase := Classify(a).Phrase()
+	if phrase == "" && m != nil && m.Owns(a) {
+		phrase = ThisMachine
+	}
+	// One naming for every stage and tool: the host rule that admitted the name decides, as it did
+	// before the name was resolved, unless the address is one only an allow cidr rule may admit.
+	if cidrRule != nil {
+		if hostRule != nil && phrase == "" {
+			return Decision{Allow: true}, hostRule
+		}
+		return Decision{Allow: true}, cidrRule
+	}
+	if phrase != "" {
+		d := p.deny(CodeSpecialAddr, nil, t, fmt.Sprintf("%s resolves to %s, %s, which is refused unless an allow rule with a cidr covers it", t.Host, a, phrase))
 		if t.Host == a.String() {
-			d.Reason = fmt.Sprintf("%s is %s, which is refused unless an allow rule with a cidr covers it", a, c.Phrase())
+			d.Reason = fmt.Sprintf("%s is %s, which is refused unless an allow rule with a cidr covers it", a, phrase)
 		}
 		d.Fix = fmt.Sprintf("if this destination is intended, add to allow in %s: - {cidr: \"%s/%d\", ports: [%d]}", p.sourceName(), a, a.BitLen(), t.Port)
 		return d, nil
 	}
 	switch {
-	case cidrRule != nil:
-		return Decision{Allow: true}, cidrRule
 	case hostRule != nil || p.Mode == Discovery:
 		return Decision{Allow: true}, hostRule
 	default:

@@ -233,6 +233,11 @@ func TestApply(t *testing.T) {
 		{name: "not bound: empty name", req: newReq(t, "http://h/", "X-Key", "swarm-proxy-secret:"), bound: gh, wantCode: CodeNotBound},
 		{name: "not bound: query", req: newReq(t, "http://h/?k=swarm-proxy-secret%3agithub"), wantCode: CodeNotBound},
 		{name: "not bound: path", req: newReq(t, "http://h/x/swarm-proxy-secret%3Agithub"), wantCode: CodeNotBound},
+		{name: "not bound: opaque path", req: func() *http.Request {
+			r := newReq(t, "http://h/")
+			r.URL.Opaque = "/x/swarm-proxy-secret%3agithub"
+			return r
+		}(), wantCode: CodeNotBound},
 		{name: "not bound: user", req: newReq(t, "http://u:swarm-proxy-secret:github@h/"), wantCode: CodeNotBound},
 		{name: "unavailable: placeholder", req: newReq(t, "http://h/", "X-Key", "swarm-proxy-secret:missing"), bound: []string{"missing"}, wantCode: CodeUnavailable},
 		{name: "unavailable: not in file", req: newReq(t, "http://h/?k=swarm-proxy-secret:gone"), bound: []string{"gone"}, wantCode: CodeUnavailable},
@@ -320,5 +325,40 @@ func TestParseTemplate(t *testing.T) {
 		if _, err := ParseTemplate(bad); err == nil {
 			t.Errorf("ParseTemplate(%q) accepted", bad)
 		}
+	}
+}
+
+// BenchmarkApply is the cost the proxy adds to a request without placeholders (the common case:
+// every forwarded request is checked) and to one with a header and a query placeholder replaced and
+// a header injected.
+func BenchmarkApply(b *testing.B) {
+	f, _ := Parse("s.yaml", []byte("github:\n  value: \"ghp_0123456789abcdef0123456789abcdef\"\n"))
+	s, _ := Resolve("s.yaml", f, nil, nil)
+	inject := []Injection{{Header: "Authorization", Value: func() Template { t, _ := ParseTemplate("Bearer {{secret:github}}"); return t }()}}
+	hdr := http.Header{"User-Agent": {"curl/8.0"}, "Accept": {"*/*"}, "Accept-Encoding": {"gzip"}, "X-Request-Id": {"abc"}}
+	for _, bc := range []struct {
+		name, query, key string
+		inject           []Injection
+	}{
+		{"clone-only", "", "", nil}, // the benchmark's own request copy, to subtract
+		{"unbound-no-placeholder", "page=2&per_page=100", "", nil},
+		{"inject", "page=2&per_page=100", "", inject},
+		{"replaced-and-inject", "page=2&access_token=swarm-proxy-secret%3Agithub", "swarm-proxy-secret:github", inject},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				r := &http.Request{Header: hdr.Clone(), URL: &url.URL{Path: "/repos/o/r", RawQuery: bc.query}, Host: "api.github.com"}
+				if bc.key != "" {
+					r.Header.Set("X-Api-Key", bc.key)
+				}
+				if bc.name == "clone-only" {
+					continue
+				}
+				if _, err := s.Apply(r, []string{"github"}, bc.inject); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

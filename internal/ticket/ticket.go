@@ -1,10 +1,12 @@
 // Package ticket issues and verifies session tickets without a database. A token is an HMAC-SHA256,
-// made with the broker's secret, over the session id and the expiry; the expiry and a fingerprint of
-// the session travel in the token, so the broker recomputes the MAC from its secret alone and compares
-// in constant time.
+// made with the broker's secret, over the role, the session id and the expiry; the role, the expiry
+// and a fingerprint of the session travel in the token, so the broker recomputes the MAC from its
+// secret alone and compares in constant time.
 //
-// A token looks like "v1.<expiry-unix>.<session-fingerprint>.<mac>"; everything before the last dot is
-// public (see Public) and the MAC is the secret part.
+// A token looks like "v2.<role>.<expiry-unix>.<session-fingerprint>.<mac>", role "w" (worker: proxy
+// credentials) or "p" (provider: tunnel login); everything before the last dot is public (see Public)
+// and the MAC is the secret part. No error of this package contains a token, a MAC or a session id a
+// client sent: a client may send a token where a session id belongs.
 package ticket
 
 import (
@@ -14,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -29,30 +32,78 @@ const MaxSessionLen = 128
 const EnvSecret = "SWARM_PROXY_SECRET"
 
 // tokenVersion is the first field of every token and the prefix of the MAC input.
-const tokenVersion = "v1"
+const tokenVersion = "v2"
+
+// Role is what a ticket lets its holder do.
+type Role string
+
+// Roles. A worker ticket is proxy credentials; a provider ticket logs a provider in to the broker.
+// Neither works as the other.
+const (
+	RoleWorker   Role = "worker"
+	RoleProvider Role = "provider"
+)
+
+// ParseRole checks a role name as given to `ticket --role`.
+func ParseRole(s string) (Role, error) {
+	switch r := Role(s); r {
+	case RoleWorker, RoleProvider:
+		return r, nil
+	}
+	return "", fmt.Errorf("role %q: want worker or provider", s)
+}
+
+// code is the role's field in a token.
+func (r Role) code() string {
+	if r == RoleProvider {
+		return "p"
+	}
+	return "w"
+}
+
+func roleOf(code string) (Role, bool) {
+	switch code {
+	case "w":
+		return RoleWorker, true
+	case "p":
+		return RoleProvider, true
+	}
+	return "", false
+}
 
 // Errors returned (wrapped) by Verify and the helpers; match them with errors.Is.
 var (
-	// ErrMalformed: the token is not of the form v1.<expiry>.<fingerprint>.<mac>.
+	// ErrMalformed: the token is not of the form v2.<role>.<expiry>.<fingerprint>.<mac>.
 	ErrMalformed = errors.New("malformed token")
 	// ErrWrongSession: the token was issued for another session.
 	ErrWrongSession = errors.New("token was issued for another session")
+	// ErrWrongRole: the token is genuine but of the other role (a worker ticket used by a provider,
+	// or the reverse).
+	ErrWrongRole = errors.New("token is for another role")
 	// ErrInvalid: the MAC does not match (tampered, forged, or issued with another secret).
 	ErrInvalid = errors.New("token is not valid")
 	// ErrExpired: the token is genuine but its expiry has passed.
 	ErrExpired = errors.New("token has expired")
+	// ErrRevoked: the token or its session is on the broker's revocation list.
+	ErrRevoked = errors.New("token is revoked")
 	// ErrBadSession: the session id is empty, too long or has characters outside [A-Za-z0-9._-].
 	ErrBadSession = errors.New("invalid session id")
-	// ErrSecret: the secret is missing or shorter than MinSecretLen.
+	// ErrSecret: the secret is missing, shorter than MinSecretLen, or in a file others can read.
 	ErrSecret = errors.New("unusable secret")
 )
 
 // Ticket is what `swarm-proxy ticket --json` prints and what a provider reads with --ticket.
 type Ticket struct {
-	SessionID  string    `json:"session_id"`
-	Token      string    `json:"token"`
+	SessionID string `json:"session_id"`
+	Role      Role   `json:"role"`
+	Token     string `json:"token"`
+	// TokenID names the token on a revocation list (broker --revoked); it is not secret.
+	TokenID    string    `json:"token_id"`
 	BrokerAddr string    `json:"broker_addr"` // "" when the issuer did not give it
 	ExpiresAt  time.Time `json:"expires_at"`
+	// BrokerFingerprint pins the broker's provider-port certificate, "sha256:<hex>"; set when the
+	// issuer gave the broker's certificate.
+	BrokerFingerprint string `json:"broker_fingerprint,omitempty"`
 }
 
 // Authority issues and verifies tokens with one secret.
@@ -60,6 +111,8 @@ type Authority struct {
 	secret []byte
 	// Now returns the current time; nil means time.Now. Tests set it.
 	Now func() time.Time
+	// Revoked, when set, is asked about every token that is otherwise valid.
+	Revoked func(session, tokenID string) bool
 }
 
 // New returns an Authority for secret, which must be at least MinSecretLen bytes.
@@ -71,11 +124,19 @@ func New(secret []byte) (*Authority, error) {
 }
 
 // LoadSecret reads the secret from file, or from the SWARM_PROXY_SECRET environment variable when
-// file is empty. Surrounding white space (a trailing newline) is removed.
+// file is empty. Surrounding white space (a trailing newline) is removed. A file that its group or
+// others may read is refused (except on Windows, which has no such mode bits).
 func LoadSecret(file string) ([]byte, error) {
 	var raw []byte
 	var from string
 	if file != "" {
+		fi, err := os.Stat(file)
+		if err != nil {
+			return nil, fmt.Errorf("load secret: %w", err)
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 && runtime.GOOS != "windows" {
+			return nil, fmt.Errorf("load secret: %w: %s has mode %04o, readable by group or others; fix: chmod 600 %s", ErrSecret, file, perm, file)
+		}
 		b, err := os.ReadFile(file)
 		if err != nil {
 			return nil, fmt.Errorf("load secret: %w", err)
@@ -97,14 +158,15 @@ func LoadSecret(file string) ([]byte, error) {
 
 // ValidSession reports whether id can be a session id: 1 to MaxSessionLen characters of
 // [A-Za-z0-9._-]. The restriction keeps ids safe in Basic credentials, the tunnel handshake and logs.
+// The error does not repeat id: it may be a secret sent in the wrong place.
 func ValidSession(id string) error {
 	if id == "" || len(id) > MaxSessionLen {
-		return fmt.Errorf("%w %q: want 1 to %d characters", ErrBadSession, truncate(id), MaxSessionLen)
+		return fmt.Errorf("%w: want 1 to %d characters, got %d", ErrBadSession, MaxSessionLen, len(id))
 	}
 	for i := 0; i < len(id); i++ {
 		c := id[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("%w %q: character %q not allowed (use A-Z a-z 0-9 . _ -)", ErrBadSession, truncate(id), c)
+			return fmt.Errorf("%w: character %d is not one of A-Z a-z 0-9 . _ -", ErrBadSession, i+1)
 		}
 	}
 	return nil
@@ -117,27 +179,37 @@ func (a *Authority) now() time.Time {
 	return time.Now()
 }
 
-// Issue returns a ticket for session valid for ttl.
-func (a *Authority) Issue(session string, ttl time.Duration) (Ticket, error) {
+// Issue returns a ticket of role for session, valid for ttl.
+func (a *Authority) Issue(session string, role Role, ttl time.Duration) (Ticket, error) {
 	if err := ValidSession(session); err != nil {
+		return Ticket{}, fmt.Errorf("issue ticket: %w", err)
+	}
+	if _, err := ParseRole(string(role)); err != nil {
 		return Ticket{}, fmt.Errorf("issue ticket: %w", err)
 	}
 	if ttl <= 0 {
 		return Ticket{}, fmt.Errorf("issue ticket: ttl %v must be positive", ttl)
 	}
 	exp := a.now().Add(ttl).Truncate(time.Second)
-	return Ticket{SessionID: session, Token: a.token(session, exp.Unix()), ExpiresAt: exp.UTC()}, nil
+	tok := a.token(session, role, exp.Unix())
+	return Ticket{SessionID: session, Role: role, Token: tok, TokenID: TokenID(tok), ExpiresAt: exp.UTC()}, nil
 }
 
-func (a *Authority) token(session string, exp int64) string {
+func (a *Authority) token(session string, role Role, exp int64) string {
 	e := strconv.FormatInt(exp, 10)
-	return tokenVersion + "." + e + "." + fingerprint(session) + "." + b64(a.mac(session, e))
+	return tokenVersion + "." + role.code() + "." + e + "." + fingerprint(session) + "." + b64(a.mac(session, role, e))
 }
 
-func (a *Authority) mac(session, exp string) []byte {
+func (a *Authority) mac(session string, role Role, exp string) []byte {
 	m := hmac.New(sha256.New, a.secret)
-	m.Write([]byte(tokenVersion + "|" + session + "|" + exp))
+	m.Write([]byte(tokenVersion + "|" + role.code() + "|" + session + "|" + exp))
 	return m.Sum(nil)
+}
+
+// TokenID names a token without revealing it: base64url of the first 9 bytes of its SHA-256.
+func TokenID(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return b64(h[:9])
 }
 
 // fingerprint names the session a token belongs to, so that a token of another session gets its own
@@ -151,41 +223,53 @@ func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
 // Parsed is a token split into its fields.
 type Parsed struct {
+	Role        Role
 	Expiry      time.Time
 	expiry      string
 	fingerprint string
 	mac         []byte
 }
 
-// Parse splits a token into its fields without checking the MAC.
+// Parse splits a token into its fields without checking the MAC. Its errors never quote the token.
 func Parse(token string) (Parsed, error) {
 	if len(token) > 256 {
 		return Parsed{}, fmt.Errorf("%w: longer than 256 bytes", ErrMalformed)
 	}
 	f := strings.Split(token, ".")
-	if len(f) != 4 {
-		return Parsed{}, fmt.Errorf("%w: want v1.<expiry>.<fingerprint>.<mac>", ErrMalformed)
+	if len(f) == 4 && f[0] == "v1" {
+		return Parsed{}, fmt.Errorf("%w: a version 1 token has no role; issue a new ticket (swarm-proxy ticket --role worker|provider)", ErrMalformed)
 	}
-	if f[0] != tokenVersion {
-		return Parsed{}, fmt.Errorf("%w: version %q, want %s", ErrMalformed, truncate(f[0]), tokenVersion)
+	if len(f) != 5 || f[0] != tokenVersion {
+		return Parsed{}, fmt.Errorf("%w: want v2.<role>.<expiry>.<fingerprint>.<mac>", ErrMalformed)
 	}
-	exp, err := strconv.ParseInt(f[1], 10, 64)
-	if err != nil || exp <= 0 || strconv.FormatInt(exp, 10) != f[1] {
-		return Parsed{}, fmt.Errorf("%w: expiry %q is not a unix time", ErrMalformed, truncate(f[1]))
+	role, ok := roleOf(f[1])
+	if !ok {
+		return Parsed{}, fmt.Errorf("%w: the role field is not w or p", ErrMalformed)
 	}
-	mac, err := base64.RawURLEncoding.DecodeString(f[3])
+	exp, err := strconv.ParseInt(f[2], 10, 64)
+	if err != nil || exp <= 0 || strconv.FormatInt(exp, 10) != f[2] {
+		return Parsed{}, fmt.Errorf("%w: the expiry field is not a unix time", ErrMalformed)
+	}
+	if len(f[3]) != 8 {
+		return Parsed{}, fmt.Errorf("%w: the session fingerprint is not 8 characters", ErrMalformed)
+	}
+	mac, err := base64.RawURLEncoding.DecodeString(f[4])
 	if err != nil || len(mac) != sha256.Size {
 		return Parsed{}, fmt.Errorf("%w: the MAC is not %d bytes of base64url", ErrMalformed, sha256.Size)
 	}
-	if len(f[2]) != 8 {
-		return Parsed{}, fmt.Errorf("%w: the session fingerprint is not 8 characters", ErrMalformed)
-	}
-	return Parsed{Expiry: time.Unix(exp, 0).UTC(), expiry: f[1], fingerprint: f[2], mac: mac}, nil
+	return Parsed{Role: role, Expiry: time.Unix(exp, 0).UTC(), expiry: f[2], fingerprint: f[3], mac: mac}, nil
 }
 
-// Verify checks that token is a genuine, unexpired token of session and returns its expiry.
-// The MAC is compared in constant time.
-func (a *Authority) Verify(session, token string) (time.Time, error) {
+// LooksLikeToken reports whether s parses as a token: a client that sends one as its session id has
+// put the credentials in the wrong order or sent two tokens.
+func LooksLikeToken(s string) bool {
+	_, err := Parse(s)
+	return err == nil
+}
+
+// Verify checks that token is a genuine, unexpired, unrevoked token of session with role, and
+// returns its expiry. The MAC is compared in constant time.
+func (a *Authority) Verify(session, token string, role Role) (time.Time, error) {
 	if err := ValidSession(session); err != nil {
 		return time.Time{}, fmt.Errorf("verify token: %w", err)
 	}
@@ -193,14 +277,25 @@ func (a *Authority) Verify(session, token string) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, fmt.Errorf("verify token: %w", err)
 	}
+	return a.check(session, p, role, token, hmac.Equal(p.mac, a.mac(session, p.Role, p.expiry)))
+}
+
+// check runs the checks common to Verify and VerifyProof once the MAC or proof has been compared.
+func (a *Authority) check(session string, p Parsed, role Role, token string, macOK bool) (time.Time, error) {
 	if p.fingerprint != fingerprint(session) {
-		return time.Time{}, fmt.Errorf("verify token: %w (session %s)", ErrWrongSession, session)
+		return time.Time{}, fmt.Errorf("verify token: %w", ErrWrongSession)
 	}
-	if !hmac.Equal(p.mac, a.mac(session, p.expiry)) {
-		return time.Time{}, fmt.Errorf("verify token: %w for session %s (tampered, or issued with another secret)", ErrInvalid, session)
+	if !macOK {
+		return time.Time{}, fmt.Errorf("verify token: %w (tampered, or issued with another secret)", ErrInvalid)
+	}
+	if p.Role != role {
+		return time.Time{}, fmt.Errorf("verify token: %w: this is a %s ticket and a %s ticket is needed here (swarm-proxy ticket --role %s)", ErrWrongRole, p.Role, role, role)
 	}
 	if !a.now().Before(p.Expiry) {
-		return time.Time{}, fmt.Errorf("verify token: %w: session %s expired at %s", ErrExpired, session, p.Expiry.Format(time.RFC3339))
+		return time.Time{}, fmt.Errorf("verify token: %w: it expired at %s", ErrExpired, p.Expiry.Format(time.RFC3339))
+	}
+	if a.Revoked != nil && a.Revoked(session, TokenID(token)) {
+		return time.Time{}, fmt.Errorf("verify token: %w (the broker's --revoked list names the session or the token id)", ErrRevoked)
 	}
 	return p.Expiry, nil
 }
@@ -223,32 +318,20 @@ func Proof(token string, challenge []byte) []byte {
 }
 
 // VerifyProof checks a handshake: public is the token's public part, proof the provider's Proof over
-// challenge. It recomputes the token from the secret, so a recorded proof is useless for another
-// challenge. It returns the token's expiry.
-func (a *Authority) VerifyProof(session, public string, challenge, proof []byte) (time.Time, error) {
+// challenge, role the role the token must have. It recomputes the token from the secret, so a recorded
+// proof is useless for another challenge. It returns the token's expiry and id.
+func (a *Authority) VerifyProof(session, public string, challenge, proof []byte, role Role) (time.Time, string, error) {
 	if err := ValidSession(session); err != nil {
-		return time.Time{}, fmt.Errorf("verify proof: %w", err)
+		return time.Time{}, "", fmt.Errorf("verify proof: %w", err)
 	}
 	p, err := Parse(public + "." + b64(make([]byte, sha256.Size)))
 	if err != nil {
-		return time.Time{}, fmt.Errorf("verify proof: %w", err)
+		return time.Time{}, "", fmt.Errorf("verify proof: %w", err)
 	}
-	if p.fingerprint != fingerprint(session) {
-		return time.Time{}, fmt.Errorf("verify proof: %w (session %s)", ErrWrongSession, session)
+	token := a.token(session, p.Role, p.Expiry.Unix())
+	exp, err := a.check(session, p, role, token, hmac.Equal(proof, Proof(token, challenge)))
+	if err != nil {
+		return time.Time{}, "", err
 	}
-	want := Proof(a.token(session, p.Expiry.Unix()), challenge)
-	if !hmac.Equal(proof, want) {
-		return time.Time{}, fmt.Errorf("verify proof: %w for session %s (wrong token, or issued with another secret)", ErrInvalid, session)
-	}
-	if !a.now().Before(p.Expiry) {
-		return time.Time{}, fmt.Errorf("verify proof: %w: session %s expired at %s", ErrExpired, session, p.Expiry.Format(time.RFC3339))
-	}
-	return p.Expiry, nil
-}
-
-func truncate(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "..."
-	}
-	return s
+	return exp, TokenID(token), nil
 }

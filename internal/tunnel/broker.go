@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -22,8 +23,17 @@ import (
 	"github.com/swarm-proxy/swarm-proxy/internal/ticket"
 )
 
-// maxPending bounds the provider connections that may be in their handshake at once.
-const maxPending = 1024
+// maxPending bounds the provider connections that may be in their handshake at once, and
+// maxPendingPerSource those from one source (an IPv4 address or an IPv6 /64), so that one address
+// cannot take every slot.
+const (
+	maxPending          = 1024
+	maxPendingPerSource = 16
+)
+
+// maxRefusedStreams is how many streams a provider may try to open (it may open none) before the
+// broker disconnects it.
+const maxRefusedStreams = 16
 
 // ErrClosed is returned by Serve after Close.
 var ErrClosed = errors.New("tunnel broker closed")
@@ -33,7 +43,8 @@ var ErrClosed = errors.New("tunnel broker closed")
 type Broker struct {
 	// Auth verifies provider handshakes. Required.
 	Auth *ticket.Authority
-	// TLS, when set, makes the provider listener speak TLS.
+	// TLS, when set, makes the provider listener speak TLS (1.3 at least, for the channel binding);
+	// nil means plaintext, which only a provider that also asked for plaintext is accepted on.
 	TLS *tls.Config
 	// Config tunes connections; zero fields mean the defaults.
 	Config Config
@@ -41,6 +52,10 @@ type Broker struct {
 	Logger *slog.Logger
 	// Metrics, when set, counts providers, streams, opens and handshakes.
 	Metrics *Metrics
+	// Policy returns the broker's policy in force, whose address stage the provider applies to
+	// the addresses a name resolves to. Without it, a name only an allow cidr rule could admit is
+	// refused.
+	Policy func() *policy.Policy
 
 	initOnce sync.Once
 	cfg      Config
@@ -49,7 +64,8 @@ type Broker struct {
 	mu        sync.Mutex
 	closed    bool
 	listeners map[net.Listener]struct{}
-	pending   map[net.Conn]struct{} // connections still in their handshake
+	pending   map[net.Conn]string // connections still in their handshake, by source
+	perSource map[string]int
 	sessions  map[string]*group
 	wg        sync.WaitGroup
 }
@@ -57,6 +73,7 @@ type Broker struct {
 // group is the providers of one session and the streams open through them.
 type group struct {
 	providers []*provider
+	joining   int // providers past their proof, not yet registered
 	streams   int
 }
 
@@ -64,6 +81,7 @@ type group struct {
 type provider struct {
 	id      string
 	session string
+	tokenID string
 	mux     *yamux.Session
 	active  atomic.Int64
 	// draining is set when the provider announced it is shutting down: it finishes its streams
@@ -74,21 +92,45 @@ type provider struct {
 func (b *Broker) init() {
 	b.initOnce.Do(func() {
 		b.cfg = b.Config.withDefaults()
+		b.TLS = tls13(b.TLS)
 		if b.Logger == nil {
 			b.Logger = slog.Default()
 		}
 		b.listeners = map[net.Listener]struct{}{}
-		b.pending = map[net.Conn]struct{}{}
+		b.pending = map[net.Conn]string{}
+		b.perSource = map[string]int{}
 		b.sessions = map[string]*group{}
 	})
+}
+
+// tls13 returns c requiring TLS 1.3, whose exporter the channel binding uses (TLS 1.2's is safe only
+// with the extended master secret); nil stays nil.
+func tls13(c *tls.Config) *tls.Config {
+	if c == nil || c.MinVersion >= tls.VersionTLS13 {
+		return c
+	}
+	c = c.Clone()
+	c.MinVersion = tls.VersionTLS13
+	return c
+}
+
+// sourceOf is the key of a connection's source for the per-source cap.
+func sourceOf(c net.Conn) string {
+	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		return c.RemoteAddr().String()
+	}
+	a := ap.Addr().Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.String()
+	}
+	return a.String()
 }
 
 // Serve accepts providers on ln until Close. It returns ErrClosed after Close.
 func (b *Broker) Serve(ln net.Listener) error {
 	b.init()
-	if b.TLS != nil {
-		ln = tls.NewListener(ln, b.TLS)
-	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -124,20 +166,23 @@ func (b *Broker) Serve(ln net.Listener) error {
 			return fmt.Errorf("tunnel accept: %w", err)
 		}
 		delay = 0
+		src := sourceOf(c)
 		b.mu.Lock()
 		if b.closed {
 			b.mu.Unlock()
 			c.Close()
 			return ErrClosed
 		}
-		if len(b.pending) >= maxPending {
-			// A flood of connections that never finish their handshake must not pile up.
+		if len(b.pending) >= maxPending || b.perSource[src] >= maxPendingPerSource {
+			// A flood of connections that never finish their handshake must not pile up, and
+			// one source must not hold every slot.
 			b.mu.Unlock()
 			c.Close()
 			b.Metrics.handshake("overload")
 			continue
 		}
-		b.pending[c] = struct{}{}
+		b.pending[c] = src
+		b.perSource[src]++
 		b.wg.Add(1)
 		b.mu.Unlock()
 		go b.handle(c)
@@ -145,12 +190,16 @@ func (b *Broker) Serve(ln net.Listener) error {
 }
 
 // handle runs one provider connection: handshake, then the multiplexer until the connection ends.
-func (b *Broker) handle(c net.Conn) {
+func (b *Broker) handle(raw net.Conn) {
 	defer b.wg.Done()
-	remote := c.RemoteAddr().String()
-	session, id, expiry, err := b.handshake(c)
+	remote := raw.RemoteAddr().String()
+	c, li, err := b.handshake(raw)
 	b.mu.Lock()
-	delete(b.pending, c)
+	src := b.pending[raw]
+	delete(b.pending, raw)
+	if b.perSource[src]--; b.perSource[src] <= 0 {
+		delete(b.perSource, src)
+	}
 	closed := b.closed
 	b.mu.Unlock()
 	if err != nil {
@@ -158,86 +207,129 @@ func (b *Broker) handle(c net.Conn) {
 		var ae *AuthError
 		if errors.As(err, &ae) {
 			b.Metrics.handshake(ae.Code)
-			b.Logger.Warn("provider refused", "remote", remote, "session", session, "code", ae.Code, "reason", ae.Reason)
+			b.Logger.Warn("provider refused", "remote", remote, "session", li.session, "code", ae.Code, "reason", ae.Reason)
 		} else {
 			b.Metrics.handshake("error")
 			b.Logger.Info("provider handshake failed", "remote", remote, "err", err)
 		}
 		return
 	}
+	p := &provider{id: li.id, session: li.session, tokenID: li.tokenID}
 	if closed {
+		b.unjoin(p.session)
 		c.Close()
 		return
 	}
-	mux, err := clientMux(c, b.cfg, b.Logger)
+	var refused atomic.Int64
+	p.mux, err = clientMux(c, b.cfg, b.Logger, func() {
+		if n := refused.Add(1); n == maxRefusedStreams {
+			b.Metrics.handshake("provider_opened_streams")
+			b.Logger.Warn("provider keeps opening streams, which providers may not do; disconnecting it", "session", p.session, "provider", p.id, "streams_refused", n)
+			go c.Close()
+		}
+	})
 	if err != nil {
+		b.unjoin(p.session)
 		c.Close()
 		b.Logger.Error("provider multiplexer failed", "remote", remote, "err", err)
 		return
 	}
-	p := &provider{id: id, session: session, mux: mux}
-	if !b.register(p) {
-		mux.Close()
+	ctl, err := p.mux.OpenStream(context.Background())
+	if err == nil {
+		err = writeFrame(ctl, controlMsg)
+	}
+	if err != nil || !b.register(p) {
+		b.unjoin(p.session)
+		p.mux.Close()
 		return
 	}
 	b.Metrics.handshake("ok")
-	b.Logger.Info("provider connected", "session", session, "provider", p.id, "expires", expiry.Format(time.RFC3339))
+	b.Logger.Info("provider connected", "session", p.session, "provider", p.id, "expires", li.expiry.Format(time.RFC3339))
 	b.wg.Add(1)
-	go b.acceptControl(p)
-	expire := time.AfterFunc(time.Until(expiry), func() {
-		b.Logger.Info("provider ticket expired; disconnecting it", "session", session, "provider", p.id)
-		mux.Close()
+	go b.control(p, ctl)
+	expire := time.AfterFunc(time.Until(li.expiry), func() {
+		b.Logger.Info("provider ticket expired; disconnecting it", "session", p.session, "provider", p.id)
+		p.mux.Close()
 	})
-	<-mux.CloseChan()
+	<-p.mux.CloseChan()
 	expire.Stop()
 	b.unregister(p)
-	b.Logger.Info("provider disconnected", "session", session, "provider", p.id, "streams_open", p.active.Load())
+	b.Logger.Info("provider disconnected", "session", p.session, "provider", p.id, "streams_open", p.active.Load(), "streams_refused", refused.Load())
 }
 
-// acceptControl serves the streams a provider opens: the only one defined is DRAIN, which marks the
-// provider draining and is acknowledged by closing the stream.
-func (b *Broker) acceptControl(p *provider) {
+// control reads the control stream: the only frame defined is DRAIN, which marks the provider
+// draining and is acknowledged by closing the stream. Anything else ends the connection.
+func (b *Broker) control(p *provider, st *yamux.Stream) {
 	defer b.wg.Done()
-	for {
-		st, err := p.mux.AcceptStream()
-		if err != nil {
-			return
-		}
-		st.SetDeadline(time.Now().Add(b.cfg.HandshakeTimeout))
-		msg, err := readFrame(st)
-		if err != nil || msg != drainMsg {
-			st.Reset()
-			b.Logger.Warn("unexpected stream from provider", "provider", p.id, "frame", short(msg), "err", err)
-			continue
-		}
+	msg, err := readFrame(st)
+	switch {
+	case err != nil:
+		st.Reset()
+	case msg == drainMsg:
 		p.draining.Store(true)
 		b.Logger.Info("provider draining: no new streams for it", "session", p.session, "provider", p.id, "streams_open", p.active.Load())
 		st.Close()
+	default:
+		b.Logger.Warn("provider sent an unknown control frame; disconnecting it", "session", p.session, "provider", p.id, "frame", short(msg))
+		p.mux.Close()
 	}
 }
 
-// handshake sends the hello with a fresh nonce and checks the provider's proof. Refusals are
-// answered on the connection and returned as *AuthError.
-func (b *Broker) handshake(c net.Conn) (session, id string, expiry time.Time, err error) {
+// login is what a handshake established.
+type login struct {
+	session, id, tokenID string
+	expiry               time.Time
+}
+
+// handshake reads the provider's preface, agrees on the transport, runs TLS when configured, and
+// checks the provider's proof. Refusals are answered on the connection and returned as *AuthError.
+// It returns the connection to run the multiplexer on (the TLS one, with TLS), also on failure so
+// that the caller closes it.
+func (b *Broker) handshake(c net.Conn) (net.Conn, login, error) {
+	var li login
 	c.SetDeadline(time.Now().Add(b.cfg.HandshakeTimeout))
+	refuse := func(code, reason string) (net.Conn, login, error) {
+		writeFrame(c, "ERR "+code+" "+reason)
+		return c, li, &AuthError{Code: code, Reason: reason}
+	}
+	v, provTLS, err := readPreface(c)
+	if err != nil {
+		return c, li, fmt.Errorf("read preface: %w", err)
+	}
+	if v != Version {
+		return refuse(RefuseVersion, fmt.Sprintf("this broker speaks tunnel protocol version %d, not %d", Version, v))
+	}
+	switch {
+	case b.TLS != nil && !provTLS:
+		return refuse(RefuseTransport, "this broker's provider port requires TLS: drop --insecure-plaintext from the provider (and give it --ca or --broker-fingerprint if the broker's certificate is not from a public CA)")
+	case b.TLS == nil && provTLS:
+		return refuse(RefuseTransport, "this broker's provider port is plaintext (broker --insecure-plaintext): give the provider --insecure-plaintext too, or the broker --tls-cert and --tls-key")
+	}
 	nonce := make([]byte, nonceLen)
 	rand.Read(nonce)
-	if err := writeFrame(c, hello{Version: Version, Nonce: nonce}.String()); err != nil {
-		return "", "", time.Time{}, fmt.Errorf("send hello: %w", err)
+	if err := writeFrame(c, hello{Version: Version, TLS: provTLS, Nonce: nonce}.String()); err != nil {
+		return c, li, fmt.Errorf("send hello: %w", err)
+	}
+	if b.TLS != nil {
+		tc := tls.Server(c, b.TLS)
+		if err := tc.Handshake(); err != nil {
+			return c, li, fmt.Errorf("tls handshake: %w", err)
+		}
+		c = tc
+	}
+	bind, err := binding(c)
+	if err != nil {
+		return c, li, fmt.Errorf("tls channel binding: %w", err)
 	}
 	s, err := readFrame(c)
 	if err != nil {
-		return "", "", time.Time{}, fmt.Errorf("read auth: %w", err)
-	}
-	refuse := func(code, reason string) (string, string, time.Time, error) {
-		writeFrame(c, "ERR "+code+" "+reason)
-		return session, "", time.Time{}, &AuthError{Code: code, Reason: reason}
+		return c, li, fmt.Errorf("read auth: %w", err)
 	}
 	a, err := parseAuth(s)
 	if err != nil {
 		return refuse(RefuseMalformed, err.Error())
 	}
-	session = a.Session
+	li.session = a.Session
 	if a.Version != Version {
 		return refuse(RefuseVersion, fmt.Sprintf("this broker speaks tunnel protocol version %d, not %d", Version, a.Version))
 	}
@@ -247,7 +339,7 @@ func (b *Broker) handshake(c net.Conn) (session, id string, expiry time.Time, er
 	if closed {
 		return refuse(RefuseShutdown, "the broker is shutting down")
 	}
-	expiry, err = b.Auth.VerifyProof(a.Session, a.Public, challenge(Version, nonce, a.Session), a.Proof)
+	li.expiry, li.tokenID, err = b.Auth.VerifyProof(a.Session, a.Public, challenge(Version, nonce, a.Session, bind), a.Proof, ticket.RoleProvider)
 	if err != nil {
 		code := RefuseInvalid
 		switch {
@@ -257,15 +349,71 @@ func (b *Broker) handshake(c net.Conn) (session, id string, expiry time.Time, er
 			code = RefuseSession
 		case errors.Is(err, ticket.ErrMalformed):
 			code = RefuseMalformed
+		case errors.Is(err, ticket.ErrWrongRole):
+			code = RefuseRole
+		case errors.Is(err, ticket.ErrRevoked):
+			code = RefuseRevoked
 		}
 		return refuse(code, err.Error())
 	}
-	id = c.RemoteAddr().String() + "/" + shortID()
-	if err := writeFrame(c, "OK "+id); err != nil {
-		return session, "", time.Time{}, fmt.Errorf("send ok: %w", err)
+	if !b.join(a.Session) {
+		return refuse(RefuseTooMany, fmt.Sprintf("session %s already has %d providers, the most it may have (broker --max-providers-per-session)", a.Session, b.cfg.MaxProvidersPerSession))
+	}
+	li.id = c.RemoteAddr().String() + "/" + shortID()
+	if err := writeFrame(c, "OK "+li.id); err != nil {
+		b.unjoin(a.Session)
+		return c, li, fmt.Errorf("send ok: %w", err)
 	}
 	c.SetDeadline(time.Time{})
-	return session, id, expiry, nil
+	return c, li, nil
+}
+
+// join takes one of a session's provider slots for a provider whose proof verified.
+func (b *Broker) join(session string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	g := b.sessions[session]
+	if g == nil {
+		g = &group{}
+		b.sessions[session] = g
+	}
+	if len(g.providers)+g.joining >= b.cfg.MaxProvidersPerSession {
+		b.maybeForget(session, g)
+		return false
+	}
+	g.joining++
+	return true
+}
+
+// unjoin gives back a slot that join took for a provider that did not register.
+func (b *Broker) unjoin(session string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if g := b.sessions[session]; g != nil {
+		g.joining--
+		b.maybeForget(session, g)
+	}
+}
+
+// Revoke disconnects the providers whose session or token the revoked function names; the broker
+// calls it when its revocation list changes. It returns how many it disconnected.
+func (b *Broker) Revoke(revoked func(session, tokenID string) bool) int {
+	b.init()
+	b.mu.Lock()
+	var cut []*provider
+	for _, g := range b.sessions {
+		for _, p := range g.providers {
+			if revoked(p.session, p.tokenID) {
+				cut = append(cut, p)
+			}
+		}
+	}
+	b.mu.Unlock()
+	for _, p := range cut {
+		b.Logger.Info("provider's ticket revoked; disconnecting it", "session", p.session, "provider", p.id)
+		p.mux.Close()
+	}
+	return len(cut)
 }
 
 func shortID() string {
@@ -281,10 +429,7 @@ func (b *Broker) register(p *provider) bool {
 		return false
 	}
 	g := b.sessions[p.session]
-	if g == nil {
-		g = &group{}
-		b.sessions[p.session] = g
-	}
+	g.joining--
 	g.providers = append(g.providers, p)
 	b.Metrics.providerDelta(p.session, 1)
 	return true
@@ -309,7 +454,7 @@ func (b *Broker) unregister(p *provider) {
 
 // maybeForget drops an empty group. b.mu must be held.
 func (b *Broker) maybeForget(session string, g *group) {
-	if len(g.providers) == 0 && g.streams == 0 && b.sessions[session] == g {
+	if len(g.providers) == 0 && g.joining == 0 && g.streams == 0 && b.sessions[session] == g {
 		delete(b.sessions, session)
 		b.Metrics.forget(session)
 	}
@@ -416,7 +561,19 @@ func (b *Broker) Dial(ctx context.Context, req *dial.Request) (net.Conn, error) 
 		b.Metrics.open(dial.KindDenied.String())
 		return nil, err
 	}
-	if d := req.Decision; d.Pending {
+	var check *addrCheck
+	if _, isIP := req.Target.Addr(); !isIP && b.Policy != nil {
+		c := checkFor(b.Policy(), req.Target, req.Decision)
+		check = &c
+		if o := (openMsg{ID: req.ID, Target: req.Target, Check: check}).String(); len(o) > MaxFrame {
+			d := req.Decision
+			d.Allow, d.Pending, d.Code = false, false, policy.CodeNoRule
+			d.Reason = fmt.Sprintf("the broker's policy has too many cidr rules for port %d to send to its provider (%d bytes, at most %d)", req.Target.Port, len(o), MaxFrame)
+			b.Metrics.open(dial.KindDenied.String())
+			return nil, dial.Denied(req.Target, d)
+		}
+	}
+	if d := req.Decision; d.Pending && check == nil {
 		// The broker's policy admits this name only if its addresses fall in an allow cidr rule, but
 		// the provider resolves the name on its own network: the broker cannot check that, so it
 		// refuses rather than let the name through unchecked.
@@ -440,7 +597,7 @@ func (b *Broker) Dial(ctx context.Context, req *dial.Request) (net.Conn, error) 
 			b.Metrics.open(kindName(err))
 			return nil, err
 		}
-		c, err := b.open(ctx, p, req)
+		c, err := b.open(ctx, p, req, check)
 		if err == nil {
 			b.Metrics.open("ok")
 			return &Conn{stream: stream{c}, provider: p.id, release: func() { b.release(p, g) }}, nil
@@ -466,7 +623,7 @@ func kindName(err error) string {
 }
 
 // open runs the open exchange on a new stream of p.
-func (b *Broker) open(ctx context.Context, p *provider, req *dial.Request) (*yamux.Stream, error) {
+func (b *Broker) open(ctx context.Context, p *provider, req *dial.Request, check *addrCheck) (*yamux.Stream, error) {
 	t := req.Target
 	timeoutErr := func(err error) error {
 		if errors.Is(ctx.Err(), context.Canceled) {
@@ -483,7 +640,7 @@ func (b *Broker) open(ctx context.Context, p *provider, req *dial.Request) (*yam
 		return nil, fmt.Errorf("%w: %w", errProviderGone, err)
 	}
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
-	err = writeFrame(st, openMsg{ID: req.ID, Target: t}.String())
+	err = writeFrame(st, openMsg{ID: req.ID, Target: t, Check: check}.String())
 	var s string
 	if err == nil {
 		s, err = readFrame(st)
@@ -508,12 +665,31 @@ func (b *Broker) open(ctx context.Context, p *provider, req *dial.Request) (*yam
 		st.Reset()
 		return nil, &dial.Error{Kind: dial.KindInternal, Target: t, Err: err, Provider: p.id, Reason: fmt.Sprintf("provider %s sent a bad answer", p.id)}
 	}
+	if r.Kind == kindBrokerDenied && check != nil {
+		st.Reset()
+		return nil, b.brokerDenied(t, r.Reason, p.id)
+	}
 	if r.Status != StatusOK {
 		st.Reset()
 		return nil, &dial.Error{Kind: kindOf(r), Target: t, Provider: p.id, Reason: fmt.Sprintf("provider %s: %s", p.id, r.Reason)}
 	}
 	st.SetDeadline(time.Time{})
 	return st, nil
+}
+
+// brokerDenied is the broker's own refusal of an address its provider resolved t to: the decision
+// its policy gives that address, as if the broker had resolved the name itself.
+func (b *Broker) brokerDenied(t policy.Target, addr, providerID string) error {
+	a, err := netip.ParseAddr(addr)
+	if err == nil {
+		if d := b.Policy().Decide(t, []netip.Addr{a}); !d.Allow {
+			e := dial.Denied(t, d)
+			e.Provider = providerID
+			return e
+		}
+	}
+	return &dial.Error{Kind: dial.KindDenied, Target: t, Provider: providerID,
+		Reason: fmt.Sprintf("the broker's policy refuses the address %s resolved to at provider %s", t.Host, providerID)}
 }
 
 // Conn is a stream to a target through a provider. Close sends a clean end (FIN) after a complete

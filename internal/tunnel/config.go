@@ -31,8 +31,11 @@ const (
 	DefaultMaxStreamWindow = 16 << 20
 	// DefaultWindowBudget bounds the memory that growing receive windows may take per connection.
 	DefaultWindowBudget = 512 << 20
-	// DefaultHandshakeTimeout bounds the connection handshake and reading an open header.
-	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultHandshakeTimeout bounds the connection handshake (TLS included) and reading an open
+	// header: short, because a connection in its handshake holds a slot of the broker's.
+	DefaultHandshakeTimeout = 5 * time.Second
+	// DefaultMaxProvidersPerSession caps the providers connected for one session.
+	DefaultMaxProvidersPerSession = 8
 	// DefaultOpenTimeout is how long the broker waits for a provider to answer an open: a little
 	// more than the provider's default dial timeout, so the provider's own timeout reason wins.
 	DefaultOpenTimeout = 15 * time.Second
@@ -46,6 +49,8 @@ type Config struct {
 	WindowBudget     int64
 	HandshakeTimeout time.Duration
 	OpenTimeout      time.Duration // broker only
+	// MaxProvidersPerSession caps a session's providers (broker only).
+	MaxProvidersPerSession int
 }
 
 func (c Config) withDefaults() Config {
@@ -67,6 +72,9 @@ func (c Config) withDefaults() Config {
 	if c.OpenTimeout == 0 {
 		c.OpenTimeout = DefaultOpenTimeout
 	}
+	if c.MaxProvidersPerSession == 0 {
+		c.MaxProvidersPerSession = DefaultMaxProvidersPerSession
+	}
 	return c
 }
 
@@ -75,6 +83,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.KeepAlive < 0 || (c.KeepAlive > 0 && c.KeepAlive < 2*time.Second) {
 		errs = append(errs, fmt.Errorf("keepalive %v: want at least 2s", c.KeepAlive))
+	}
+	if c.MaxProvidersPerSession < 0 {
+		errs = append(errs, fmt.Errorf("max providers per session %d: must not be negative", c.MaxProvidersPerSession))
 	}
 	if c.MaxStreams < 0 {
 		errs = append(errs, fmt.Errorf("max streams %d: must not be negative", c.MaxStreams))
@@ -99,7 +110,7 @@ const maxMessageSize = 1 << 20
 
 // yamuxConfig builds the multiplexer settings. A keepalive ping is sent after KeepAlive/2 without
 // traffic and must be answered within KeepAlive/2, so a dead peer is noticed within KeepAlive.
-func (c Config) yamuxConfig(logger *slog.Logger) *yamux.Config {
+func (c Config) yamuxConfig(lw *logWriter) *yamux.Config {
 	y := yamux.DefaultConfig()
 	y.EnableKeepAlive = true
 	y.KeepAliveInterval = c.KeepAlive / 2
@@ -108,7 +119,7 @@ func (c Config) yamuxConfig(logger *slog.Logger) *yamux.Config {
 	y.MaxMessageSize = maxMessageSize
 	y.MaxIncomingStreams = uint32(c.MaxStreams)
 	y.AcceptBacklog = max(256, c.MaxStreams)
-	y.LogOutput = &logWriter{logger: logger}
+	y.LogOutput = lw
 	return y
 }
 
@@ -159,24 +170,35 @@ func (s *span) Done() {
 
 var errWindowBudget = errors.New("tunnel window memory budget reached")
 
-// logWriter passes yamux's log lines to slog at debug level.
-type logWriter struct{ logger *slog.Logger }
+// logWriter passes yamux's log lines to slog at debug level, and tells refused about each stream the
+// peer opened that yamux reset because it is over MaxIncomingStreams.
+type logWriter struct {
+	logger  *slog.Logger
+	refused func()
+}
 
 func (w *logWriter) Write(p []byte) (int, error) {
+	if w.refused != nil && bytes.Contains(p, []byte("MaxIncomingStreams exceeded")) {
+		w.refused()
+	}
 	w.logger.Debug("yamux", "msg", string(bytes.TrimSpace(p)))
 	return len(p), nil
 }
 
 var _ io.Writer = (*logWriter)(nil)
 
-// clientMux starts the broker's side of the multiplexer on an authenticated connection.
-func clientMux(c net.Conn, cfg Config, logger *slog.Logger) (*yamux.Session, error) {
+// clientMux starts the broker's side of the multiplexer on an authenticated connection. A provider
+// may open no stream: yamux resets each one at once, before buffering any of its data, and refused
+// hears of it.
+func clientMux(c net.Conn, cfg Config, logger *slog.Logger, refused func()) (*yamux.Session, error) {
 	budget := &memoryBudget{limit: cfg.WindowBudget}
-	return yamux.Client(c, cfg.yamuxConfig(logger), budget.newSpan)
+	y := cfg.yamuxConfig(&logWriter{logger: logger, refused: refused})
+	y.MaxIncomingStreams = 0
+	return yamux.Client(c, y, budget.newSpan)
 }
 
 // serverMux starts the provider's side.
 func serverMux(c net.Conn, cfg Config, logger *slog.Logger) (*yamux.Session, error) {
 	budget := &memoryBudget{limit: cfg.WindowBudget}
-	return yamux.Server(c, cfg.yamuxConfig(logger), budget.newSpan)
+	return yamux.Server(c, cfg.yamuxConfig(&logWriter{logger: logger}), budget.newSpan)
 }

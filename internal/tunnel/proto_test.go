@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -68,19 +69,26 @@ func TestOpenAndReply(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	seeds := []string{
-		hello{Version: 1, Nonce: bytes.Repeat([]byte{7}, 32)}.String(),
-		authMsg{Version: 1, Session: "s1", Public: "v1.1800000000.AAAAAAAA", Proof: make([]byte, 32)}.String(),
+		hello{Version: 2, TLS: true, Nonce: bytes.Repeat([]byte{7}, 32)}.String(),
+		"SWARM-TUNNEL 1 AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+		preface(true), preface(false), "SWARM-TUNNEL 2 tls\n",
+		authMsg{Version: 2, Session: "s1", Public: "v2.p.1800000000.AAAAAAAA", Proof: make([]byte, 32)}.String(),
 		openMsg{ID: "r1", Target: policy.Target{Host: "example.com", Port: 443}}.String(),
 		reply{Status: 200, Kind: "ok", Reason: "connected"}.String(),
-		"", " ", "OPEN - 127.0.0.1 65535", "200 ok", "SWARM-TUNNEL 01 AAAA",
+		"", " ", "OPEN - 127.0.0.1 65535", "OPEN r2 example.com 443 check=-203.0.113.0/24,+10.0.0.0/8,*", "OPEN r3 example.com 80 check=", "200 ok", "SWARM-TUNNEL 01 AAAA",
 	}
 	for _, s := range seeds {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		if h, err := parseHello(s); err == nil {
-			if h2, err := parseHello(h.String()); err != nil || h2.Version != h.Version || !bytes.Equal(h2.Nonce, h.Nonce) {
+		if h, err := parseHello(s); err == nil && h.Version == Version {
+			if h2, err := parseHello(h.String()); err != nil || h2.Version != h.Version || h2.TLS != h.TLS || !bytes.Equal(h2.Nonce, h.Nonce) {
 				t.Fatalf("hello %q does not round-trip", s)
+			}
+		}
+		if v, useTLS, err := readPreface(strings.NewReader(s)); err == nil {
+			if v2, tls2, err := readPreface(strings.NewReader(fmt.Sprintf("SWARM-TUNNEL %d %s\r\n", v, transportName(useTLS)))); err != nil || v2 != v || tls2 != useTLS {
+				t.Fatalf("preface %q does not round-trip", s)
 			}
 		}
 		if a, err := parseAuth(s); err == nil {
@@ -89,7 +97,7 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 		if o, err := parseOpen(s); err == nil {
-			if o2, err := parseOpen(o.String()); err != nil || o2 != o {
+			if o2, err := parseOpen(o.String()); err != nil || o2.String() != o.String() {
 				t.Fatalf("open %q does not round-trip", s)
 			}
 		}

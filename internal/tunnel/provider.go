@@ -9,9 +9,11 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/libp2p/go-yamux/v5"
@@ -157,26 +159,18 @@ func (p *Provider) connect(ctx context.Context, cfg Config, logger *slog.Logger)
 	if dialFn == nil {
 		dialFn = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
 	}
-	conn, err := dialFn(dctx, "tcp", p.Broker)
+	raw, err := dialFn(dctx, "tcp", p.Broker)
 	if err != nil {
 		return false, fmt.Errorf("dial broker: %w", err)
 	}
-	if p.TLS != nil {
-		tc := p.TLS.Clone()
-		if tc.ServerName == "" {
-			host, _, _ := net.SplitHostPort(p.Broker)
-			tc.ServerName = host
-		}
-		tlsConn := tls.Client(conn, tc)
-		if err := tlsConn.HandshakeContext(dctx); err != nil {
-			conn.Close()
-			return false, fmt.Errorf("tls handshake with broker: %w", err)
-		}
-		conn = tlsConn
-	}
-	id, err := p.handshake(conn, cfg, session, public, token)
-	if err != nil {
+	// The handshake ends when ctx does, so that a stopped provider does not wait for a silent peer.
+	stopWatch := context.AfterFunc(dctx, func() { raw.SetDeadline(time.Now()) })
+	conn, id, err := p.handshake(dctx, raw, session, public, token)
+	if !stopWatch() || err != nil {
 		conn.Close()
+		if err == nil {
+			err = dctx.Err()
+		}
 		return false, err
 	}
 	mux, err := serverMux(conn, cfg, logger)
@@ -185,23 +179,29 @@ func (p *Provider) connect(ctx context.Context, cfg Config, logger *slog.Logger)
 		return false, fmt.Errorf("start multiplexer: %w", err)
 	}
 	var open streamCount
+	ctl := make(chan *yamux.Stream, 1)
 	stop := context.AfterFunc(ctx, func() {
-		p.drain(mux, cfg, &open, logger)
+		p.drain(mux, ctl, cfg, &open, logger)
 		mux.Close()
 	})
 	defer stop()
-	logger.Info("connected to broker", "broker", p.Broker, "session", session, "provider", id)
+	logger.Info("connected to broker", "broker", p.Broker, "session", session, "provider", id, "tls", p.TLS != nil)
 	if p.OnConnect != nil {
 		p.OnConnect(id)
 	}
 	// Streams outlive ctx while draining; closing the multiplexer ends them.
 	sctx := context.WithoutCancel(ctx)
-	for {
+	for first := true; ; first = false {
 		st, err := mux.AcceptStream()
 		if err != nil {
 			mux.Close()
 			<-open.zero()
 			return true, fmt.Errorf("connection to broker lost: %w", err)
+		}
+		if first {
+			// The broker's first stream is the control stream (docs/tunnel-protocol.md, section 5).
+			go p.acceptControl(st, ctl, cfg, mux, logger)
+			continue
 		}
 		open.add(1)
 		go func() {
@@ -220,44 +220,116 @@ func (p *Provider) connect(ctx context.Context, cfg Config, logger *slog.Logger)
 	}
 }
 
-func (p *Provider) handshake(conn net.Conn, cfg Config, session, public, token string) (string, error) {
-	conn.SetDeadline(time.Now().Add(cfg.HandshakeTimeout))
-	s, err := readFrame(conn)
+// acceptControl checks the control stream's first frame and hands the stream to drain.
+func (p *Provider) acceptControl(st *yamux.Stream, ctl chan<- *yamux.Stream, cfg Config, mux *yamux.Session, logger *slog.Logger) {
+	st.SetDeadline(time.Now().Add(cfg.HandshakeTimeout))
+	msg, err := readFrame(st)
+	if err != nil || msg != controlMsg {
+		logger.Warn("the broker's first stream is not its control stream; disconnecting", "frame", short(msg), "err", err)
+		mux.Close()
+		return
+	}
+	st.SetDeadline(time.Time{})
+	ctl <- st
+}
+
+// handshake sends the preface, reads the broker's hello, runs TLS when configured, and logs in with
+// a proof over the broker's nonce and the TLS channel. It returns the connection to run the
+// multiplexer on.
+func (p *Provider) handshake(ctx context.Context, conn net.Conn, session, public, token string) (net.Conn, string, error) {
+	if _, err := io.WriteString(conn, preface(p.TLS != nil)); err != nil {
+		return conn, "", fmt.Errorf("send preface to %s: %w", p.Broker, err)
+	}
+	s, err := p.readHello(conn)
 	if err != nil {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			// A TLS broker waits for a ClientHello that a plaintext provider never sends.
-			hint := "is it the broker's --provider-listen address?"
-			if p.TLS == nil {
-				hint = "is it the broker's --provider-listen address, and if the broker uses TLS, was --tls or --ca given?"
-			}
-			return "", fmt.Errorf("no hello from %s within %v: %s %w", p.Broker, cfg.HandshakeTimeout, hint, err)
-		}
-		return "", fmt.Errorf("read broker hello: %w", err)
+		return conn, "", err
+	}
+	if code, reason, ok := strings.Cut(strings.TrimPrefix(s, "ERR "), " "); strings.HasPrefix(s, "ERR ") && ok {
+		return conn, "", &AuthError{Code: code, Reason: reason}
 	}
 	h, err := parseHello(s)
 	if err != nil {
-		return "", &AuthError{Code: RefuseMalformed, Reason: fmt.Sprintf("%s does not look like a swarm-proxy broker's provider port: %v", p.Broker, err)}
+		return conn, "", &AuthError{Code: RefuseMalformed, Reason: fmt.Sprintf("%s does not look like a swarm-proxy broker's provider port: %v", p.Broker, err)}
 	}
 	if h.Version != Version {
-		return "", &AuthError{Code: RefuseVersion, Reason: fmt.Sprintf("the broker speaks tunnel protocol version %d, this provider %d", h.Version, Version)}
+		return conn, "", &AuthError{Code: RefuseVersion, Reason: fmt.Sprintf("the broker speaks tunnel protocol version %d, this provider %d", h.Version, Version)}
 	}
-	msg := authMsg{Version: Version, Session: session, Public: public, Proof: ticket.Proof(token, challenge(Version, h.Nonce, session))}
+	if h.TLS != (p.TLS != nil) {
+		return conn, "", &AuthError{Code: RefuseTransport, Reason: "the broker agreed to another transport than the one asked for"}
+	}
+	if p.TLS != nil {
+		tc := tls13(p.TLS).Clone()
+		if tc.ServerName == "" {
+			host, _, _ := net.SplitHostPort(p.Broker)
+			tc.ServerName = host
+		}
+		tlsConn := tls.Client(conn, tc)
+		if err := tlsConn.HandshakeContext(ctx); err != nil {
+			return conn, "", &AuthError{Code: RefuseTransport, Reason: fmt.Sprintf("tls handshake with broker %s: %v", p.Broker, err)}
+		}
+		conn = tlsConn
+	}
+	bind, err := binding(conn)
+	if err != nil {
+		return conn, "", fmt.Errorf("tls channel binding: %w", err)
+	}
+	msg := authMsg{Version: Version, Session: session, Public: public, Proof: ticket.Proof(token, challenge(Version, h.Nonce, session, bind))}
 	if err := writeFrame(conn, msg.String()); err != nil {
-		return "", fmt.Errorf("send auth: %w", err)
+		return conn, "", fmt.Errorf("send auth: %w", err)
 	}
 	s, err = readFrame(conn)
 	if err != nil {
-		return "", fmt.Errorf("read broker answer: %w", err)
+		return conn, "", fmt.Errorf("read broker answer: %w", err)
 	}
 	if id, ok := strings.CutPrefix(s, "OK "); ok {
 		conn.SetDeadline(time.Time{})
-		return id, nil
+		return conn, id, nil
 	}
 	code, reason, _ := strings.Cut(strings.TrimPrefix(s, "ERR "), " ")
 	if !strings.HasPrefix(s, "ERR ") {
 		code, reason = RefuseMalformed, "unexpected broker answer "+short(s)
 	}
-	return "", &AuthError{Code: code, Reason: reason}
+	return conn, "", &AuthError{Code: code, Reason: reason}
+}
+
+// RefuseNotBroker is the code of a provider's own refusal to go on with a peer that is not a
+// swarm-proxy broker's provider port.
+const RefuseNotBroker = "not_a_broker"
+
+// readHello reads the broker's first frame and, when the peer is no swarm-proxy broker, says what it
+// is: the worker port answers the preface with an HTTP error, a TLS server with an alert, a broker of
+// protocol version 1 with its own hello.
+func (p *Provider) readHello(conn net.Conn) (string, error) {
+	var head [5]byte
+	n, err := io.ReadFull(conn, head[:2])
+	notBroker := func(what string) error {
+		return &AuthError{Code: RefuseNotBroker, Reason: fmt.Sprintf("%s %s", p.Broker, what)}
+	}
+	switch {
+	case err == io.EOF || err == io.ErrUnexpectedEOF || errors.Is(err, syscall.ECONNRESET):
+		return "", notBroker("closed the connection without answering: is it a swarm-proxy broker's --provider-listen address?")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "", notBroker("did not answer the swarm-tunnel preface: is it a swarm-proxy broker's --provider-listen address?")
+	case err != nil:
+		return "", fmt.Errorf("read broker hello: %w", err)
+	}
+	if head[0] == 0x15 {
+		return "", notBroker("answered with a TLS alert: it speaks TLS but not swarm-tunnel version 2 (an older broker, or not a broker)")
+	}
+	if string(head[:2]) == "HT" {
+		if m, _ := io.ReadFull(conn, head[2:]); string(head[:2+m]) == "HTTP/" {
+			return "", notBroker("answered HTTP: that is the broker's worker port; use its --provider-listen address")
+		}
+	}
+	size := int(head[0])<<8 | int(head[1])
+	if size == 0 || size > MaxFrame {
+		return "", notBroker(fmt.Sprintf("answered %q, not a swarm-tunnel frame: is it a swarm-proxy broker's --provider-listen address?", head[:n]))
+	}
+	buf := make([]byte, size)
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		return "", fmt.Errorf("read broker hello: %w", err)
+	}
+	return string(buf), nil
 }
 
 // serveStream reads one open header, dials the target under the provider's policy and answers. It
@@ -274,13 +346,22 @@ func (p *Provider) serveStream(ctx context.Context, cfg Config, logger *slog.Log
 	}
 	o, err := parseOpen(s)
 	if err != nil {
-		writeFrame(st, reply{Status: StatusBadGateway, Kind: dial.KindInternal.String(), Reason: err.Error()}.String())
-		st.Close()
-		logger.Warn("bad open header from broker", "err", err)
+		// A reset, not an answer and a close: the broker gets its window back at once.
+		st.Reset()
+		logger.Warn("bad open header from broker; stream reset", "err", err)
 		return nil
 	}
 	st.SetDeadline(time.Time{})
 	req := &dial.Request{Target: o.Target, ID: o.ID, Session: session, Client: "broker"}
+	if o.Check != nil {
+		check := *o.Check
+		req.AddrCheck = func(a netip.Addr) error {
+			if check.allows(a) {
+				return nil
+			}
+			return &BrokerRefusal{Addr: a.Unmap()}
+		}
+	}
 	up, err := p.Dialer.Dial(ctx, req)
 	if err != nil {
 		r := replyFor(err)
@@ -313,17 +394,21 @@ func relayStream(logger *slog.Logger, o openMsg, st *yamux.Stream, up net.Conn, 
 	logger.Info("stream done", attrs...)
 }
 
-// drain tells the broker to send no new streams, waits for its acknowledgement, then lets open
-// streams finish for up to DrainTimeout.
-func (p *Provider) drain(mux *yamux.Session, cfg Config, open *streamCount, logger *slog.Logger) {
+// drain tells the broker on the control stream to send no new streams, waits for its
+// acknowledgement, then lets open streams finish for up to DrainTimeout.
+func (p *Provider) drain(mux *yamux.Session, ctl <-chan *yamux.Stream, cfg Config, open *streamCount, logger *slog.Logger) {
 	timeout := p.DrainTimeout
 	if timeout == 0 {
 		timeout = DefaultDrainTimeout
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	st, err := mux.OpenStream(ctx)
-	if err != nil {
+	var st *yamux.Stream
+	select {
+	case st = <-ctl:
+	case <-mux.CloseChan():
+		return
+	case <-time.After(cfg.HandshakeTimeout):
 		return
 	}
 	st.SetDeadline(time.Now().Add(cfg.HandshakeTimeout))

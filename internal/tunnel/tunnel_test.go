@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -161,7 +163,7 @@ type testProvider struct {
 
 func (e *env) provider(session string, targets string, mod func(*Provider)) *testProvider {
 	e.t.Helper()
-	tk, err := e.auth.Issue(session, time.Hour)
+	tk, err := e.auth.Issue(session, ticket.RoleProvider, time.Hour)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -279,25 +281,9 @@ func TestOpenAndRelay(t *testing.T) {
 // silentProvider completes the handshake and accepts streams but never answers an open.
 func silentProvider(t testing.TB, e *env, session string) {
 	t.Helper()
-	tk, _ := e.auth.Issue(session, time.Hour)
-	pub, _ := ticket.Public(tk.Token)
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tk, _ := e.auth.Issue(session, ticket.RoleProvider, time.Hour)
+	c := e.login(t, session, tk.Token)
 	t.Cleanup(func() { c.Close() })
-	s, err := readFrame(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := parseHello(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFrame(c, authMsg{Version: Version, Session: session, Public: pub, Proof: ticket.Proof(tk.Token, challenge(Version, h.Nonce, session))}.String())
-	if s, err := readFrame(c); err != nil || !strings.HasPrefix(s, "OK ") {
-		t.Fatalf("handshake answer %q, %v", s, err)
-	}
 	cfg := Config{}.withDefaults()
 	mux, err := serverMux(c, cfg, slog.Default())
 	if err != nil {
@@ -313,6 +299,46 @@ func silentProvider(t testing.TB, e *env, session string) {
 			t.Cleanup(func() { st.Reset() })
 		}
 	}()
+}
+
+// dialRaw connects to the broker, sends the preface and returns the connection (TLS when the
+// broker speaks it) and the broker's hello.
+func (e *env) dialRaw(t testing.TB) (net.Conn, hello) {
+	t.Helper()
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, preface(e.clientTLS != nil))
+	s, err := readFrame(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := parseHello(s)
+	if err != nil {
+		t.Fatalf("hello %q: %v", s, err)
+	}
+	if e.clientTLS != nil {
+		tc := tls.Client(c, e.clientTLS)
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		c = tc
+	}
+	return c, h
+}
+
+// login runs a provider's handshake by hand and returns the connection, ready for the multiplexer.
+func (e *env) login(t testing.TB, session, token string) net.Conn {
+	t.Helper()
+	c, h := e.dialRaw(t)
+	pub, _ := ticket.Public(token)
+	bind, _ := binding(c)
+	writeFrame(c, authMsg{Version: Version, Session: session, Public: pub, Proof: ticket.Proof(token, challenge(Version, h.Nonce, session, bind))}.String())
+	if s, err := readFrame(c); err != nil || !strings.HasPrefix(s, "OK ") {
+		t.Fatalf("handshake answer %q, %v", s, err)
+	}
+	return c
 }
 
 type fakeResolver struct{}
@@ -388,22 +414,21 @@ func TestDialFailures(t *testing.T) {
 
 func TestHandshakeRefusals(t *testing.T) {
 	e := newEnv(t, false, Config{})
-	good, _ := e.auth.Issue("s1", time.Hour)
-	other, _ := e.auth.Issue("s2", time.Hour)
+	good, _ := e.auth.Issue("s1", ticket.RoleProvider, time.Hour)
+	other, _ := e.auth.Issue("s2", ticket.RoleProvider, time.Hour)
+	worker, _ := e.auth.Issue("s1", ticket.RoleWorker, time.Hour)
 	past := *e.auth
 	past.Now = func() time.Time { return time.Now().Add(-2 * time.Hour) }
-	expired, _ := past.Issue("s1", time.Hour)
+	expired, _ := past.Issue("s1", ticket.RoleProvider, time.Hour)
 	foreign, _ := ticket.New([]byte("some-other-secret-some-other-secret"))
-	forged, _ := foreign.Issue("s1", time.Hour)
+	forged, _ := foreign.Issue("s1", ticket.RoleProvider, time.Hour)
 
 	// A recorded handshake of a good provider, replayed on a new connection, must fail.
 	var recorded string
 	{
-		c, _ := net.Dial("tcp", e.addr)
-		s, _ := readFrame(c)
-		h, _ := parseHello(s)
+		c, h := e.dialRaw(t)
 		pub, _ := ticket.Public(good.Token)
-		recorded = authMsg{Version: Version, Session: "s1", Public: pub, Proof: ticket.Proof(good.Token, challenge(Version, h.Nonce, "s1"))}.String()
+		recorded = authMsg{Version: Version, Session: "s1", Public: pub, Proof: ticket.Proof(good.Token, challenge(Version, h.Nonce, "s1", nil))}.String()
 		c.Close()
 	}
 	tests := []struct {
@@ -417,19 +442,16 @@ func TestHandshakeRefusals(t *testing.T) {
 		{"replayed", "", "", recorded, RefuseInvalid},
 		{"expired", "s1", expired.Token, "", RefuseExpired},
 		{"other session", "s1", other.Token, "", RefuseSession},
+		{"worker ticket", "s1", worker.Token, "", RefuseRole},
 		{"other secret", "s1", forged.Token, "", RefuseInvalid},
 		{"garbage", "", "", "HELLO there", RefuseMalformed},
-		{"future version", "", "", strings.Replace(recorded, "AUTH 1 ", "AUTH 2 ", 1), RefuseVersion},
+		{"future version", "", "", strings.Replace(recorded, "AUTH 2 ", "AUTH 3 ", 1), RefuseVersion},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := net.Dial("tcp", e.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
 			if tt.raw != "" {
-				readFrame(c)
+				c, _ := e.dialRaw(t)
+				defer c.Close()
 				writeFrame(c, tt.raw)
 				s, _ := readFrame(c)
 				if !strings.HasPrefix(s, "ERR "+tt.code+" ") {
@@ -437,9 +459,14 @@ func TestHandshakeRefusals(t *testing.T) {
 				}
 				return
 			}
+			c, err := net.Dial("tcp", e.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
 			p := &Provider{Broker: e.addr}
 			pub, _ := ticket.Public(tt.token)
-			_, err = p.handshake(c, Config{}.withDefaults(), tt.session, pub, tt.token)
+			_, _, err = p.handshake(context.Background(), c, tt.session, pub, tt.token)
 			var ae *AuthError
 			switch {
 			case tt.code == "" && err != nil:
@@ -454,7 +481,7 @@ func TestHandshakeRefusals(t *testing.T) {
 func TestAuthFailureBacksOff(t *testing.T) {
 	e := newEnv(t, false, Config{})
 	foreign, _ := ticket.New([]byte("some-other-secret-some-other-secret"))
-	bad, _ := foreign.Issue("s1", time.Hour)
+	bad, _ := foreign.Issue("s1", ticket.RoleProvider, time.Hour)
 	tp := e.provider("s1", "public", func(p *Provider) {
 		p.Credentials = func() (string, string, error) { return "s1", bad.Token, nil }
 	})
@@ -802,39 +829,75 @@ func TestStreamCapPerSession(t *testing.T) {
 	c.Close()
 }
 
-func TestHandshakeWithSilentPeerNamesTheAddress(t *testing.T) {
-	for _, useTLS := range []bool{false, true} {
-		a, b := net.Pipe()
-		defer a.Close()
-		defer b.Close()
-		p := &Provider{Broker: "127.0.0.1:8080"}
-		if useTLS {
-			p.TLS = &tls.Config{}
-		}
-		_, err := p.handshake(a, Config{HandshakeTimeout: 100 * time.Millisecond}.withDefaults(), "s", "v1.1.AAAAAAAA", "tok")
-		if err == nil || !strings.Contains(err.Error(), "within 100ms: is it the broker's --provider-listen address") {
-			t.Fatalf("handshake with a silent peer (tls %v): %v", useTLS, err)
-		}
-		// Only a plaintext provider can be talking to a TLS broker by mistake.
-		if strings.Contains(err.Error(), "--tls or --ca") == useTLS {
-			t.Fatalf("handshake with a silent peer (tls %v): %v", useTLS, err)
-		}
+// TestProviderSaysWhatItReached: a provider pointed at the broker's worker port (an HTTP server),
+// or with the other transport than the broker's, or at a silent peer, says so at once, in words.
+func TestProviderSaysWhatItReached(t *testing.T) {
+	web := httptest.NewServer(http.NotFoundHandler())
+	defer web.Close()
+	silent := loopbacktest.Start(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	tlsEnv := newEnv(t, true, Config{})
+	plainEnv := newEnv(t, false, Config{})
+	tk, _ := tlsEnv.auth.Issue("s1", ticket.RoleProvider, time.Hour)
+	tests := []struct {
+		name   string
+		addr   string
+		tls    *tls.Config
+		code   string
+		reason string
+	}{
+		{"plaintext provider at the worker port", web.Listener.Addr().String(), nil, RefuseNotBroker, "answered HTTP: that is the broker's worker port; use its --provider-listen address"},
+		{"TLS provider at the worker port", web.Listener.Addr().String(), tlsEnv.clientTLS, RefuseNotBroker, "answered HTTP: that is the broker's worker port"},
+		{"plaintext provider at a TLS broker", tlsEnv.addr, nil, RefuseTransport, "requires TLS: drop --insecure-plaintext"},
+		{"TLS provider at a plaintext broker", plainEnv.addr, tlsEnv.clientTLS, RefuseTransport, "is plaintext (broker --insecure-plaintext)"},
+		{"silent peer", silent.Addr().String(), nil, RefuseNotBroker, "did not answer the swarm-tunnel preface"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &Provider{Broker: tt.addr, TLS: tt.tls, Credentials: func() (string, string, error) { return "s1", tk.Token, nil }}
+			start := time.Now()
+			_, err := p.connect(context.Background(), Config{HandshakeTimeout: time.Second}.withDefaults(), slog.Default())
+			var ae *AuthError
+			if !errors.As(err, &ae) || ae.Code != tt.code || !strings.Contains(ae.Reason, tt.reason) {
+				t.Fatalf("connect: %v; want code %s and %q", err, tt.code, tt.reason)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Fatalf("took %v to say so, want at most 2s", d)
+			}
+		})
 	}
 }
 
-// TestPlaintextProviderAtTLSBroker: the TLS broker waits for a ClientHello while the provider waits
-// for the hello; the provider's error must point at TLS.
-func TestPlaintextProviderAtTLSBroker(t *testing.T) {
-	e := newEnv(t, true, Config{})
-	tp := e.provider("s1", "loopback", func(p *Provider) {
-		p.TLS = nil
-		p.Config.HandshakeTimeout = 200 * time.Millisecond
+// TestProviderStopsAtOnce: a provider that is not connected stops within a second of being asked,
+// whether it is waiting to retry or in the middle of a handshake with a silent peer.
+func TestProviderStopsAtOnce(t *testing.T) {
+	reached := make(chan struct{}, 1)
+	silent := loopbacktest.Start(t, func(c net.Conn) {
+		reached <- struct{}{}
+		io.Copy(io.Discard, c)
 	})
-	waitFor(t, "the provider to give up on the handshake", func() bool {
-		return strings.Contains(tp.logs.String(), "broker connection failed")
-	})
-	if log := tp.logs.String(); !strings.Contains(log, "was --tls or --ca given?") {
-		t.Fatalf("provider log does not mention TLS:\n%s", log)
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	closedAddr := closed.Addr().String()
+	closed.Close()
+	for _, addr := range []string{silent.Addr().String(), closedAddr} {
+		logs := &syncBuffer{}
+		p := &Provider{Broker: addr, Credentials: func() (string, string, error) { return "s1", "v2.p.1.AAAAAAAA." + strings.Repeat("A", 43), nil },
+			Dialer: &dial.Direct{Policy: policy.Default}, Config: Config{HandshakeTimeout: time.Minute}, Logger: slog.New(slog.NewTextHandler(logs, nil))}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); p.Run(ctx) }()
+		if addr == closedAddr {
+			waitFor(t, "the provider to wait for its retry", func() bool { return strings.Contains(logs.String(), "broker connection failed") })
+		} else {
+			<-reached // the provider is in its handshake with a peer that never answers
+		}
+		start := time.Now()
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+			t.Fatalf("provider for %s still running 1s after it was stopped", addr)
+		}
+		t.Logf("%s: stopped in %v", addr, time.Since(start))
 	}
 }
 

@@ -590,7 +590,7 @@ func TestTunnelForgedTokensNeverReachTheProvider(t *testing.T) {
 	prov := b.provider(tf, "mine", 1)
 	_, theirs := b.ticket("theirs", "1h")
 
-	foreignSecret := WriteFile(t, "foreign-secret", "another-secret-0123456789-0123456789-0123\n")
+	foreignSecret := writeSecret(t, "foreign-secret", "another-secret-0123456789-0123456789-0123\n")
 	r := Run(t, nil, binary, "ticket", "--session", "mine", "--ttl", "1h", "--secret-file", foreignSecret, "--json")
 	var foreign struct{ Token string }
 	if err := json.Unmarshal([]byte(r.Stdout), &foreign); r.Code != 0 || err != nil || foreign.Token == "" {
@@ -598,18 +598,23 @@ func TestTunnelForgedTokensNeverReachTheProvider(t *testing.T) {
 	}
 
 	f := strings.Split(tk["token"], ".")
-	if len(f) != 4 || len(f[3]) != 43 {
-		t.Fatalf("token %q is not v1.<expiry>.<fingerprint>.<mac>", tk["token"])
+	if len(f) != 5 || len(f[4]) != 43 {
+		t.Fatalf("token %q is not v2.<role>.<expiry>.<fingerprint>.<mac>", tk["token"])
 	}
 	// Flip the MAC's first character: it carries six bits of the first byte, whereas the last
 	// character's low bits are padding that a lenient decoder ignores.
-	flipped := map[byte]byte{'A': 'B'}[f[3][0]]
+	flipped := map[byte]byte{'A': 'B'}[f[4][0]]
 	if flipped == 0 {
 		flipped = 'A'
 	}
-	badMAC := strings.Join([]string{f[0], f[1], f[2], string(flipped) + f[3][1:]}, ".")
-	exp, _ := strconv.ParseInt(f[1], 10, 64)
-	movedExpiry := strings.Join([]string{f[0], strconv.FormatInt(exp+3600, 10), f[2], f[3]}, ".")
+	badMAC := strings.Join([]string{f[0], f[1], f[2], f[3], string(flipped) + f[4][1:]}, ".")
+	exp, _ := strconv.ParseInt(f[2], 10, 64)
+	movedExpiry := strings.Join([]string{f[0], f[1], strconv.FormatInt(exp+3600, 10), f[3], f[4]}, ".")
+	promoted := strings.Join([]string{f[0], "p", f[2], f[3], f[4]}, ".")
+	var provTicket struct{ Token string }
+	if data, err := os.ReadFile(b.providerTicket("mine", "1h")); err != nil || json.Unmarshal(data, &provTicket) != nil {
+		t.Fatalf("provider ticket: %v", err)
+	}
 
 	// Sanity: the genuine token goes through, so the refusals below are the tokens' doing.
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
@@ -624,14 +629,16 @@ func TestTunnelForgedTokensNeverReachTheProvider(t *testing.T) {
 	hitsBefore := hits.Load()
 	provStderr := len(prov.Stderr())
 
-	const notValid = "token is not valid for session mine (tampered, or issued with another secret)"
+	const notValid = "token is not valid (tampered, or issued with another secret)"
 	tests := []struct {
 		name, token, reason string
 	}{
 		{"MAC with one character flipped", badMAC, notValid},
 		{"expiry moved", movedExpiry, notValid},
 		{"issued with another secret", foreign.Token, notValid},
-		{"token of another session", theirs["token"], "token was issued for another session (session mine)"},
+		{"worker token relabelled as a provider's", promoted, notValid},
+		{"token of another session", theirs["token"], "token was issued for another session"},
+		{"provider ticket as proxy credentials", provTicket.Token, "token is for another role: this is a provider ticket and a worker ticket is needed here (swarm-proxy ticket --role worker)"},
 	}
 	for _, tt := range tests {
 		for _, method := range []string{"CONNECT", "GET"} {

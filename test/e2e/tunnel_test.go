@@ -34,21 +34,44 @@ import (
 type brokerEnv struct {
 	t            *testing.T
 	secret       string
+	cert         string // the provider port's certificate; "" with --insecure-plaintext
 	args         []string
 	*Proc        // the broker
 	ProviderAddr string
 }
 
+// writeSecret writes a broker secret readable by its owner only, as the broker requires.
+func writeSecret(t *testing.T, name, content string) string {
+	t.Helper()
+	p := WriteFile(t, name, content)
+	if err := os.Chmod(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 var providerListenRE = regexp.MustCompile(`provider_listen=(\S+)`)
 
 // startBroker runs `swarm-proxy broker` on kernel-chosen loopback ports with a policy that lets
-// loopback targets through (the tests' servers listen there).
+// loopback targets through (the tests' servers listen there). Providers connect over TLS with a
+// self-signed certificate that their tickets pin, unless extra has --insecure-plaintext.
 func startBroker(t *testing.T, extra ...string) *brokerEnv {
 	t.Helper()
 	b := &brokerEnv{t: t}
-	b.secret = WriteFile(t, "secret", "e2e-secret-0123456789-0123456789-0123456789\n")
+	b.secret = writeSecret(t, "secret", "e2e-secret-0123456789-0123456789-0123456789\n")
 	pol := WriteFile(t, "policy.yaml", LoopbackPolicy("discovery", ""))
-	b.args = append([]string{"--secret-file", b.secret, "--policy", pol, "--admin-listen", "127.0.0.1:0"}, extra...)
+	b.args = []string{"--secret-file", b.secret, "--policy", pol, "--admin-listen", "127.0.0.1:0"}
+	if joined := strings.Join(extra, " "); !strings.Contains(joined, "--insecure-plaintext") && !strings.Contains(joined, "--tls-cert") {
+		cert, key := brokerCert(t)
+		b.cert = cert
+		b.args = append(b.args, "--tls-cert", cert, "--tls-key", key)
+	}
+	for i, a := range extra {
+		if a == "--tls-cert" && i+1 < len(extra) {
+			b.cert = extra[i+1]
+		}
+	}
+	b.args = append(b.args, extra...)
 	b.start("127.0.0.1:0")
 	return b
 }
@@ -75,7 +98,7 @@ func (b *brokerEnv) ticket(session, ttl string) (string, map[string]string) {
 	if err := json.Unmarshal([]byte(r.Stdout), &tk); err != nil {
 		b.t.Fatalf("ticket --json printed %q: %v", r.Stdout, err)
 	}
-	for _, k := range []string{"session_id", "token", "broker_addr", "expires_at"} {
+	for _, k := range []string{"session_id", "role", "token", "token_id", "broker_addr", "expires_at"} {
 		if tk[k] == "" {
 			b.t.Fatalf("ticket %s lacks %s", r.Stdout, k)
 		}
@@ -86,7 +109,7 @@ func (b *brokerEnv) ticket(session, ttl string) (string, map[string]string) {
 // TestTicketWithoutBroker: without --broker the JSON still has broker_addr (empty) and the text
 // says how to set it.
 func TestTicketWithoutBroker(t *testing.T) {
-	secret := WriteFile(t, "secret", "e2e-secret-0123456789-0123456789-0123456789\n")
+	secret := writeSecret(t, "secret", "e2e-secret-0123456789-0123456789-0123456789\n")
 	r := Run(t, nil, binary, "ticket", "--session", "s1", "--secret-file", secret, "--json")
 	var tk map[string]any
 	if err := json.Unmarshal([]byte(r.Stdout), &tk); r.Code != 0 || err != nil {
@@ -101,11 +124,33 @@ func TestTicketWithoutBroker(t *testing.T) {
 	}
 }
 
-// provider starts `swarm-proxy provider` for a ticket and waits until the broker counts want
-// providers for the session.
+// providerTicket runs `swarm-proxy ticket --role provider --out FILE` (pinning the broker's
+// certificate when it has one) and returns the file.
+func (b *brokerEnv) providerTicket(session, ttl string) string {
+	b.t.Helper()
+	out := filepath.Join(b.t.TempDir(), "provider.json")
+	args := []string{"ticket", "--role", "provider", "--session", session, "--ttl", ttl, "--secret-file", b.secret, "--out", out}
+	if b.cert != "" {
+		args = append(args, "--tls-cert", b.cert)
+	}
+	if r := Run(b.t, nil, binary, args...); r.Code != 0 || r.Stdout != "" {
+		b.t.Fatalf("ticket --role provider: exit %d: %s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	return out
+}
+
+// provider starts `swarm-proxy provider` for a session and waits until the broker counts want
+// providers for it. ticketFile is used when it is a provider ticket; for a worker ticket, a
+// provider ticket of the same session is issued.
 func (b *brokerEnv) provider(ticketFile, session string, want int, extra ...string) *Proc {
 	b.t.Helper()
+	if data, err := os.ReadFile(ticketFile); err != nil || !strings.Contains(string(data), `"role":"provider"`) {
+		ticketFile = b.providerTicket(session, "1h")
+	}
 	args := append([]string{"provider", "--ticket", ticketFile, "--broker", b.ProviderAddr}, extra...)
+	if b.cert == "" {
+		args = append(args, "--insecure-plaintext")
+	}
 	if joined := strings.Join(extra, " "); !strings.Contains(joined, "--allow-targets") && !strings.Contains(joined, "--policy") {
 		args = append(args, "--allow-targets", "loopback")
 	}
@@ -193,12 +238,16 @@ func testTunnelCurl(t *testing.T, useTLS bool) {
 	tlsSrv, ca := TLSServer(t, plain.Config.Handler)
 	var brokerArgs, providerArgs []string
 	if useTLS {
+		// The certificate verified by a CA file rather than pinned by the ticket.
 		cert, key := brokerCert(t)
 		brokerArgs = []string{"--tls-cert", cert, "--tls-key", key}
 		providerArgs = []string{"--ca", cert}
+	} else {
+		brokerArgs = []string{"--insecure-plaintext"}
 	}
 	b := startBroker(t, brokerArgs...)
-	tf, tk := b.ticket("smoke", "1h")
+	_, tk := b.ticket("smoke", "1h")
+	tf := b.providerTicket("smoke", "1h")
 	prov := b.provider(tf, "smoke", 1, providerArgs...)
 	if want := fmt.Sprintf("tls=%v", useTLS); !strings.Contains(prov.Stderr(), want) || !strings.Contains(b.Stderr(), want) {
 		t.Fatalf("provider or broker does not report %s", want)

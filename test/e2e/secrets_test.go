@@ -1,0 +1,473 @@
+package e2e
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+)
+
+// recorder is an upstream on loopback that records every request it receives and echoes the
+// credentials it got in response headers and a trailer, the way a careless or hostile service might.
+type recorder struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	seen []seenReq
+}
+
+type seenReq struct {
+	Method, URI string
+	Header      http.Header
+}
+
+func startRecorder(t *testing.T) *recorder {
+	t.Helper()
+	rec := &recorder{}
+	rec.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		rec.mu.Lock()
+		rec.seen = append(rec.seen, seenReq{r.Method, r.RequestURI, r.Header.Clone()})
+		rec.mu.Unlock()
+		w.Header().Set("Trailer", "X-Echo-Trailer")
+		w.Header().Set("X-Echo-Authorization", r.Header.Get("Authorization"))
+		w.Header().Set("X-Echo-Api-Key", r.Header.Get("X-Api-Key"))
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "hello from the upstream\n")
+		w.Header().Set("X-Echo-Trailer", r.Header.Get("Authorization")+r.Header.Get("X-Api-Key"))
+	}))
+	t.Cleanup(rec.srv.Close)
+	return rec
+}
+
+func (r *recorder) requests() []seenReq {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.seen)
+}
+
+func (r *recorder) port() int { return r.srv.Listener.Addr().(*net.TCPAddr).Port }
+
+// url is the recorder's URL by name (localhost), so that the policy's host rules decide it.
+func (r *recorder) url() string { return fmt.Sprintf("http://localhost:%d", r.port()) }
+
+// secretValue is a random value that can only appear in output if the proxy leaked it.
+func secretValue(t *testing.T, prefix string) string {
+	t.Helper()
+	b := make([]byte, 16)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// writePrivate writes content to path with mode 0600, atomically (a reload never sees half a file).
+func writePrivate(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// noValue fails the test if s holds any of the values.
+func noValue(t *testing.T, what, s string, values ...string) {
+	t.Helper()
+	for _, v := range values {
+		if strings.Contains(s, v) {
+			t.Errorf("%s contains a secret value:\n%s", what, s)
+		}
+	}
+}
+
+// agentEnv is the agent's environment as `swarm-proxy env --secrets` gives it, without NO_PROXY
+// (the tests' upstreams are on localhost, which NO_PROXY would send around the proxy).
+func agentEnv(t *testing.T, proxyAddr, secretsFile string, values ...string) []string {
+	t.Helper()
+	r := Run(t, nil, binary, "env", "--proxy", "http://"+proxyAddr, "--secrets", secretsFile, "--format", "json")
+	if r.Code != 0 {
+		t.Fatalf("env --secrets: exit %d: %s", r.Code, r.Stderr)
+	}
+	noValue(t, "the output of env --secrets", r.Stdout+r.Stderr, values...)
+	var vars map[string]string
+	if err := json.Unmarshal([]byte(r.Stdout), &vars); err != nil {
+		t.Fatalf("env --format json: %v\n%s", err, r.Stdout)
+	}
+	var env []string
+	for k, v := range vars {
+		if !strings.EqualFold(k, "NO_PROXY") {
+			env = append(env, k+"="+v)
+		}
+	}
+	slices.Sort(env)
+	return env
+}
+
+// secretsPolicy binds github to the bound recorder (injected as Authorization), anthropic to the llm
+// recorder (its placeholder let through), and missing to the missing recorder.
+func secretsPolicy(bound, llm, missing *recorder) string {
+	return LoopbackPolicy("enforce", fmt.Sprintf(`  - host: localhost
+    ports: [%d]
+    name: github-api
+    inject:
+      - header: Authorization
+        value: "Bearer {{secret:github}}"
+    secrets: [github]
+  - host: localhost
+    ports: [%d]
+    name: llm-api
+    secrets: [anthropic]
+  - host: localhost
+    ports: [%d]
+    name: missing-api
+    inject:
+      - {header: X-Api-Key, value: "{{secret:missing}}"}
+    secrets: [missing]
+`, bound.port(), llm.port(), missing.port()))
+}
+
+// rawGet sends one request through the proxy on a raw socket and returns every byte the proxy sent
+// back, trailers included.
+func rawGet(t *testing.T, proxyAddr, url, header string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(waitTimeout))
+	host := strings.TrimPrefix(url, "http://")
+	host, _, _ = strings.Cut(host, "/")
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\nConnection: close\r\n\r\n", url, host, header)
+	all, err := io.ReadAll(bufio.NewReader(c))
+	if err != nil {
+		t.Fatalf("read the response: %v", err)
+	}
+	return string(all)
+}
+
+// TestSecretsPlainHTTP: the upstream of the rule that names a secret receives its value (injected
+// header, placeholder in a header, placeholder in the query); the agent's environment and every byte
+// it receives hold only placeholders; a placeholder sent to another host or rule is refused and that
+// host receives nothing; a secret without a value fails closed; nothing the proxy writes holds a value.
+func TestSecretsPlainHTTP(t *testing.T) {
+	gh, llmKey := secretValue(t, "ghp_"), secretValue(t, "sk-ant-")
+	bound, llm, missing, unbound := startRecorder(t), startRecorder(t), startRecorder(t), startRecorder(t)
+	dir := t.TempDir()
+	writePrivate(t, filepath.Join(dir, "github"), gh+"\n")
+	secretsFile := filepath.Join(dir, "secrets.yaml")
+	writePrivate(t, secretsFile, fmt.Sprintf(`github:
+  value_from: {file: %s}
+  placeholder_env: GITHUB_TOKEN
+anthropic:
+  value: %q
+  placeholder_env: ANTHROPIC_API_KEY
+missing:
+  value_from: {file: %s}
+`, filepath.Join(dir, "github"), llmKey, filepath.Join(dir, "nonexistent")))
+	pol := WriteFile(t, "policy.yaml", secretsPolicy(bound, llm, missing))
+	logFile := filepath.Join(dir, "access.log")
+	p := StartProxy(t, "--policy", pol, "--secrets", secretsFile, "--log-file", logFile)
+	p.WaitStderr(`secret=missing`) // logged at start: requests that need it fail closed
+
+	env := agentEnv(t, p.Addr, secretsFile, gh, llmKey)
+	if !slices.Contains(env, "GITHUB_TOKEN=swarm-proxy-secret:github") || !slices.Contains(env, "ANTHROPIC_API_KEY=swarm-proxy-secret:anthropic") {
+		t.Fatalf("agent env %v lacks the placeholders", env)
+	}
+	agent := func(script string) Result {
+		t.Helper()
+		r := Run(t, env, "sh", "-c", script)
+		noValue(t, "what the agent received", r.Stdout+r.Stderr, gh, llmKey)
+		return r
+	}
+
+	// The bound rule: the injected header replaces the agent's, the query placeholder is replaced.
+	r := agent(`curl -sS -D - -H "Authorization: token $GITHUB_TOKEN" "` + bound.url() + `/user?access_token=$GITHUB_TOKEN&page=2"`)
+	if !strings.Contains(r.Stdout, "200 OK") || !strings.Contains(r.Stdout, "hello from the upstream") || !strings.Contains(r.Stdout, "X-Echo-Authorization: [redacted]") {
+		t.Fatalf("bound request: %+v", r)
+	}
+	seen := bound.requests()
+	if len(seen) != 1 || seen[0].Header.Get("Authorization") != "Bearer "+gh || seen[0].URI != "/user?access_token="+gh+"&page=2" {
+		t.Fatalf("the bound upstream saw %+v, want the injected header and the value in the query", seen)
+	}
+	// The llm rule: the agent's SDK sends the placeholder in its own header.
+	r = agent(`curl -sS -D - -H "X-Api-Key: $ANTHROPIC_API_KEY" ` + llm.url() + `/v1/messages`)
+	if seen := llm.requests(); !strings.Contains(r.Stdout, "X-Echo-Api-Key: [redacted]") || len(seen) != 1 || seen[0].Header.Get("X-Api-Key") != llmKey {
+		t.Fatalf("llm request: %+v; upstream saw %+v", r, seen)
+	}
+
+	// Every byte of a response, trailers included, read on a raw socket.
+	raw := rawGet(t, p.Addr, bound.url()+"/raw", "X-Api-Key: x")
+	noValue(t, "the raw response", raw, gh, llmKey)
+	if !strings.Contains(raw, "X-Echo-Trailer: [redacted]") {
+		t.Errorf("the trailer was not redacted:\n%s", raw)
+	}
+
+	// Placeholders where they are not bound: refused, and the host receives nothing.
+	for _, tt := range []struct{ name, script string }{
+		{"header to an unbound host", `curl -sS -D - -H "Authorization: Bearer $GITHUB_TOKEN" ` + unbound.url() + `/steal`},
+		{"query to an unbound host", `curl -sS -D - "` + unbound.url() + `/steal?t=$GITHUB_TOKEN"`},
+		{"another secret to a bound host", `curl -sS -D - -H "X-Api-Key: $ANTHROPIC_API_KEY" ` + bound.url() + `/steal`},
+		{"path to a bound host", `curl -sS -D - "` + llm.url() + `/steal/$GITHUB_TOKEN"`},
+	} {
+		before := len(bound.requests()) + len(llm.requests())
+		r := agent(tt.script)
+		if !strings.Contains(r.Stdout, "403 Forbidden") || !strings.Contains(r.Stdout, "X-Swarm-Proxy-Decision: deny; code=secret_not_bound") {
+			t.Errorf("%s: want 403 secret_not_bound, got\n%s", tt.name, r.Stdout)
+		}
+		if n := len(unbound.requests()) + len(bound.requests()) + len(llm.requests()); n != before {
+			t.Errorf("%s: an upstream received the refused request", tt.name)
+		}
+	}
+
+	// A secret without a value: 502, nothing sent.
+	r = agent(`curl -sS -D - ` + missing.url() + `/x`)
+	if !strings.Contains(r.Stdout, "502 Bad Gateway") || !strings.Contains(r.Stdout, "X-Swarm-Proxy-Error: secret_unavailable; code=secret_unavailable") || len(missing.requests()) != 0 {
+		t.Errorf("missing secret: want 502 secret_unavailable and no request upstream, got\n%s\nupstream saw %d", r.Stdout, len(missing.requests()))
+	}
+
+	recs := func() []accesslog.Record {
+		data, _ := os.ReadFile(logFile)
+		return ParseRecords(t, string(data))
+	}
+	Eventually(t, "the access records", func() bool { return len(recs()) >= 8 })
+	for _, rec := range recs() {
+		switch {
+		case rec.Path == "/user" || rec.Path == "/raw":
+			if !slices.Equal(rec.Secrets, []string{"github"}) || rec.Status != 200 {
+				t.Errorf("record %+v: want secrets [github]", rec)
+			}
+		case rec.Path == "/v1/messages":
+			if !slices.Equal(rec.Secrets, []string{"anthropic"}) {
+				t.Errorf("record %+v: want secrets [anthropic]", rec)
+			}
+		case strings.HasPrefix(rec.Path, "/steal"):
+			if rec.Error != accesslog.ErrorSecretNotBound || rec.Decision != accesslog.DecisionDeny || rec.Status != 403 || rec.Secrets != nil {
+				t.Errorf("record %+v: want a secret_not_bound refusal", rec)
+			}
+		case rec.Path == "/x":
+			if rec.Error != accesslog.ErrorSecretUnavailable || rec.Status != 502 {
+				t.Errorf("record %+v: want secret_unavailable", rec)
+			}
+		}
+	}
+
+	// Everything the run wrote: the access log, stderr, stdout and /metrics.
+	_, metrics := httpGet(t, "http://"+p.Admin+"/metrics")
+	logData, _ := os.ReadFile(logFile)
+	for what, s := range map[string]string{"access log": string(logData), "stderr": p.Stderr(), "stdout": p.Stdout(), "/metrics": metrics} {
+		noValue(t, what, s, gh, llmKey)
+	}
+	for _, e := range env {
+		noValue(t, "the agent's environment", e, gh, llmKey)
+	}
+}
+
+// TestSecretsReload: a secret added to the file takes effect without a restart; a broken file or
+// one that others may read is refused with the reason logged, and the secrets in force stay.
+func TestSecretsReload(t *testing.T) {
+	val := secretValue(t, "late-")
+	up := startRecorder(t)
+	dir := t.TempDir()
+	secretsFile := filepath.Join(dir, "secrets.yaml")
+	writePrivate(t, secretsFile, "other:\n  value: \"x-other\"\n")
+	pol := WriteFile(t, "policy.yaml", LoopbackPolicy("enforce", fmt.Sprintf(`  - host: localhost
+    ports: [%d]
+    inject: [{header: X-Api-Key, value: "{{secret:late}}"}]
+    secrets: [late]
+`, up.port())))
+	p := StartProxy(t, "--policy", pol, "--secrets", secretsFile)
+	p.WaitStderr("a policy rule names a secret that the secrets file does not define")
+	get := func() Result {
+		t.Helper()
+		return Curl(t, "-D", "-", "-x", "http://"+p.Addr, up.url()+"/")
+	}
+	if r := get(); !strings.Contains(r.Stdout, "502") || !strings.Contains(r.Stdout, "code=secret_unavailable") || len(up.requests()) != 0 {
+		t.Fatalf("before the reload: %+v", r)
+	}
+
+	writePrivate(t, secretsFile, fmt.Sprintf("other:\n  value: \"x-other\"\nlate:\n  value: %q\n", val))
+	p.WaitStderr("secrets reloaded")
+	if r := get(); !strings.Contains(r.Stdout, "200 OK") || len(up.requests()) != 1 || up.requests()[0].Header.Get("X-Api-Key") != val {
+		t.Fatalf("after the reload: %+v, upstream saw %+v", r, up.requests())
+	}
+
+	writePrivate(t, secretsFile, "late:\n  value: [unclosed\n")
+	p.WaitStderr("secrets reload rejected; keeping the secrets in force")
+	writePrivate(t, secretsFile, fmt.Sprintf("late:\n  value: %q\n", val+"-changed"))
+	os.Chmod(secretsFile, 0o644)
+	p.WaitStderr("run: chmod 600 " + secretsFile)
+	if r := get(); !strings.Contains(r.Stdout, "200 OK") || len(up.requests()) != 2 || up.requests()[1].Header.Get("X-Api-Key") != val {
+		t.Fatalf("after the rejected reloads the secrets in force must stay: %+v, upstream saw %+v", r, up.requests())
+	}
+	noValue(t, "stderr", p.Stderr(), val)
+	noValue(t, "stdout", p.Stdout(), val)
+}
+
+// TestSecretsStartRefused: the proxy does not start with a secrets file that others may read, or
+// with a value holding a line break, and says why without the value.
+func TestSecretsStartRefused(t *testing.T) {
+	dir := t.TempDir()
+	open := filepath.Join(dir, "open.yaml")
+	os.WriteFile(open, []byte("a:\n  value: \"v\"\n"), 0o644)
+	crlf := filepath.Join(dir, "crlf.yaml")
+	writePrivate(t, crlf, "a:\n  value: \"secret-TESTVALUE\\r\\nX-Injected: 1\"\n")
+	for file, want := range map[string]string{
+		open: "mode 0644: group or others may access the secrets file; run: chmod 600 " + open,
+		crlf: `secret "a": the value from inline value contains CR, LF or NUL`,
+	} {
+		r := Run(t, nil, binary, "proxy", "--listen", "127.0.0.1:0", "--admin-listen", "", "--secrets", file)
+		if r.Code == 0 || !strings.Contains(r.Stderr, want) || strings.Contains(r.Stderr, "TESTVALUE") {
+			t.Errorf("%s: exit %d, stderr %q, want %q", file, r.Code, r.Stderr, want)
+		}
+	}
+}
+
+// requireClient skips the test when a client is missing, or fails it under CI (scripts/test.sh
+// installs them).
+func requireClient(t *testing.T, name string, args ...string) {
+	t.Helper()
+	if err := exec.Command(name, args...).Run(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s %v failed (scripts/test.sh installs it): %v", name, args, err)
+		}
+		t.Skipf("%s %v failed: %v", name, args, err)
+	}
+}
+
+// sdkScript is what an SDK does with the keys in its environment: a GitHub call with the token in
+// Authorization and in a query parameter, an LLM call with the key in x-api-key. It prints what it
+// received and its own environment.
+const pythonSDK = `
+import json, os, requests
+gh = requests.get(os.environ["GITHUB_URL"] + "/repos/o/r", params={"access_token": os.environ["GITHUB_TOKEN"]},
+                  headers={"Authorization": "token " + os.environ["GITHUB_TOKEN"]})
+llm = requests.post(os.environ["LLM_URL"] + "/v1/messages", json={"model": "m", "messages": []},
+                    headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"]})
+print(json.dumps({"github": [gh.status_code, dict(gh.headers), gh.text], "llm": [llm.status_code, dict(llm.headers), llm.text],
+                  "env": dict(os.environ)}))
+`
+
+// nodeSDK uses fetch where Node routes it through HTTP_PROXY (Node 24 and later, with
+// NODE_USE_ENV_PROXY=1, which env sets); older Node's fetch ignores proxies, so there it uses http
+// with the proxy as SDKs configured for a proxy do.
+const nodeSDK = `
+const http = require("http");
+const proxy = new URL(process.env.HTTP_PROXY);
+function viaProxy(method, url, headers, body) {
+  if (Number(process.versions.node.split(".")[0]) >= 24) {
+    return fetch(url, {method, headers, body}).then(async r => [r.status, Object.fromEntries(r.headers), await r.text()]);
+  }
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    const req = http.request({host: proxy.hostname, port: proxy.port, method, path: url, headers: {...headers, host: u.host}}, res => {
+      let text = ""; res.setEncoding("utf8"); res.on("data", d => text += d);
+      res.on("end", () => resolve([res.statusCode, res.headers, text]));
+    });
+    req.on("error", reject); req.end(body);
+  });
+}
+(async () => {
+  const tok = process.env.GITHUB_TOKEN, key = process.env.ANTHROPIC_API_KEY;
+  const github = await viaProxy("GET", process.env.GITHUB_URL + "/repos/o/r?access_token=" + encodeURIComponent(tok), {authorization: "token " + tok});
+  const llm = await viaProxy("POST", process.env.LLM_URL + "/v1/messages", {"x-api-key": key, "content-type": "application/json"}, "{}");
+  console.log(JSON.stringify({github, llm, env: process.env}));
+})();
+`
+
+// TestSecretsSDKClients: Python requests and Node, with only placeholders in their environment, reach
+// the upstreams with the real values and see none of them.
+func TestSecretsSDKClients(t *testing.T) {
+	gh, llmKey := secretValue(t, "ghp_"), secretValue(t, "sk-ant-")
+	github, llm, missing := startRecorder(t), startRecorder(t), startRecorder(t)
+	dir := t.TempDir()
+	secretsFile := filepath.Join(dir, "secrets.yaml")
+	writePrivate(t, secretsFile, fmt.Sprintf("github:\n  value: %q\n  placeholder_env: GITHUB_TOKEN\nanthropic:\n  value: %q\n  placeholder_env: ANTHROPIC_API_KEY\n", gh, llmKey))
+	p := StartProxy(t, "--policy", WriteFile(t, "policy.yaml", secretsPolicy(github, llm, missing)), "--secrets", secretsFile)
+	env := append(agentEnv(t, p.Addr, secretsFile, gh, llmKey), "GITHUB_URL="+github.url(), "LLM_URL="+llm.url())
+
+	for _, c := range []struct {
+		name  string
+		check []string
+		argv  []string
+	}{
+		{"python-requests", []string{"python3", "-c", "import requests"}, []string{"python3", "-c", pythonSDK}},
+		{"node", []string{"node", "--version"}, []string{"node", "-e", nodeSDK}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			requireClient(t, c.check[0], c.check[1:]...)
+			nGH, nLLM := len(github.requests()), len(llm.requests())
+			r := Run(t, env, c.argv[0], c.argv[1:]...)
+			noValue(t, "what the client received and its environment", r.Stdout+r.Stderr, gh, llmKey)
+			var out struct {
+				GitHub, LLM []any
+				Env         map[string]string
+			}
+			if err := json.Unmarshal([]byte(r.Stdout), &out); err != nil || len(out.GitHub) != 3 || len(out.LLM) != 3 {
+				t.Fatalf("client output: %v\n%s\n%s", err, r.Stdout, r.Stderr)
+			}
+			if out.GitHub[0] != 200.0 || out.LLM[0] != 200.0 || out.Env["GITHUB_TOKEN"] != "swarm-proxy-secret:github" {
+				t.Fatalf("client saw %v / %v", out.GitHub, out.LLM)
+			}
+			ghSeen, llmSeen := github.requests()[nGH:], llm.requests()[nLLM:]
+			if len(ghSeen) != 1 || ghSeen[0].Header.Get("Authorization") != "Bearer "+gh || ghSeen[0].URI != "/repos/o/r?access_token="+gh {
+				t.Errorf("github upstream saw %+v", ghSeen)
+			}
+			if len(llmSeen) != 1 || llmSeen[0].Header.Get("X-Api-Key") != llmKey {
+				t.Errorf("llm upstream saw %+v", llmSeen)
+			}
+		})
+	}
+	noValue(t, "stderr", p.Stderr(), gh, llmKey)
+	noValue(t, "the access log", p.Stdout(), gh, llmKey)
+}
+
+// TestSecretsBroker: in broker mode the broker holds the secrets: the worker sends placeholders, the
+// upstream behind the provider receives the value, and neither the worker nor the provider's output
+// holds it.
+func TestSecretsBroker(t *testing.T) {
+	gh := secretValue(t, "ghp_")
+	up, other := startRecorder(t), startRecorder(t)
+	secretsFile := filepath.Join(t.TempDir(), "secrets.yaml")
+	writePrivate(t, secretsFile, fmt.Sprintf("github:\n  value: %q\n  placeholder_env: GITHUB_TOKEN\n", gh))
+	pol := WriteFile(t, "policy.yaml", LoopbackPolicy("enforce", fmt.Sprintf(`  - host: localhost
+    ports: [%d]
+    inject: [{header: Authorization, value: "Bearer {{secret:github}}"}]
+    secrets: [github]
+`, up.port())))
+	b := startBroker(t, "--policy", pol, "--secrets", secretsFile)
+	tf, tk := b.ticket("secrets", "1h")
+	prov := b.provider(tf, "secrets", 1)
+
+	r := Curl(t, "-D", "-", "--proxy", "http://"+b.Addr, "--proxy-user", proxyUser(tk), "-H", "Authorization: token swarm-proxy-secret:github", up.url()+"/user")
+	noValue(t, "what the worker received", r.Stdout+r.Stderr, gh)
+	if seen := up.requests(); !strings.Contains(r.Stdout, "200 OK") || len(seen) != 1 || seen[0].Header.Get("Authorization") != "Bearer "+gh {
+		t.Fatalf("through the broker: %+v; upstream saw %+v", r, seen)
+	}
+	r = Curl(t, "-D", "-", "--proxy", "http://"+b.Addr, "--proxy-user", proxyUser(tk), "-H", "Authorization: token swarm-proxy-secret:github", other.url()+"/steal")
+	if !strings.Contains(r.Stdout, "code=secret_not_bound") || len(other.requests()) != 0 {
+		t.Fatalf("unbound through the broker: %+v; other upstream saw %d", r, len(other.requests()))
+	}
+	rec := b.WaitRecord(func(r accesslog.Record) bool { return r.Path == "/user" })
+	if !slices.Equal(rec.Secrets, []string{"github"}) || rec.Session != "secrets" {
+		t.Errorf("broker record %+v", rec)
+	}
+	for what, s := range map[string]string{"broker stderr": b.Stderr(), "broker log": b.Stdout(), "provider stderr": prov.Stderr(), "provider stdout": prov.Stdout()} {
+		noValue(t, what, s, gh)
+	}
+}
