@@ -45,6 +45,9 @@ func (s *Server) admit(r *http.Request, req *Request) *Failure {
 	if !s.ClientAllowed(req.Client.Addr()) {
 		return clientNotAllowed(req.Client.Addr().String())
 	}
+	if req.Conn != nil && req.Conn.Refusal != nil {
+		return req.Conn.Refusal
+	}
 	if s.Auth != nil && req.Conn == nil {
 		user, pass, err := proxyCredentials(r.Header.Get("Proxy-Authorization"))
 		if err == nil {

@@ -255,6 +255,9 @@ func (s *Server) decide(req *Request, pol *policy.Policy) policy.Decision {
 	d := pol.Decide(req.Target, nil)
 	req.dial = &dial.Request{Target: req.Target, ID: req.ID, Session: req.Session,
 		Client: req.Client.Addr().String(), Decision: d}
+	if req.Conn != nil && req.Conn.OriginalDst.IsValid() {
+		req.dial.Pin = req.Conn.OriginalDst.Addr() // captured: connect to where the client was going
+	}
 	return d
 }
 
@@ -283,6 +286,9 @@ func (s *Server) record(req *Request) *accesslog.Record {
 	if req.dial != nil {
 		rec.Rule = req.dial.Decision.RuleID()
 		rec.Reason = req.dial.Decision.Reason
+	}
+	if req.Conn != nil && req.Conn.OriginalDst.IsValid() {
+		rec.Transparent, rec.OriginalDst = true, req.Conn.OriginalDst.String()
 	}
 	return rec
 }
