@@ -27,7 +27,8 @@ PORT defaults to 443. An IP address is checked as it is, including the rule that
 loopback, link-local and metadata addresses and this machine's own addresses unless an allow cidr
 rule covers them; so is a localhost name, at the loopback addresses it always resolves to. Any other
 name is checked by its rules here, and its addresses are checked again when the proxy resolves it
-at dial time. The rule named is the one the proxy logs for the same target. With METHOD PATH (the
+at dial time (in broker mode its provider resolves it and applies the broker's address rules to
+those addresses). The rule named is the one the proxy logs for the same target. With METHOD PATH (the
 path as the client sends it, query allowed), a request to a host whose rule inspects is decided
 too: by the rule's http entries, and refused when its path is ambiguous.`,
 		Example: `  swarm-proxy policy explain policy.yaml api.github.com

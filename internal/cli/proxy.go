@@ -42,6 +42,9 @@ type frontendFlags struct {
 	tunnelIdleTimeout time.Duration
 	policyPoll        time.Duration
 	logLevel          string
+	// capture holds the transparent capture and DNS guard flags of the proxy command; nil for the
+	// broker, whose clients come with tickets.
+	capture *captureFlags
 }
 
 func (f *frontendFlags) register(fs *pflag.FlagSet) {
@@ -56,7 +59,7 @@ func (f *frontendFlags) register(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.allowClients, "allow-clients", nil, "client CIDRs that may use the proxy (default: loopback and private ranges)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM/SIGINT, how long in-flight requests and tunnels may finish")
 	fs.DurationVar(&f.dialTimeout, "dial-timeout", dial.DefaultTimeout, "bound on resolving and connecting to a target")
-	fs.DurationVar(&f.upstreamTimeout, "upstream-timeout", proxy.DefaultUpstreamTimeout, "how long a target may take to send response headers")
+	fs.DurationVar(&f.upstreamTimeout, "upstream-timeout", proxy.DefaultUpstreamTimeout, "how long a target may take to send response headers (long polls wait that long)")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", proxy.DefaultIdleTimeout, "close kept-alive client connections idle this long")
 	fs.DurationVar(&f.headerTimeout, "read-header-timeout", proxy.DefaultReadHeaderTimeout, "how long a client may take to send request headers")
 	fs.DurationVar(&f.tunnelIdleTimeout, "tunnel-idle-timeout", 0, "end tunnels that moved no byte this long (0: never)")
@@ -87,6 +90,9 @@ func (f *frontendFlags) validate() error {
 	if f.shutdownTimeout < 0 || f.dialTimeout <= 0 || f.upstreamTimeout <= 0 {
 		errs = append(errs, errors.New("timeouts must be positive"))
 	}
+	if f.capture != nil {
+		errs = append(errs, f.capture.validate()...)
+	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
 		errs = append(errs, fmt.Errorf("--log-level: %q is not debug, info, warn or error", f.logLevel))
@@ -113,6 +119,8 @@ what an allow rule names) and written as one JSON line to the access log.`,
 		},
 	}
 	f.register(cmd.Flags())
+	f.capture = &captureFlags{}
+	f.capture.register(cmd.Flags())
 	return cmd
 }
 
@@ -191,6 +199,16 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		}
 		socksSrv = &socks.Server{Proxy: srv, Logger: logger, HandshakeTimeout: f.headerTimeout}
 	}
+	cp := &capture{}
+	if f.capture != nil {
+		if cp, err = startCapture(f.capture, srv, rt.policy, logw, logger); err != nil {
+			ln.Close()
+			if socksLn != nil {
+				socksLn.Close()
+			}
+			return err
+		}
+	}
 	var adminSrv *http.Server
 	adminAddr := ""
 	if f.adminListen != "" {
@@ -200,6 +218,7 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 			if socksLn != nil {
 				socksLn.Close()
 			}
+			cp.close()
 			return fmt.Errorf("admin listen: %w", err)
 		}
 		adminAddr = aln.Addr().String()
@@ -228,7 +247,7 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		go watchSecrets(reloadCtx, f.secretsFile, f.policyPoll, sec, rt.policy, logger)
 	}
 
-	serveErr := make(chan error, 2)
+	serveErr := make(chan error, 4)
 	go func() { serveErr <- srv.Serve(ln) }()
 	socksAddr := ""
 	if socksSrv != nil {
@@ -239,6 +258,8 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 	if socksAddr != "" {
 		attrs = append(attrs, "socks", socksAddr)
 	}
+	cp.serve(serveErr)
+	attrs = append(attrs, cp.attrs()...)
 	attrs = append(attrs, "admin", adminAddr, "mode", pol.Mode, "policy", orBuiltIn(f.policyFile))
 	if f.secretsFile != "" {
 		attrs = append(attrs, "secrets", f.secretsFile)
@@ -259,6 +280,7 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		if socksSrv != nil {
 			socksSrv.Shutdown(sctx) // concurrently, so both front ends stop accepting at once
 		}
+		cp.shutdown(sctx)
 	}()
 	err = srv.Shutdown(sctx)
 	<-socksDone
