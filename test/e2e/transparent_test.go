@@ -468,5 +468,7 @@ sys.stdout.write(data.decode(errors="replace"))
 			t.Fatalf("exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		t.Logf("logs domains:\n%s", r.Stdout)
+		raw, _ := os.ReadFile(logFile)
+		t.Logf("access log:\n%s", raw)
 	})
 }
