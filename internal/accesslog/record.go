@@ -8,28 +8,30 @@ import "time"
 // Field names of a record. Timestamp, Client, Method, Host, Port, Path and Status are a contract with
 // users and tools and must keep these names.
 const (
-	FieldTimestamp  = "timestamp"
-	FieldRequestID  = "request_id"
-	FieldClient     = "client"
-	FieldSession    = "session"
-	FieldProvider   = "provider"
-	FieldMethod     = "method"
-	FieldHost       = "host"
-	FieldPort       = "port"
-	FieldPath       = "path"
-	FieldStatus     = "status"
-	FieldDecision   = "decision"
-	FieldMode       = "mode"
-	FieldRule       = "rule"
-	FieldReason     = "reason"
-	FieldUpstream   = "upstream"
-	FieldBytesIn    = "bytes_in"
-	FieldBytesOut   = "bytes_out"
-	FieldDurationMS = "duration_ms"
-	FieldError      = "error"
-	FieldInspected  = "inspected"
-	FieldTunnelID   = "tunnel_id"
-	FieldSecrets    = "secrets"
+	FieldTimestamp   = "timestamp"
+	FieldRequestID   = "request_id"
+	FieldClient      = "client"
+	FieldSession     = "session"
+	FieldProvider    = "provider"
+	FieldMethod      = "method"
+	FieldHost        = "host"
+	FieldPort        = "port"
+	FieldPath        = "path"
+	FieldStatus      = "status"
+	FieldDecision    = "decision"
+	FieldMode        = "mode"
+	FieldRule        = "rule"
+	FieldReason      = "reason"
+	FieldUpstream    = "upstream"
+	FieldBytesIn     = "bytes_in"
+	FieldBytesOut    = "bytes_out"
+	FieldDurationMS  = "duration_ms"
+	FieldError       = "error"
+	FieldInspected   = "inspected"
+	FieldTunnelID    = "tunnel_id"
+	FieldSecrets     = "secrets"
+	FieldTransparent = "transparent"
+	FieldOriginalDst = "original_dst"
 )
 
 // Decision values.
@@ -65,6 +67,13 @@ const (
 	ErrorAmbiguousPath      = "ambiguous_path"        // inspected: a path a server could read two ways (dot segments, //, %2F...)
 	ErrorUpstreamTLS        = "upstream_tls"          // the target's TLS certificate did not verify (or it spoke no TLS)
 	ErrorClientTLS          = "client_tls"            // the client's TLS handshake with the inspecting proxy failed
+	ErrorSNIMismatch        = "sni_mismatch"          // transparent: the destination is not an address of the name the client sent
+	ErrorNotRedirected      = "not_redirected"        // transparent: a connection the firewall did not redirect
+	// The DNS guard's own kinds (DNSRecord), beside no_rule_matched and denied_by_rule.
+	ErrorDNSSuspicious  = FlagDNSSuspicious // refused as likely data tunnelled through DNS
+	ErrorDNSBadQuery    = "bad_query"       // not a standard query of class IN
+	ErrorDNSInvalidName = "invalid_name"    // a name the policy cannot match
+	ErrorDNSUpstream    = "upstream_failed" // no upstream resolver answered
 )
 
 // ErrorKinds lists every value of the error field, in the README's order.
@@ -74,6 +83,8 @@ var ErrorKinds = []string{
 	ErrorTimeout, ErrorNoProvider, ErrorInternal, ErrorUpstream, ErrorClientClosed,
 	ErrorTunnelBroken, ErrorIdleTimeout, ErrorShuttingDown, ErrorSecretNotBound, ErrorSecretUnavailable,
 	ErrorHTTPRuleNotMatched, ErrorAmbiguousPath, ErrorUpstreamTLS, ErrorClientTLS,
+	ErrorSNIMismatch, ErrorNotRedirected,
+	ErrorDNSSuspicious, ErrorDNSBadQuery, ErrorDNSInvalidName, ErrorDNSUpstream,
 }
 
 // Record is one access-log line. BytesOut counts bytes sent from the client towards the target and
@@ -107,4 +118,8 @@ type Record struct {
 	TunnelID string `json:"tunnel_id,omitempty"`
 	// Secrets names the secrets put into the request (never their values).
 	Secrets []string `json:"secrets,omitempty"`
+	// Transparent marks a connection captured by the firewall's redirect (--transparent-listen),
+	// OriginalDst the address it was going to.
+	Transparent bool   `json:"transparent,omitempty"`
+	OriginalDst string `json:"original_dst,omitempty"`
 }

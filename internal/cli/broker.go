@@ -118,6 +118,7 @@ on both sides. Tickets have roles: workers need worker tickets, providers provid
 			defer broker.Close()
 			return runFrontend(cmd.Context(), cmd, &f, func(rt *runtime) (dial.Dialer, proxy.Authenticator, error) {
 				broker.Logger = rt.logger
+				broker.Policy = rt.policy.Load
 				broker.Metrics = tunnel.NewMetrics(rt.registry)
 				ln, err := net.Listen("tcp", providerListen)
 				if err != nil {

@@ -179,7 +179,7 @@ func TestPolicyGenerateReplayRoundTrip(t *testing.T) {
 	if r.err == nil || !strings.Contains(r.err.Error(), "no records") {
 		t.Errorf("empty input: %v", r.err)
 	}
-	if r := runCLI(t, "", "policy", "replay"); r.err == nil || ExitCode(r.err) != 1 {
+	if r := runCLI(t, "", "policy", "replay"); r.err == nil || ExitCode(r.err) != ExitUsage {
 		t.Errorf("replay without POLICY: %v", r.err)
 	}
 }
@@ -272,5 +272,22 @@ func TestPolicyExplainOwnAddress(t *testing.T) {
 		if !strings.Contains(out, w) {
 			t.Errorf("output lacks %q:\n%s", w, b.String())
 		}
+	}
+}
+
+// TestPolicyGenerateDenied: the documented `policy generate access.log` leaves out what a deny rule
+// refused, and --include-denied puts it back.
+func TestPolicyGenerateDenied(t *testing.T) {
+	log := `{"timestamp":"2026-11-24T10:00:00Z","client":"10.0.0.5","method":"CONNECT","host":"api.github.com","port":443,"status":200,"decision":"allow","mode":"discovery"}
+{"timestamp":"2026-11-24T10:00:01Z","client":"10.0.0.5","method":"CONNECT","host":"evil.test","port":443,"status":403,"decision":"deny","mode":"discovery","rule":"deny#1","error":"denied_by_rule"}
+`
+	r := runCLI(t, log, "policy", "generate")
+	if r.err != nil || strings.Contains(r.stdout, "host: evil.test") || !strings.Contains(r.stdout, "# evil.test:443 denied by deny#1") ||
+		!strings.Contains(r.stderr, "left out 1 target (host and port) that a deny rule refused") {
+		t.Errorf("generate: %v\n%s\n%s", r.err, r.stdout, r.stderr)
+	}
+	r = runCLI(t, log, "policy", "generate", "--include-denied")
+	if r.err != nil || !strings.Contains(r.stdout, "host: evil.test") {
+		t.Errorf("generate --include-denied: %v\n%s", r.err, r.stdout)
 	}
 }

@@ -3,6 +3,8 @@ package cli
 import (
 	"fmt"
 	"io"
+	"net/netip"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -23,10 +25,12 @@ func newPolicyExplainCmd() *cobra.Command {
 that decides, the reason, what to change for the other outcome, and the other rules that match.
 PORT defaults to 443. An IP address is checked as it is, including the rule that refuses private,
 loopback, link-local and metadata addresses and this machine's own addresses unless an allow cidr
-rule covers them; a name is
-checked by its rules here, and its addresses are checked again when the proxy resolves it at dial
-time. With METHOD PATH (the path as the client sends it, query allowed), a request to a host whose
-rule inspects is decided too: by the rule's http entries, and refused when its path is ambiguous.`,
+rule covers them; so is a localhost name, at the loopback addresses it always resolves to. Any other
+name is checked by its rules here, and its addresses are checked again when the proxy resolves it
+at dial time (in broker mode its provider resolves it and applies the broker's address rules to
+those addresses). The rule named is the one the proxy logs for the same target. With METHOD PATH (the
+path as the client sends it, query allowed), a request to a host whose rule inspects is decided
+too: by the rule's http entries, and refused when its path is ambiguous.`,
 		Example: `  swarm-proxy policy explain policy.yaml api.github.com
   swarm-proxy policy explain policy.yaml api.github.com POST /repos/myorg/tool/issues
   swarm-proxy policy explain policy.yaml 169.254.169.254:80`,
@@ -66,7 +70,10 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Mach
 
 	addr, isIP := t.Addr()
 	phrase := ""
-	if isIP {
+	var addrs []netip.Addr // the addresses decided, as the proxy decides them when it dials
+	loopback := policy.LoopbackAddrs(t.Host)
+	switch {
+	case isIP:
 		// Explained on the machine that runs it: its own addresses are refused like loopback.
 		if phrase = policy.Classify(addr).Phrase(); phrase == "" && machine.Owns(addr) {
 			phrase = policy.ThisMachine
@@ -76,12 +83,15 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Mach
 			what = "an IP address: " + phrase
 		}
 		line("target", "%s (%s)", t, what)
-	} else {
+	case loopback != nil:
+		addrs = loopback
+		line("target", "%s (a localhost name: it always resolves to loopback, %s)", t, joinAddrs(addrs))
+	default:
 		line("target", "%s (a name: the proxy resolves it when it dials and checks every address again)", t)
 	}
 	line("policy", "%s (mode %s, %d allow and %d deny rules)", p.Source, p.Mode, len(p.Allow), len(p.Deny))
 
-	d := p.DecideOn(machine, t, nil)
+	d := p.DecideDial(machine, t, addrs)
 	if d.Allow && !d.Pending && req != nil {
 		if rd := p.DecideRequest(d, req.method, req.path); !rd.Allow {
 			line("request", "%s %s", req.method, req.path)
@@ -143,7 +153,7 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Mach
 			line("", "%s", fix)
 		}
 	}
-	if also := otherMatches(p, t, d.Rule); len(also) > 0 {
+	if also := otherMatches(p, t, addrs, d.Rule); len(also) > 0 {
 		line("also matches", "%s", also[0])
 		for _, a := range also[1:] {
 			line("", "%s", a)
@@ -152,6 +162,8 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Mach
 	switch {
 	case isIP && phrase != "" && d.Allow:
 		line("note", "%s is %s: it is allowed only because an allow cidr rule covers it", addr, phrase)
+	case loopback != nil && d.Allow:
+		line("note", "the proxy dials only the addresses an allow cidr rule covers: %s", joinAddrs(d.Addrs))
 	case !isIP && d.Allow:
 		line("note", "if %s resolves to a private, loopback, link-local or metadata address, the proxy refuses it unless an allow cidr rule covers that address", t.Host)
 	}
@@ -175,8 +187,13 @@ func inspectLines(line func(k, format string, a ...any), r *policy.Rule) {
 
 // otherMatches describes the rules that match t besides the deciding one, in file order: deny
 // rules first, because they are checked first.
-func otherMatches(p *policy.Policy, t policy.Target, decided *policy.Rule) []string {
-	addr, isIP := t.Addr()
+func otherMatches(p *policy.Policy, t policy.Target, addrs []netip.Addr, decided *policy.Rule) []string {
+	if addr, isIP := t.Addr(); isIP {
+		addrs = []netip.Addr{addr}
+	}
+	covers := func(r *policy.Rule) bool {
+		return r.Prefix.IsValid() && slices.ContainsFunc(addrs, r.Prefix.Contains)
+	}
 	var out []string
 	for _, rules := range [][]policy.Rule{p.Deny, p.Allow} {
 		for i := range rules {
@@ -184,11 +201,19 @@ func otherMatches(p *policy.Policy, t policy.Target, decided *policy.Rule) []str
 			if r == decided {
 				continue
 			}
-			match := r.MatchesHost(t.Host) || isIP && r.Prefix.IsValid() && r.Prefix.Contains(addr)
+			match := r.MatchesHost(t.Host) || covers(r)
 			if match && r.MatchesPort(t.Port) {
 				out = append(out, r.Describe(p.Source))
 			}
 		}
 	}
 	return out
+}
+
+func joinAddrs(addrs []netip.Addr) string {
+	s := make([]string, len(addrs))
+	for i, a := range addrs {
+		s[i] = a.String()
+	}
+	return strings.Join(s, " and ")
 }

@@ -27,7 +27,10 @@ with "policy replay", then run the proxy with it.
 
 FILES are access logs, plain or gzip-compressed; with none, or "-", standard input is read.
 Requests refused because a host is or resolved to a private, loopback or metadata address never
-become rules: add an allow cidr rule by hand when such a destination is intended.
+become rules: add an allow cidr rule by hand when such a destination is intended. Hosts that a deny
+rule refused (error denied_by_rule) are left out too and listed in a comment at the end with the
+rule that denied them; --include-denied puts them back. With --merge naming the policy that was in
+force, its deny rules are kept in the result.
 
 With --http, each host with inspected requests (logged under a rule with inspect: true, see
 docs/inspection.md) gets an http list: the methods seen on each path pattern, where path segments
@@ -84,6 +87,7 @@ that look like ids (numbers, UUIDs, long hex) become "*". Review the patterns be
 	fs.StringVar(&merge, "merge", "", "add to this existing policy, keeping its rules, their order and its comments")
 	fs.BoolVar(&opts.HTTP, "http", false, "add http entries (methods per path pattern) from inspected requests")
 	fs.BoolVar(&opts.ExcludeBlocked, "exclude-blocked", false, "leave out requests the proxy refused")
+	fs.BoolVar(&opts.IncludeDenied, "include-denied", false, "also allow hosts that a deny rule refused (by default they are left out and listed in a comment)")
 	return cmd
 }
 

@@ -5,6 +5,7 @@
 package dial
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -24,9 +25,17 @@ type Request struct {
 	ID      string // request id, for logs on both ends of a tunnel
 	Session string // broker session, "" in proxy mode
 	Client  string // client address, for logs
+	// AddrCheck, when set, is a further check of each resolved address on behalf of whoever asked
+	// for the dial (a broker's policy, which its provider applies): an address it returns an error
+	// for is not dialed, and when none is left the first such error is the dial's.
+	AddrCheck func(netip.Addr) error
 	// Decision is the policy decision that admitted the request. The front end sets it from the
 	// name-stage decision; a Dialer that checks resolved addresses replaces it with the final one.
 	Decision policy.Decision
+	// Pin, when valid, is the only address to connect to: the original destination of a captured
+	// connection, which its front end checked is an address of Target's name. The Direct dialer
+	// checks it against the policy instead of resolving; a tunnel dialer's provider resolves.
+	Pin netip.Addr
 }
 
 // Dialer opens a connection to a request's target.
@@ -185,9 +194,12 @@ func (d *Direct) Dial(ctx context.Context, req *Request) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	addrs, err := d.resolve(ctx, t)
-	if err != nil {
-		return nil, Classify(t, err)
+	addrs := []netip.Addr{req.Pin.Unmap()}
+	var err error
+	if !req.Pin.IsValid() {
+		if addrs, err = d.resolve(ctx, t); err != nil {
+			return nil, Classify(t, err)
+		}
 	}
 	m := d.Machine
 	if m == nil {
@@ -196,6 +208,11 @@ func (d *Direct) Dial(ctx context.Context, req *Request) (net.Conn, error) {
 	dec := pol.DecideOn(m, t, addrs)
 	if !dec.Allow {
 		return nil, Denied(t, dec)
+	}
+	if req.AddrCheck != nil {
+		if dec.Addrs, err = checkAddrs(dec.Addrs, req.AddrCheck); err != nil {
+			return nil, err
+		}
 	}
 	req.Decision = dec
 	dialFn := d.DialContext
@@ -220,6 +237,23 @@ func (d *Direct) Dial(ctx context.Context, req *Request) (net.Conn, error) {
 		}
 	}
 	return nil, Classify(t, firstErr)
+}
+
+// checkAddrs keeps the addresses check accepts, or returns its first refusal when it accepts none.
+func checkAddrs(addrs []netip.Addr, check func(netip.Addr) error) ([]netip.Addr, error) {
+	var ok []netip.Addr
+	var first error
+	for _, a := range addrs {
+		if err := check(a); err != nil {
+			first = cmp.Or(first, err)
+			continue
+		}
+		ok = append(ok, a)
+	}
+	if len(ok) == 0 {
+		return nil, first
+	}
+	return ok, nil
 }
 
 func (d *Direct) resolve(ctx context.Context, t policy.Target) ([]netip.Addr, error) {

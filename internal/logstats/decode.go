@@ -23,6 +23,7 @@ type Entry struct {
 	Port     int
 	Decision string // accesslog.DecisionAllow or accesslog.DecisionDeny
 	Error    string // failure kind: "private_address", "no_rule_matched", "resolve", ... or ""
+	Rule     string // the rule that decided, "" when none did
 	Upstream string // the address the proxy dialed (host:port), when it dialed one
 	BytesIn  int64
 	BytesOut int64
@@ -38,6 +39,9 @@ func (e *Entry) Blocked() bool { return e.Decision == accesslog.DecisionDeny }
 // ErrorPrivateAddress is the failure kind logged when a target was refused because it is, or
 // resolved to, a private, loopback, link-local or metadata address.
 const ErrorPrivateAddress = string(policy.CodeSpecialAddr)
+
+// ErrorDeniedByRule is the failure kind logged when a deny rule refused a target.
+const ErrorDeniedByRule = string(policy.CodeDeniedByRule)
 
 // errSyntax is wrapped by every decoding error.
 var errSyntax = errors.New("not a JSON access-log record")
@@ -118,6 +122,8 @@ func (d *decoder) decode(line []byte, e *Entry) error {
 				i, err = d.strField(line, i, &e.Decision)
 			case accesslog.FieldError:
 				i, err = d.strField(line, i, &e.Error)
+			case accesslog.FieldRule:
+				i, err = d.strField(line, i, &e.Rule)
 			case accesslog.FieldUpstream:
 				i, err = d.strField(line, i, &e.Upstream)
 			case accesslog.FieldPath:

@@ -25,7 +25,7 @@ func TestDecode(t *testing.T) {
 	}{
 		{name: "full record",
 			line: `{"timestamp":"2026-11-24T10:00:00.5Z","request_id":"ab","client":"10.0.0.5","session":"s1","provider":"p","method":"CONNECT","host":"api.github.com","port":443,"path":"/x","status":200,"decision":"allow","mode":"enforce","rule":"r","reason":"why \"quoted\"","upstream":"1.2.3.4:443","bytes_in":12,"bytes_out":34,"duration_ms":1.25e2,"error":"","inspected":true,"tunnel_id":"t1"}`,
-			want: Entry{Time: ts.Add(500 * time.Millisecond), Client: "10.0.0.5", Session: "s1", Method: "CONNECT", Host: "api.github.com", Port: 443, Path: "/x", Decision: "allow", Upstream: "1.2.3.4:443", BytesIn: 12, BytesOut: 34, Inspected: true}},
+			want: Entry{Time: ts.Add(500 * time.Millisecond), Client: "10.0.0.5", Session: "s1", Method: "CONNECT", Host: "api.github.com", Port: 443, Path: "/x", Decision: "allow", Rule: "r", Upstream: "1.2.3.4:443", BytesIn: 12, BytesOut: 34, Inspected: true}},
 		{name: "spaces and any field order",
 			line: ` { "decision" : "deny" , "host":"a.example","timestamp":"2026-11-24T10:00:00Z", "port": 80 ,"error":"no_rule_matched"} `,
 			want: Entry{Time: ts, Host: "a.example", Port: 80, Decision: "deny", Error: "no_rule_matched"}},

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -26,6 +27,9 @@ type GenerateOptions struct {
 	Collapse int
 	// ExcludeBlocked leaves out requests that the proxy refused.
 	ExcludeBlocked bool
+	// IncludeDenied turns hosts that a deny rule refused into allow rules like any other host; by
+	// default they are left out and listed in a comment with the rule that denied them.
+	IncludeDenied bool
 	// Merge is an existing policy file to add to, named MergeName; its rules, their order and its
 	// comments are kept. Nil starts from an empty policy.
 	Merge     []byte
@@ -40,6 +44,8 @@ type Generator struct {
 	domains *Domains
 	private map[string]int64  // hosts refused as private addresses, and how often
 	hosts   map[string]string // logged host -> normalised host, "" when invalid
+	// denied is what deny rules refused: normalised host and port -> the rules that did.
+	denied map[hostPort]map[string]struct{}
 
 	invalid   int64    // records whose host is not a valid name or address
 	invalidAt []string // the first few of those hosts
@@ -52,12 +58,22 @@ func NewGenerator(opts GenerateOptions) (*Generator, error) {
 	if opts.Collapse == 1 || opts.Collapse < 0 {
 		return nil, fmt.Errorf("generate policy: collapse %d: want 0 (off) or 2 or more", opts.Collapse)
 	}
-	g := &Generator{opts: opts, domains: NewDomains(), private: make(map[string]int64), hosts: make(map[string]string)}
+	g := &Generator{opts: opts, domains: NewDomains(), private: make(map[string]int64), hosts: make(map[string]string),
+		denied: make(map[hostPort]map[string]struct{})}
 	if opts.HTTP {
 		g.http = newHTTPPaths()
 	}
 	return g, nil
 }
+
+// hostPort is a normalised host and a port.
+type hostPort struct {
+	host string
+	port int
+}
+
+// maxRuleID bounds how much of a logged rule ID a comment repeats.
+const maxRuleID = 64
 
 // Add counts e, which must name a host. Requests refused because the host is or resolved to a
 // private, loopback, link-local or metadata address never become rules: a host rule cannot admit
@@ -85,6 +101,22 @@ func (g *Generator) Add(e *Entry) {
 			if len(g.invalidAt) < 5 && !slices.Contains(g.invalidAt, e.Host) {
 				g.invalidAt = append(g.invalidAt, e.Host)
 			}
+			return
+		}
+		if e.Blocked() && e.Error == ErrorDeniedByRule && !g.opts.IncludeDenied {
+			// A person denied it: a generated policy must not allow it back.
+			k := hostPort{h, e.Port}
+			if g.denied[k] == nil {
+				g.denied[k] = make(map[string]struct{}, 1)
+			}
+			rule := e.Rule
+			if rule == "" {
+				rule = "a deny rule"
+			}
+			if len(rule) > maxRuleID {
+				rule = rule[:maxRuleID] + "..."
+			}
+			g.denied[k][printable(rule)] = struct{}{}
 			return
 		}
 		if h != e.Host {
@@ -123,7 +155,7 @@ type candidate struct {
 // per observed host (or collapsed domain) that an existing rule does not already cover. The result
 // is checked with policy.Parse before it is returned.
 func (g *Generator) Generate() (*Generated, error) {
-	if g.domains.Len() == 0 && len(g.private) == 0 && g.invalid == 0 {
+	if g.domains.Len() == 0 && len(g.private) == 0 && g.invalid == 0 && len(g.denied) == 0 {
 		return nil, fmt.Errorf("generate policy: %w", ErrNoRecords)
 	}
 	out := &Generated{}
@@ -150,6 +182,9 @@ func (g *Generator) Generate() (*Generated, error) {
 		}
 		var coveredBy []string
 		for _, port := range r.Ports {
+			if g.denied[hostPort{r.Host, port}] != nil {
+				continue // listed in the denied comment
+			}
 			if id := allowedBy(existing, c, port); id != "" {
 				coveredBy = append(coveredBy, id)
 				c.covered = append(c.covered, fmt.Sprintf("port %d already allowed by %s", port, id))
@@ -199,11 +234,16 @@ func (g *Generator) Generate() (*Generated, error) {
 			"a host rule cannot admit them; if one is intended, add an allow rule with its cidr by hand",
 			len(hosts), plural(int64(len(hosts)), "host"), prose(hosts, 10)))
 	}
+	deniedLines := g.deniedLines()
+	if len(deniedLines) > 0 {
+		out.Notes = append(out.Notes, fmt.Sprintf("left out %d %s (host and port) that a deny rule refused, listed in a comment at the end; --include-denied puts them back",
+			len(deniedLines), plural(int64(len(deniedLines)), "target")))
+	}
 	if g.http != nil {
 		out.Notes = append(out.Notes, g.http.notes()...)
 	}
 	if g.opts.Collapse >= 2 {
-		names = collapse(names, g.opts.Collapse)
+		names = collapse(names, g.opts.Collapse, g.deniedHosts())
 	}
 	// Related names sit together: ordered by registrable domain, then by name, each read from its
 	// last label (so api.github.com follows github.com and precedes pypi.org).
@@ -226,6 +266,15 @@ func (g *Generator) Generate() (*Generated, error) {
 	if len(allow.Content) > 0 {
 		allow.Style = 0
 	}
+	if len(deniedLines) > 0 {
+		root := doc.Content[0]
+		c := "Left out: refused by a deny rule of the policy in force when logged (policy generate --include-denied puts them back):\n" +
+			strings.Join(deniedLines, "\n")
+		if root.FootComment != "" {
+			c = root.FootComment + "\n\n" + c
+		}
+		root.FootComment = c
+	}
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
@@ -240,6 +289,36 @@ func (g *Generator) Generate() (*Generated, error) {
 		return nil, fmt.Errorf("generate policy: the result does not validate (a bug): %w", err)
 	}
 	return out, nil
+}
+
+// maxDeniedLines bounds the denied comment; the rest are counted.
+const maxDeniedLines = 50
+
+// deniedLines lists what deny rules refused, one "host:port denied by RULE" per host and port, in
+// order, at most maxDeniedLines of them and a count of the rest.
+func (g *Generator) deniedLines() []string {
+	keys := slices.SortedFunc(maps.Keys(g.denied), func(a, b hostPort) int {
+		return cmp.Or(cmp.Compare(a.host, b.host), cmp.Compare(a.port, b.port))
+	})
+	var lines []string
+	for i, k := range keys {
+		if i == maxDeniedLines {
+			lines = append(lines, fmt.Sprintf("and %d more", len(keys)-i))
+			break
+		}
+		rules := slices.Sorted(maps.Keys(g.denied[k]))
+		lines = append(lines, fmt.Sprintf("%s denied by %s", net.JoinHostPort(k.host, strconv.Itoa(k.port)), strings.Join(rules, ", ")))
+	}
+	return lines
+}
+
+// deniedHosts is the set of hosts a deny rule refused on some port.
+func (g *Generator) deniedHosts() map[string]bool {
+	m := make(map[string]bool, len(g.denied))
+	for k := range g.denied {
+		m[k.host] = true
+	}
+	return m
 }
 
 // base returns the document to add rules to, switched to enforce mode, and the policy it holds.
@@ -416,7 +495,7 @@ func registrable(host string) string {
 
 // collapse replaces n or more names below one registrable domain with "*.domain". The domain itself,
 // when seen, keeps its own rule: "*.domain" does not match it.
-func collapse(names []candidate, n int) []candidate {
+func collapse(names []candidate, n int, denied map[string]bool) []candidate {
 	below := make(map[string][]int)
 	for i, c := range names {
 		if len(c.http) == 0 && c.domain != c.host && strings.HasSuffix(c.host, "."+c.domain) { // paths are per host
@@ -427,8 +506,8 @@ func collapse(names []candidate, n int) []candidate {
 	var out []candidate
 	for _, domain := range slices.Sorted(maps.Keys(below)) {
 		idx := below[domain]
-		if len(idx) < n {
-			continue
+		if len(idx) < n || coversAny(domain, denied) {
+			continue // a "*.domain" rule would allow back a host that a deny rule refused
 		}
 		w := candidate{host: "*." + domain, domain: domain}
 		ports := make(map[int]struct{})
@@ -469,6 +548,16 @@ func collapse(names []candidate, n int) []candidate {
 		}
 	}
 	return out
+}
+
+// coversAny reports whether "*.domain" matches one of hosts.
+func coversAny(domain string, hosts map[string]bool) bool {
+	for h := range hosts {
+		if strings.HasSuffix(h, "."+domain) {
+			return true
+		}
+	}
+	return false
 }
 
 func addAll(set map[string]struct{}, items []string) {

@@ -357,3 +357,85 @@ func TestTableQuotesControlCharacters(t *testing.T) {
 		t.Errorf("table passes control characters through:\n%q", b.String())
 	}
 }
+
+// TestGenerateLeavesOutDenied: hosts that a deny rule refused never come back as allow rules, not
+// even through a collapsed "*.domain" rule; they are listed in a comment with the rule, and a forged
+// rule name cannot write YAML.
+func TestGenerateLeavesOutDenied(t *testing.T) {
+	at := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	entries := []Entry{
+		{Time: at, Host: "api.github.com", Port: 443, Decision: "allow"},
+		{Time: at, Host: "evil.test", Port: 443, Decision: "deny", Error: ErrorDeniedByRule, Rule: "no-evil"},
+		{Time: at, Host: "x.pastebin.test", Port: 443, Decision: "deny", Error: ErrorDeniedByRule, Rule: "deny#2"},
+		{Time: at, Host: "a.pastebin.test", Port: 443, Decision: "allow"}, // before the deny rule was added
+		{Time: at, Host: "b.pastebin.test", Port: 443, Decision: "allow"},
+		{Time: at, Host: "ssh.example.org", Port: 22, Decision: "deny", Error: ErrorDeniedByRule, Rule: "no-ssh"},
+		{Time: at, Host: "ssh.example.org", Port: 443, Decision: "allow"},
+		{Time: at, Host: "forged.test", Port: 443, Decision: "deny", Error: ErrorDeniedByRule, Rule: "x\n  - host: '*'\n"},
+	}
+	generate := func(opts GenerateOptions) (*Generated, *policy.Policy) {
+		t.Helper()
+		g, err := NewGenerator(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range entries {
+			g.Add(&entries[i])
+		}
+		out, err := g.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := policy.Parse("generated", out.YAML)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out.YAML)
+		}
+		return out, p
+	}
+	allows := func(p *policy.Policy, host string, port int) bool {
+		return p.Decide(policy.Target{Host: host, Port: port}, []netip.Addr{netip.MustParseAddr("93.184.215.14")}).Allow
+	}
+
+	out, p := generate(GenerateOptions{Collapse: 2})
+	for _, hp := range []struct {
+		host string
+		port int
+	}{{"evil.test", 443}, {"x.pastebin.test", 443}, {"ssh.example.org", 22}, {"forged.test", 443}, {"anything.test", 443}} {
+		if allows(p, hp.host, hp.port) {
+			t.Errorf("the generated policy allows %s:%d:\n%s", hp.host, hp.port, out.YAML)
+		}
+	}
+	for _, hp := range []struct {
+		host string
+		port int
+	}{{"api.github.com", 443}, {"a.pastebin.test", 443}, {"ssh.example.org", 443}} {
+		if !allows(p, hp.host, hp.port) {
+			t.Errorf("the generated policy does not allow %s:%d:\n%s", hp.host, hp.port, out.YAML)
+		}
+	}
+	for _, w := range []string{
+		"# Left out: refused by a deny rule of the policy in force when logged (policy generate --include-denied puts them back):",
+		"# evil.test:443 denied by no-evil\n", "# ssh.example.org:22 denied by no-ssh\n", "# x.pastebin.test:443 denied by deny#2\n",
+		`# forged.test:443 denied by "x\n  - host: '*'\n"`,
+	} {
+		if !strings.Contains(string(out.YAML), w) {
+			t.Errorf("generated policy lacks %q:\n%s", w, out.YAML)
+		}
+	}
+	if strings.Contains(string(out.YAML), "*.pastebin.test") {
+		t.Errorf("collapsed into a rule that allows the denied x.pastebin.test back:\n%s", out.YAML)
+	}
+
+	// --include-denied puts them back.
+	_, p = generate(GenerateOptions{IncludeDenied: true})
+	if !allows(p, "evil.test", 443) || !allows(p, "ssh.example.org", 22) {
+		t.Error("--include-denied did not put the denied hosts back")
+	}
+
+	// --merge with the policy in force keeps its deny rules, which win over anything generated.
+	inForce := "mode: discovery\ndeny:\n  - host: evil.test\n    name: no-evil\n  - host: \"*.pastebin.test\"\n"
+	out, p = generate(GenerateOptions{IncludeDenied: true, Merge: []byte(inForce), MergeName: "policy.yaml"})
+	if len(p.Deny) != 2 || allows(p, "evil.test", 443) || allows(p, "x.pastebin.test", 443) || allows(p, "a.pastebin.test", 443) {
+		t.Errorf("merged policy lost its deny rules:\n%s", out.YAML)
+	}
+}

@@ -99,9 +99,19 @@ func TestGoldenGenerate(t *testing.T) {
 		opts  GenerateOptions
 		notes []string // substrings, one per expected note
 	}{
-		{"generate.yaml", GenerateOptions{}, []string{"left out 2 hosts refused as private, loopback or metadata addresses (169.254.169.254, intranet.corp.example)"}},
+		// evil.example.org was denied by rule no-paste: left out, listed at the end with the rule.
+		{"generate.yaml", GenerateOptions{}, []string{"left out 2 hosts refused as private, loopback or metadata addresses (169.254.169.254, intranet.corp.example)",
+			"left out 1 target (host and port) that a deny rule refused"}},
+		{"generate-include-denied.yaml", GenerateOptions{IncludeDenied: true}, []string{"left out 2 hosts refused as private"}},
 		{"generate-collapse.yaml", GenerateOptions{Collapse: 3, ExcludeBlocked: true}, []string{"left out 2 hosts"}},
 		{"generate-merge.yaml", GenerateOptions{Collapse: 3, Merge: existing, MergeName: "existing-policy.yaml"}, []string{
+			"mode changed from discovery to enforce",
+			"1 host already allowed by existing-policy.yaml: codeload.github.com",
+			"left out 2 hosts",
+			"left out 1 target (host and port) that a deny rule refused",
+		}},
+		// Even with --include-denied, the deny rules of the merged policy stay and win.
+		{"generate-merge-include-denied.yaml", GenerateOptions{Collapse: 3, IncludeDenied: true, Merge: existing, MergeName: "existing-policy.yaml"}, []string{
 			"mode changed from discovery to enforce",
 			"evil.example.org:443 is denied by rule no-paste of existing-policy.yaml: not added",
 			"1 host already allowed by existing-policy.yaml: codeload.github.com",
@@ -149,7 +159,7 @@ func TestGoldenGenerate(t *testing.T) {
 			for _, d := range r.Result().WouldDeny {
 				switch {
 				case d.Host == "169.254.169.254" || d.Host == "intranet.corp.example":
-				case d.Host == "evil.example.org" && (c.opts.ExcludeBlocked || c.opts.Merge != nil):
+				case d.Host == "evil.example.org" && (c.opts.ExcludeBlocked || c.opts.Merge != nil || !c.opts.IncludeDenied):
 				default:
 					t.Errorf("the generated policy would deny %s %v (%s)", d.Host, d.Ports, d.Reason)
 				}

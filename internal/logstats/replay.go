@@ -14,11 +14,11 @@ import (
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
-// Replayer runs recorded requests against a candidate policy. Names are judged by the policy's
-// rules and, where only an allow cidr rule could admit a name, by the address the proxy dialed for
-// it when the request was recorded; replay itself never resolves a name. The proxy resolves names
-// when it dials, so a name whose addresses turn out to be private is refused then, whatever replay
-// says.
+// Replayer runs recorded requests against a candidate policy. A request is decided with the address
+// the proxy dialed for it when it was recorded (a localhost name with its loopback addresses), so
+// the rule named is the one the proxy logs; without one, by its name. Replay itself never resolves
+// a name: the proxy resolves names when it dials, so a name whose addresses turn out to be private
+// is refused then, whatever replay says.
 type Replayer struct {
 	p        *policy.Policy
 	cache    map[replayTarget]policy.Decision
@@ -88,31 +88,31 @@ func (r *Replayer) Add(e *Entry) {
 	}
 }
 
-// decide is the candidate policy's decision for e. A name that only an allow cidr rule could admit
-// is decided with the address the proxy dialed for it; with none in the log it would be denied,
+// decide is the candidate policy's decision for e, made as the proxy makes it when it dials: with
+// the address the proxy dialed for e when the log has one, so that the rule named is the one the
+// proxy would log; for a localhost name with its loopback addresses; otherwise by the name alone. A
+// name that only an allow cidr rule could admit and that the log has no address for is denied,
 // since nothing shows that it resolves into the rule.
 func (r *Replayer) decide(e *Entry) policy.Decision {
 	k := replayTarget{Target: policy.Target{Host: e.Host, Port: e.Port}}
-	d, ok := r.cache[k]
-	if !ok {
-		d = r.p.Decide(k.Target, nil)
-		r.cache[k] = d
+	if ap, err := netip.ParseAddrPort(e.Upstream); err == nil {
+		k.addr = ap.Addr().Unmap()
 	}
-	if !d.Pending {
-		return d
-	}
-	ap, err := netip.ParseAddrPort(e.Upstream)
-	if err != nil {
-		d.Allow = false
-		d.Reason = fmt.Sprintf("%s is allowed only if its addresses fall in an allow cidr rule, and the log has no address it was dialed at", e.Host)
-		d.Fix = fmt.Sprintf("to allow it by name, add to allow: - {host: %s, ports: [%d]}", e.Host, e.Port)
-		return d
-	}
-	k.addr = ap.Addr().Unmap()
 	if d, ok := r.cache[k]; ok {
 		return d
 	}
-	d = r.p.Decide(k.Target, []netip.Addr{k.addr})
+	var addrs []netip.Addr
+	if k.addr.IsValid() {
+		addrs = []netip.Addr{k.addr}
+	} else {
+		addrs = policy.LoopbackAddrs(e.Host)
+	}
+	d := r.p.DecideDial(nil, k.Target, addrs)
+	if d.Pending {
+		d.Allow = false
+		d.Reason = fmt.Sprintf("%s is allowed only if its addresses fall in an allow cidr rule, and the log has no address it was dialed at", e.Host)
+		d.Fix = fmt.Sprintf("to allow it by name, add to allow: - {host: %s, ports: [%d]}", e.Host, e.Port)
+	}
 	r.cache[k] = d
 	return d
 }

@@ -219,6 +219,7 @@ func (s RuleSpec) rule(list string, index, line int) (Rule, error) {
 		errs = append(errs, err)
 	}
 	r.Inject, r.Secrets = inject, secretNames
+	r.Inspect = r.UsesSecrets() // the proxy must read a request to put a secret in: HTTPS is inspected
 	return r, errors.Join(errs...)
 }
 

@@ -117,3 +117,13 @@ func truncate(s string) string {
 	}
 	return s
 }
+
+// LoopbackAddrs returns the addresses a localhost name resolves to (RFC 6761: "localhost" and the
+// names under it are always loopback), for tools that decide a target without resolving it; nil for
+// any other name.
+func LoopbackAddrs(host string) []netip.Addr {
+	if host != "localhost" && !strings.HasSuffix(host, ".localhost") {
+		return nil
+	}
+	return []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback()}
+}

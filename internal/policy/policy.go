@@ -149,6 +149,18 @@ func (d Decision) RuleID() string { return d.Rule.ID() }
 // first call.
 func (p *Policy) Decide(t Target, addrs []netip.Addr) Decision { return p.DecideOn(nil, t, addrs) }
 
+// DecideDial is the decision the proxy makes for t on machine m when it dials t at addrs: the name
+// stage (DecideOn with no addresses), then, when that allows and addrs are known, the address stage.
+// The rule it names is the one the proxy logs; tools that decide offline (policy explain, policy
+// replay) call it with the addresses they know, or none.
+func (p *Policy) DecideDial(m Machine, t Target, addrs []netip.Addr) Decision {
+	d := p.DecideOn(m, t, nil)
+	if !d.Allow || addrs == nil {
+		return d
+	}
+	return p.DecideOn(m, t, addrs)
+}
+
 // Machine tells which addresses are assigned to the machine that dials.
 type Machine interface {
 	Owns(netip.Addr) bool
@@ -222,12 +234,17 @@ func (p *Policy) decideAddr(m Machine, t Target, a netip.Addr, hostRule *Rule) (
 			break
 		}
 	}
-	if cidrRule != nil {
-		return Decision{Allow: true}, cidrRule
-	}
 	phrase := Classify(a).Phrase()
 	if phrase == "" && m != nil && m.Owns(a) {
 		phrase = ThisMachine
+	}
+	// One naming for every stage and tool: the host rule that admitted the name decides, as it did
+	// before the name was resolved, unless the address is one only an allow cidr rule may admit.
+	if cidrRule != nil {
+		if hostRule != nil && phrase == "" {
+			return Decision{Allow: true}, hostRule
+		}
+		return Decision{Allow: true}, cidrRule
 	}
 	if phrase != "" {
 		d := p.deny(CodeSpecialAddr, nil, t, fmt.Sprintf("%s resolves to %s, %s, which is refused unless an allow rule with a cidr covers it", t.Host, a, phrase))

@@ -313,3 +313,51 @@ func FuzzParseTarget(f *testing.F) {
 		}
 	})
 }
+
+// TestRuleNaming: the rule a decision names is the same before and after the name is resolved,
+// unless the address is one only an allow cidr rule may admit; then it is that cidr rule. policy
+// explain and replay (which may have no addresses) and the live proxy (which has them) agree.
+func TestRuleNaming(t *testing.T) {
+	p := mustParse(t, `mode: enforce
+allow:
+  - host: localhost
+    ports: [18081]
+  - cidr: 127.0.0.0/8
+    ports: [18081]
+  - host: api.example
+    ports: [443]
+  - cidr: 140.82.112.0/20
+    ports: [443]
+`)
+	tests := []struct {
+		host      string
+		port      int
+		addrs     []netip.Addr
+		nameRule  string // the name-stage decision's rule
+		finalRule string // with the addresses
+	}{
+		{"localhost", 18081, addrs("127.0.0.1"), "allow#1", "allow#2"},
+		{"localhost", 18081, LoopbackAddrs("localhost"), "allow#1", "allow#2"},
+		{"api.example", 443, addrs("140.82.112.6"), "allow#3", "allow#3"},
+		{"api.example", 443, addrs("10.0.0.1", "140.82.112.6"), "allow#3", "allow#3"},
+		{"other.example", 443, addrs("140.82.112.6"), "", "allow#4"},
+		{"127.0.0.9", 18081, nil, "allow#2", "allow#2"},
+	}
+	for _, tt := range tests {
+		tg := Target{Host: tt.host, Port: tt.port}
+		if got := p.Decide(tg, nil).RuleID(); got != tt.nameRule {
+			t.Errorf("%s %v: name stage names %q, want %q", tg, tt.addrs, got, tt.nameRule)
+		}
+		if got := p.Decide(tg, tt.addrs).RuleID(); got != tt.finalRule {
+			t.Errorf("%s %v: names %q, want %q", tg, tt.addrs, got, tt.finalRule)
+		}
+	}
+}
+
+func TestLoopbackAddrs(t *testing.T) {
+	for host, want := range map[string]int{"localhost": 2, "a.b.localhost": 2, "localhost.example": 0, "notlocalhost": 0, "xlocalhost": 0} {
+		if got := LoopbackAddrs(host); len(got) != want || want > 0 && !got[0].IsLoopback() {
+			t.Errorf("LoopbackAddrs(%q) = %v", host, got)
+		}
+	}
+}

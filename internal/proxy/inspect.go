@@ -52,23 +52,37 @@ func (s *Server) serveInspected(w http.ResponseWriter, r *http.Request, req *Req
 		return
 	}
 	conn = unwrapConn(conn)
-	rec := s.record(req)
-	rec.Status = http.StatusOK
-	rec.Inspected = true
-	rec.TunnelID = req.ID
 	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
 		relay.Abort(conn)
+		rec := s.record(req)
+		rec.Status, rec.Inspected, rec.TunnelID = http.StatusOK, true, req.ID
 		rec.Error, rec.Reason = accesslog.ErrorClientClosed, "the client went away before the tunnel opened"
 		s.finish(req, rec)
 		return
 	}
-	tc := &tunnelConn{Conn: conn, r: brw.Reader, done: func(c *tunnelConn) {
+	// Handshake on its own goroutine: the handler returns, so that the server's connection
+	// goroutine does not wait for a client that is slow to start TLS.
+	go s.ServeInspected(conn, brw.Reader, req)
+}
+
+// ServeInspected serves client, a connection to req's target whose rule inspects (Decide made,
+// the client answered as its protocol needs), as an inspected tunnel: a TLS client is terminated
+// with a leaf for the target, plain HTTP is served as it is, and the connection goes to the one
+// HTTP server, where each request is decided by the rule's http entries, forwarded and logged with
+// the tunnel's id (req.ID). br, when not nil, holds bytes already read from client. The tunnel's
+// own record is written when the connection ends. Front ends other than CONNECT (transparent
+// capture) call it where they would otherwise relay.
+func (s *Server) ServeInspected(client net.Conn, br *bufio.Reader, req *Request) {
+	if br == nil {
+		br = bufio.NewReader(client)
+	}
+	rec := s.record(req)
+	rec.Status, rec.Inspected, rec.TunnelID = http.StatusOK, true, req.ID
+	tc := &tunnelConn{Conn: client, r: br, done: func(c *tunnelConn) {
 		rec.BytesOut, rec.BytesIn = c.in.Load(), c.out.Load()
 		s.finish(req, rec)
 	}}
-	// Handshake on its own goroutine: the handler returns, so that the server's connection
-	// goroutine does not wait for a client that is slow to start TLS.
-	go s.startInspected(tc, req, rec)
+	s.startInspected(tc, req, rec)
 }
 
 // startInspected reads the start of the tunnel and hands it to the server as TLS or plain HTTP.
@@ -81,7 +95,16 @@ func (s *Server) startInspected(tc *tunnelConn, req *Request, rec *accesslog.Rec
 		tc.Close()
 		return
 	}
-	info := ConnInfo{Client: req.Client, Session: req.Session, Target: req.Target, Scheme: "http", TunnelID: req.ID, Via: "inspect"}
+	if s.Inspector == nil {
+		rec.Error, rec.Reason = accesslog.ErrorInternal, fmt.Sprintf("rule %s inspects HTTPS, but the proxy has no CA to inspect with", req.Decision().RuleID())
+		tc.Close()
+		return
+	}
+	info := ConnInfo{Client: req.Client, Session: req.Session, Via: "inspect"}
+	if req.Conn != nil {
+		info = *req.Conn // a captured connection keeps its original destination
+	}
+	info.Target, info.Scheme, info.TunnelID = req.Target, "http", req.ID
 	var c net.Conn = tc
 	if first[0] == tlsHandshakeByte {
 		t := tls.Server(tc, s.Inspector.ServerConfig(req.Target.Host))

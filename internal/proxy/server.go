@@ -35,7 +35,9 @@ var ErrNoCredentials = errors.New("proxy credentials required: use session_id:to
 const (
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
-	DefaultUpstreamTimeout   = 60 * time.Second
+	// DefaultUpstreamTimeout bounds the wait for a target's response headers. Long polls hold a
+	// request for minutes; 15 minutes is Squid's read_timeout.
+	DefaultUpstreamTimeout = 15 * time.Minute
 	// DefaultMaxHeaderBytes answers 431 to request headers over 64 KiB: net/http allows 4 KiB over
 	// its MaxHeaderBytes setting.
 	DefaultMaxHeaderBytes = 64<<10 - 4<<10
@@ -263,6 +265,9 @@ func (s *Server) decide(req *Request, pol *policy.Policy) policy.Decision {
 	req.dial = &dial.Request{Target: req.Target, ID: req.ID, Session: req.Session,
 		Client: req.Client.Addr().String(), Decision: d}
 	req.inspected = d.Allow && d.Rule.Inspects()
+	if req.Conn != nil && req.Conn.OriginalDst.IsValid() {
+		req.dial.Pin = req.Conn.OriginalDst.Addr() // captured: connect to where the client was going
+	}
 	return d
 }
 
@@ -311,6 +316,9 @@ func (s *Server) record(req *Request) *accesslog.Record {
 	rec.Inspected = req.inspected
 	if req.Conn != nil {
 		rec.TunnelID = req.Conn.TunnelID
+	}
+	if req.Conn != nil && req.Conn.OriginalDst.IsValid() {
+		rec.Transparent, rec.OriginalDst = true, req.Conn.OriginalDst.String()
 	}
 	return rec
 }

@@ -52,6 +52,10 @@ type Broker struct {
 	Logger *slog.Logger
 	// Metrics, when set, counts providers, streams, opens and handshakes.
 	Metrics *Metrics
+	// Policy returns the broker's policy in force, whose address stage the provider applies to
+	// the addresses a name resolves to. Without it, a name only an allow cidr rule could admit is
+	// refused.
+	Policy func() *policy.Policy
 
 	initOnce sync.Once
 	cfg      Config
@@ -557,7 +561,19 @@ func (b *Broker) Dial(ctx context.Context, req *dial.Request) (net.Conn, error) 
 		b.Metrics.open(dial.KindDenied.String())
 		return nil, err
 	}
-	if d := req.Decision; d.Pending {
+	var check *addrCheck
+	if _, isIP := req.Target.Addr(); !isIP && b.Policy != nil {
+		c := checkFor(b.Policy(), req.Target, req.Decision)
+		check = &c
+		if o := (openMsg{ID: req.ID, Target: req.Target, Check: check}).String(); len(o) > MaxFrame {
+			d := req.Decision
+			d.Allow, d.Pending, d.Code = false, false, policy.CodeNoRule
+			d.Reason = fmt.Sprintf("the broker's policy has too many cidr rules for port %d to send to its provider (%d bytes, at most %d)", req.Target.Port, len(o), MaxFrame)
+			b.Metrics.open(dial.KindDenied.String())
+			return nil, dial.Denied(req.Target, d)
+		}
+	}
+	if d := req.Decision; d.Pending && check == nil {
 		// The broker's policy admits this name only if its addresses fall in an allow cidr rule, but
 		// the provider resolves the name on its own network: the broker cannot check that, so it
 		// refuses rather than let the name through unchecked.
@@ -581,7 +597,7 @@ func (b *Broker) Dial(ctx context.Context, req *dial.Request) (net.Conn, error) 
 			b.Metrics.open(kindName(err))
 			return nil, err
 		}
-		c, err := b.open(ctx, p, req)
+		c, err := b.open(ctx, p, req, check)
 		if err == nil {
 			b.Metrics.open("ok")
 			return &Conn{stream: stream{c}, provider: p.id, release: func() { b.release(p, g) }}, nil
@@ -607,7 +623,7 @@ func kindName(err error) string {
 }
 
 // open runs the open exchange on a new stream of p.
-func (b *Broker) open(ctx context.Context, p *provider, req *dial.Request) (*yamux.Stream, error) {
+func (b *Broker) open(ctx context.Context, p *provider, req *dial.Request, check *addrCheck) (*yamux.Stream, error) {
 	t := req.Target
 	timeoutErr := func(err error) error {
 		if errors.Is(ctx.Err(), context.Canceled) {
@@ -624,7 +640,7 @@ func (b *Broker) open(ctx context.Context, p *provider, req *dial.Request) (*yam
 		return nil, fmt.Errorf("%w: %w", errProviderGone, err)
 	}
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
-	err = writeFrame(st, openMsg{ID: req.ID, Target: t}.String())
+	err = writeFrame(st, openMsg{ID: req.ID, Target: t, Check: check}.String())
 	var s string
 	if err == nil {
 		s, err = readFrame(st)
@@ -649,12 +665,31 @@ func (b *Broker) open(ctx context.Context, p *provider, req *dial.Request) (*yam
 		st.Reset()
 		return nil, &dial.Error{Kind: dial.KindInternal, Target: t, Err: err, Provider: p.id, Reason: fmt.Sprintf("provider %s sent a bad answer", p.id)}
 	}
+	if r.Kind == kindBrokerDenied && check != nil {
+		st.Reset()
+		return nil, b.brokerDenied(t, r.Reason, p.id)
+	}
 	if r.Status != StatusOK {
 		st.Reset()
 		return nil, &dial.Error{Kind: kindOf(r), Target: t, Provider: p.id, Reason: fmt.Sprintf("provider %s: %s", p.id, r.Reason)}
 	}
 	st.SetDeadline(time.Time{})
 	return st, nil
+}
+
+// brokerDenied is the broker's own refusal of an address its provider resolved t to: the decision
+// its policy gives that address, as if the broker had resolved the name itself.
+func (b *Broker) brokerDenied(t policy.Target, addr, providerID string) error {
+	a, err := netip.ParseAddr(addr)
+	if err == nil {
+		if d := b.Policy().Decide(t, []netip.Addr{a}); !d.Allow {
+			e := dial.Denied(t, d)
+			e.Provider = providerID
+			return e
+		}
+	}
+	return &dial.Error{Kind: dial.KindDenied, Target: t, Provider: providerID,
+		Reason: fmt.Sprintf("the broker's policy refuses the address %s resolved to at provider %s", t.Host, providerID)}
 }
 
 // Conn is a stream to a target through a provider. Close sends a clean end (FIN) after a complete

@@ -225,10 +225,12 @@ const (
 	drainMsg   = "DRAIN"
 )
 
-// openMsg is the broker's first frame on a stream: "OPEN <request-id> <host> <port>".
+// openMsg is the broker's first frame on a stream: "OPEN <request-id> <host> <port> [check=...]",
+// the check being the broker's address stage for a host name (addrCheck).
 type openMsg struct {
 	ID     string
 	Target policy.Target
+	Check  *addrCheck
 }
 
 func (o openMsg) String() string {
@@ -236,13 +238,24 @@ func (o openMsg) String() string {
 	if id == "" {
 		id = "-"
 	}
+	if o.Check != nil {
+		return fmt.Sprintf("OPEN %s %s %d %s", id, o.Target.Host, o.Target.Port, o.Check)
+	}
 	return fmt.Sprintf("OPEN %s %s %d", id, o.Target.Host, o.Target.Port)
 }
 
 func parseOpen(s string) (openMsg, error) {
 	f := strings.Split(s, " ")
-	if len(f) != 4 || f[0] != "OPEN" {
-		return openMsg{}, fmt.Errorf("%w: want OPEN <request-id> <host> <port>", ErrProtocol)
+	if (len(f) != 4 && len(f) != 5) || f[0] != "OPEN" {
+		return openMsg{}, fmt.Errorf("%w: want OPEN <request-id> <host> <port> [check=...]", ErrProtocol)
+	}
+	var check *addrCheck
+	if len(f) == 5 {
+		c, err := parseCheck(f[4])
+		if err != nil {
+			return openMsg{}, fmt.Errorf("%w: %w", ErrProtocol, err)
+		}
+		check = &c
 	}
 	if !validID(f[1]) {
 		return openMsg{}, fmt.Errorf("%w: bad request id %q", ErrProtocol, short(f[1]))
@@ -259,7 +272,7 @@ func parseOpen(s string) (openMsg, error) {
 	if id == "-" {
 		id = ""
 	}
-	return openMsg{ID: id, Target: policy.Target{Host: host, Port: port}}, nil
+	return openMsg{ID: id, Target: policy.Target{Host: host, Port: port}, Check: check}, nil
 }
 
 func validID(id string) bool {
@@ -283,6 +296,10 @@ const (
 	StatusUnavailable = 503
 	StatusTimeout     = 504
 )
+
+// kindBrokerDenied is the kind of a 403 for an address the broker's check refused; the reason is
+// the address.
+const kindBrokerDenied = "broker_denied"
 
 // reply is the provider's answer to an OPEN: "<status> <kind> <reason...>".
 type reply struct {
@@ -325,6 +342,11 @@ func parseReply(s string) (reply, error) {
 
 // replyFor turns a provider-side dial error into the reply sent to the broker.
 func replyFor(err error) reply {
+	var br *BrokerRefusal
+	if errors.As(err, &br) {
+		// The broker words the refusal itself, from its own policy and the address.
+		return reply{Status: StatusDenied, Kind: kindBrokerDenied, Reason: br.Addr.String()}
+	}
 	var de *dial.Error
 	if !errors.As(err, &de) {
 		return reply{Status: StatusBadGateway, Kind: dial.KindInternal.String(), Reason: err.Error()}

