@@ -59,7 +59,7 @@ func (f *frontendFlags) register(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.allowClients, "allow-clients", nil, "client CIDRs that may use the proxy (default: loopback and private ranges)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM/SIGINT, how long in-flight requests and tunnels may finish")
 	fs.DurationVar(&f.dialTimeout, "dial-timeout", dial.DefaultTimeout, "bound on resolving and connecting to a target")
-	fs.DurationVar(&f.upstreamTimeout, "upstream-timeout", proxy.DefaultUpstreamTimeout, "how long a target may take to send response headers")
+	fs.DurationVar(&f.upstreamTimeout, "upstream-timeout", proxy.DefaultUpstreamTimeout, "how long a target may take to send response headers (long polls wait that long)")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", proxy.DefaultIdleTimeout, "close kept-alive client connections idle this long")
 	fs.DurationVar(&f.headerTimeout, "read-header-timeout", proxy.DefaultReadHeaderTimeout, "how long a client may take to send request headers")
 	fs.DurationVar(&f.tunnelIdleTimeout, "tunnel-idle-timeout", 0, "end tunnels that moved no byte this long (0: never)")

@@ -251,24 +251,27 @@ func (s *Server) relay(t *tunnel, req *Request, rec *accesslog.Record, client, u
 	rec.BytesOut += res.AToB
 	rec.BytesIn += res.BToA
 	if res.Err != nil {
-		rec.Error, rec.Reason = s.tunnelFailure(t, res.Err)
+		rec.Error, rec.Reason = s.tunnelFailure(t, res)
 	}
 	s.finish(req, rec)
 }
 
 // tunnelFailure names why an established tunnel ended in a failure: a kind for the record's error
-// field and the words for its reason.
-func (s *Server) tunnelFailure(t *tunnel, err error) (kind, reason string) {
+// field and the words for its reason. The client is the relay's side a: a reset from it (curl
+// resets a finished HTTP/2 connection) is the client's doing, not a broken tunnel.
+func (s *Server) tunnelFailure(t *tunnel, res relay.Result) (kind, reason string) {
 	s.mu.Lock()
 	aborted := t.aborted
 	s.mu.Unlock()
 	switch {
 	case aborted:
-		return accesslog.ErrorShuttingDown, "the proxy shut down while the tunnel was open (--shutdown-timeout ran out): " + err.Error()
-	case errors.Is(err, relay.ErrIdle):
+		return accesslog.ErrorShuttingDown, "the proxy shut down while the tunnel was open (--shutdown-timeout ran out): " + rootCause(res.Err).Error()
+	case errors.Is(res.Err, relay.ErrIdle):
 		return accesslog.ErrorIdleTimeout, fmt.Sprintf("no byte moved for %s (--tunnel-idle-timeout)", s.TunnelIdleTimeout)
+	case res.ErrSide == relay.SideA:
+		return accesslog.ErrorClientClosed, "the client ended the tunnel with an error: " + rootCause(res.Err).Error()
 	}
-	return accesslog.ErrorTunnelBroken, "the tunnel broke: " + err.Error()
+	return accesslog.ErrorTunnelBroken, "the tunnel broke on the target's side: " + res.Err.Error()
 }
 
 func upstreamAddr(c net.Conn) string {

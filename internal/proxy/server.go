@@ -34,7 +34,9 @@ var ErrNoCredentials = errors.New("proxy credentials required: use session_id:to
 const (
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
-	DefaultUpstreamTimeout   = 60 * time.Second
+	// DefaultUpstreamTimeout bounds the wait for a target's response headers. Long polls hold a
+	// request for minutes; 15 minutes is Squid's read_timeout.
+	DefaultUpstreamTimeout = 15 * time.Minute
 	// DefaultMaxHeaderBytes answers 431 to request headers over 64 KiB: net/http allows 4 KiB over
 	// its MaxHeaderBytes setting.
 	DefaultMaxHeaderBytes = 64<<10 - 4<<10
