@@ -48,7 +48,7 @@ type frontendFlags struct {
 }
 
 func (f *frontendFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "address for proxy clients (HTTP forward and CONNECT)")
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "address for proxy clients (HTTP forward and CONNECT): HOST:PORT, :PORT for every interface, PORT for loopback")
 	fs.StringVar(&f.socksListen, "socks-listen", "", "address for SOCKS5 clients, same policy and log as --listen (empty disables)")
 	fs.StringVar(&f.adminListen, "admin-listen", "127.0.0.1:9090", "address for /healthz, /readyz and /metrics (empty disables)")
 	fs.StringVar(&f.policyFile, "policy", "", "policy.yaml; without it: discovery mode, private and metadata addresses refused")
@@ -71,6 +71,16 @@ func (f *frontendFlags) validate() error {
 	var errs []error
 	if f.listen == "" {
 		errs = append(errs, errors.New("--listen must not be empty"))
+	}
+	for _, l := range []struct {
+		name string
+		v    *string
+	}{{"listen", &f.listen}, {"socks-listen", &f.socksListen}, {"admin-listen", &f.adminListen}} {
+		addr, err := listenAddr(l.name, *l.v)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		*l.v = addr
 	}
 	for _, c := range f.allowClients {
 		if _, err := netip.ParsePrefix(c); err != nil {
