@@ -108,6 +108,12 @@ func newProxyCmd() *cobra.Command {
 		Long: `Run the egress proxy. Agents use it through HTTP_PROXY/HTTPS_PROXY. Every request and tunnel is
 decided by the policy (discovery: log everything, block only what is denied; enforce: allow only
 what an allow rule names) and written as one JSON line to the access log.`,
+		Example: `  # discovery mode on 127.0.0.1:8080 (admin on 127.0.0.1:9090), the access log on stdout
+  swarm-proxy proxy
+  # enforce policy.yaml, the access log in a file rotated at 100 MB
+  swarm-proxy proxy --policy policy.yaml --log-file access.log
+  # in a container: every interface, SOCKS5 too (clients from private ranges only, see --allow-clients)
+  swarm-proxy proxy --listen :8080 --socks-listen :1080 --admin-listen :9090 --policy policy.yaml`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.validate(); err != nil {
