@@ -65,6 +65,7 @@ func newRootCmd() *cobra.Command {
 		Version:       version(),
 	}
 	root.SetVersionTemplate("swarm-proxy {{.Version}}\n")
+	root.SetUsageTemplate(usageTemplate)
 	root.AddCommand(
 		newProxyCmd(),
 		newPolicyCmd(),
@@ -81,6 +82,27 @@ func newRootCmd() *cobra.Command {
 	usageErrors(root)
 	return root
 }
+
+// usageTemplate is cobra's, with the examples last: after the flags a newcomer scrolled past, the
+// last lines on the screen are command lines to copy.
+const usageTemplate = `Usage:{{if .Runnable}}
+  {{.UseLine}}{{end}}{{if .HasAvailableSubCommands}}
+  {{.CommandPath}} [command]{{end}}{{if .HasAvailableSubCommands}}
+
+Available Commands:{{range .Commands}}{{if (or .IsAvailableCommand (eq .Name "help"))}}
+  {{rpad .Name .NamePadding }} {{.Short}}{{end}}{{end}}{{end}}{{if .HasAvailableLocalFlags}}
+
+Flags:
+{{.LocalFlags.FlagUsages | trimTrailingWhitespaces}}{{end}}{{if .HasAvailableInheritedFlags}}
+
+Global Flags:
+{{.InheritedFlags.FlagUsages | trimTrailingWhitespaces}}{{end}}{{if .HasAvailableSubCommands}}
+
+Use "{{.CommandPath}} [command] --help" for more information about a command.{{end}}{{if .HasExample}}
+
+Examples:
+{{.Example}}{{end}}
+`
 
 // usageErrors makes every wrong command line of cmd and its subcommands a usage error (exit 2): a
 // command with subcommands names the unknown one it was given, with the commands it is close to;

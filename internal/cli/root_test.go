@@ -57,3 +57,24 @@ func TestUsageErrors(t *testing.T) {
 		t.Errorf("policy: %v\n%s", r.err, r.stdout)
 	}
 }
+
+// TestHelpEndsWithExamples: a command's --help ends with its examples, after the flags; proxy has
+// two or three.
+func TestHelpEndsWithExamples(t *testing.T) {
+	r := runCLI(t, "", "proxy", "--help")
+	out := strings.TrimSpace(r.stdout)
+	flags, examples := strings.Index(out, "\nFlags:\n"), strings.Index(out, "\nExamples:\n")
+	if r.err != nil || flags < 0 || examples < flags {
+		t.Fatalf("proxy --help: %v; Flags at %d, Examples at %d:\n%s", r.err, flags, examples, out)
+	}
+	var cmds []string
+	for _, l := range strings.Split(out[examples:], "\n") {
+		if strings.HasPrefix(strings.TrimSpace(l), "swarm-proxy proxy") {
+			cmds = append(cmds, l)
+		}
+	}
+	last := out[strings.LastIndexByte(out, '\n')+1:]
+	if len(cmds) < 2 || len(cmds) > 3 || !strings.HasPrefix(strings.TrimSpace(last), "swarm-proxy proxy") {
+		t.Errorf("proxy --help ends with %d example command lines, last line %q:\n%s", len(cmds), last, out[examples:])
+	}
+}
