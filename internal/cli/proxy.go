@@ -42,6 +42,7 @@ type frontendFlags struct {
 	tunnelIdleTimeout time.Duration
 	policyPoll        time.Duration
 	logLevel          string
+	inspect           inspectFlags
 	// capture holds the transparent capture and DNS guard flags of the proxy command; nil for the
 	// broker, whose clients come with tickets.
 	capture *captureFlags
@@ -65,6 +66,7 @@ func (f *frontendFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.tunnelIdleTimeout, "tunnel-idle-timeout", 0, "end tunnels that moved no byte this long (0: never)")
 	fs.DurationVar(&f.policyPoll, "policy-poll", 2*time.Second, "how often to check the policy file for changes (0: only on SIGHUP)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "operational log level on stderr: debug, info, warn, error")
+	f.inspect.register(fs)
 }
 
 func (f *frontendFlags) validate() error {
@@ -96,6 +98,9 @@ func (f *frontendFlags) validate() error {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
 		errs = append(errs, fmt.Errorf("--log-level: %q is not debug, info, warn or error", f.logLevel))
+	}
+	if err := f.inspect.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -157,6 +162,9 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		}
 		pol = p
 	}
+	if err := inspectionReady(pol, f.inspect.caCert != ""); err != nil {
+		return err
+	}
 	sec, err := loadSecrets(f.secretsFile, logger)
 	if err != nil {
 		return err
@@ -190,6 +198,9 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		AllowClients: allow, UpstreamTimeout: f.upstreamTimeout, IdleTimeout: f.idleTimeout,
 		TunnelIdleTimeout: f.tunnelIdleTimeout, ReadHeaderTimeout: f.headerTimeout,
 		Mutate: secretsHook{sec}.mutate, ModifyResponse: secretsHook{sec}.modifyResponse,
+	}
+	if err := f.inspect.setup(srv, rt.registry); err != nil {
+		return err
 	}
 
 	ln, err := net.Listen("tcp", f.listen)
@@ -244,7 +255,8 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 	reloadCtx, stopReload := context.WithCancel(ctx)
 	defer stopReload()
 	if f.policyFile != "" {
-		go watchPolicy(reloadCtx, f.policyFile, f.policyPoll, rt.policy, func() {
+		haveCA := f.inspect.caCert != ""
+		go watchPolicy(reloadCtx, f.policyFile, f.policyPoll, rt.policy, func(p *policy.Policy) error { return inspectionReady(p, haveCA) }, func() {
 			srv.PolicyChanged()
 			warnUnknownSecrets(rt.policy.Load(), sec.Load(), logger)
 		}, logger)
@@ -312,7 +324,8 @@ func orBuiltIn(file string) string {
 
 // watchPolicy reloads the policy on SIGHUP and when the file's content changes. A file that does
 // not load is reported and the policy in force stays.
-func watchPolicy(ctx context.Context, path string, poll time.Duration, h *policy.Holder, changed func(), logger *slog.Logger) {
+// check may refuse a policy that parses but cannot be served (a rule that inspects without a CA).
+func watchPolicy(ctx context.Context, path string, poll time.Duration, h *policy.Holder, check func(*policy.Policy) error, changed func(), logger *slog.Logger) {
 	hup := notifyHangup()
 	defer stopHangup(hup)
 	last, _ := os.ReadFile(path)
@@ -333,6 +346,9 @@ func watchPolicy(ctx context.Context, path string, poll time.Duration, h *policy
 		}
 		last = data
 		p, err := policy.Parse(path, data)
+		if err == nil && check != nil {
+			err = check(p)
+		}
 		if err != nil {
 			logger.Error("policy reload rejected; keeping the policy in force", "file", path, "trigger", why, "err", err)
 			return
