@@ -29,7 +29,7 @@ import (
 var world = fakeResolver{
 	"allowed.test":   {netip.MustParseAddr("192.0.2.7")},
 	"inspected.test": {netip.MustParseAddr("192.0.2.7")},
-	"denied.test":  {netip.MustParseAddr("192.0.2.9")},
+	"denied.test":    {netip.MustParseAddr("192.0.2.9")},
 }
 
 const serverPolicy = `mode: enforce
