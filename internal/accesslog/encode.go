@@ -47,6 +47,10 @@ func (r *Record) AppendJSON(b []byte) []byte {
 		}
 		b = append(b, ']')
 	}
+	if r.Transparent {
+		b = append(b, `,"`+FieldTransparent+`":true`...)
+	}
+	b = appendStringField(b, FieldOriginalDst, r.OriginalDst, true)
 	return append(b, '}')
 }
 

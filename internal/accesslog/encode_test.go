@@ -29,7 +29,9 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 	tiny.DurationMS, huge.DurationMS = 1e-9, 3e21
 	withSecrets := sample
 	withSecrets.Secrets = []string{"anthropic", "git\"hub"}
-	for name, rec := range map[string]Record{"full": sample, "minimal": minimal, "escapes": escapes, "tiny": tiny, "huge": huge, "secrets": withSecrets} {
+	captured := sample
+	captured.Transparent, captured.OriginalDst = true, "[2001:db8::7]:443"
+	for name, rec := range map[string]Record{"full": sample, "minimal": minimal, "escapes": escapes, "tiny": tiny, "huge": huge, "secrets": withSecrets, "transparent": captured} {
 		want, err := json.Marshal(&rec)
 		if err != nil {
 			t.Fatal(err)

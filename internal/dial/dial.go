@@ -32,6 +32,10 @@ type Request struct {
 	// Decision is the policy decision that admitted the request. The front end sets it from the
 	// name-stage decision; a Dialer that checks resolved addresses replaces it with the final one.
 	Decision policy.Decision
+	// Pin, when valid, is the only address to connect to: the original destination of a captured
+	// connection, which its front end checked is an address of Target's name. The Direct dialer
+	// checks it against the policy instead of resolving; a tunnel dialer's provider resolves.
+	Pin netip.Addr
 }
 
 // Dialer opens a connection to a request's target.
@@ -190,9 +194,12 @@ func (d *Direct) Dial(ctx context.Context, req *Request) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	addrs, err := d.resolve(ctx, t)
-	if err != nil {
-		return nil, Classify(t, err)
+	addrs := []netip.Addr{req.Pin.Unmap()}
+	var err error
+	if !req.Pin.IsValid() {
+		if addrs, err = d.resolve(ctx, t); err != nil {
+			return nil, Classify(t, err)
+		}
 	}
 	m := d.Machine
 	if m == nil {

@@ -246,3 +246,38 @@ func TestOwnAddressesRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestDirectPin: a pinned address (a captured connection's original destination) is the only one
+// dialed, without a lookup, and it is still checked against the policy.
+func TestDirectPin(t *testing.T) {
+	res := &rebindingResolver{}
+	for _, tc := range []struct {
+		pin    string
+		denied bool
+	}{{"93.184.215.99", false}, {"127.0.0.1", true}, {"::ffff:10.0.0.1", true}} {
+		t.Run(tc.pin, func(t *testing.T) {
+			rec := &recorder{}
+			d := Deciding{Policy: policy.Default, Dialer: &Direct{Policy: policy.Default, Resolver: res, DialContext: rec.DialContext}}
+			req := target("pinned.example", 443)
+			req.Pin = netip.MustParseAddr(tc.pin)
+			c, err := d.Dial(context.Background(), req)
+			if tc.denied {
+				var de *Error
+				if !errors.As(err, &de) || de.Kind != KindDenied || len(rec.addrs) != 0 {
+					t.Fatalf("err = %v, dialed %v; want a denial and no dial", err, rec.addrs)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			if len(rec.addrs) != 1 || rec.addrs[0] != tc.pin+":443" {
+				t.Fatalf("dialed %v, want only the pinned %s:443", rec.addrs, tc.pin)
+			}
+		})
+	}
+	if res.calls != 0 {
+		t.Errorf("%d lookups for pinned requests, want none", res.calls)
+	}
+}

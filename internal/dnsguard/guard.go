@@ -27,10 +27,10 @@ const DefaultTimeout = 5 * time.Second
 
 // Error values of a DNS record, beside the policy's decision codes.
 const (
-	ErrorSuspicious  = accesslog.FlagDNSSuspicious // refused as likely tunnelling
-	ErrorBadQuery    = "bad_query"                 // not a standard query of class IN
-	ErrorInvalidName = "invalid_name"              // a name the policy cannot match
-	ErrorUpstream    = "upstream_failed"           // no upstream resolver answered
+	ErrorSuspicious  = accesslog.ErrorDNSSuspicious
+	ErrorBadQuery    = accesslog.ErrorDNSBadQuery
+	ErrorInvalidName = accesslog.ErrorDNSInvalidName
+	ErrorUpstream    = accesslog.ErrorDNSUpstream
 )
 
 // Exchanger sends a query to an upstream resolver over network ("udp" or "tcp").

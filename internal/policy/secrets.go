@@ -12,7 +12,8 @@ import (
 )
 
 // UsesSecrets reports whether the rule injects headers or lets placeholders through, so that its
-// requests must be seen (plain HTTP, or HTTPS inspected) for the secrets to be put in.
+// requests must be read (plain HTTP, or HTTPS inspected: such a rule has Inspect set) for the
+// secrets to be put in.
 func (r *Rule) UsesSecrets() bool { return r != nil && (len(r.Inject) > 0 || len(r.Secrets) > 0) }
 
 // notInjectable lists headers that an inject entry may not set: they frame the message or the
@@ -34,6 +35,9 @@ func (s RuleSpec) secretFields(list string, r Rule) ([]secrets.Injection, []stri
 		return nil, nil, errors.New(`inject and secrets on host "*" would let an agent send the secrets to any host: name the service's host`)
 	}
 	var errs []error
+	if s.Inspect != nil && !*s.Inspect {
+		errs = append(errs, errors.New("inspect: false contradicts inject and secrets, which need the proxy to read the requests (their HTTPS is inspected): remove inspect: false"))
+	}
 	var names []string
 	for _, name := range s.Secrets {
 		if err := secrets.ValidName(name); err != nil {

@@ -22,6 +22,9 @@ allow:
 	if !r.UsesSecrets() || p.Allow[1].UsesSecrets() {
 		t.Errorf("UsesSecrets: %v, %v", r.UsesSecrets(), p.Allow[1].UsesSecrets())
 	}
+	if !r.Inspects() || p.Allow[1].Inspects() {
+		t.Errorf("a rule with secrets must be inspected: %v, %v", r.Inspects(), p.Allow[1].Inspects())
+	}
 	if len(r.Inject) != 1 || r.Inject[0].Header != "Authorization" || r.Inject[0].Value.String() != "Bearer {{secret:github}}" {
 		t.Errorf("Inject = %+v", r.Inject)
 	}
@@ -74,6 +77,10 @@ func TestSecretFieldsErrors(t *testing.T) {
   - host: a.example
     secrets: [a]
     inject: [{header: X-Key, value: "a\u0001{{secret:a}}"}]`, "a character a header cannot hold"},
+		{"inspect false", `allow:
+  - host: a.example
+    secrets: [a]
+    inspect: false`, "inspect: false contradicts inject and secrets"},
 		{"unknown inject key", `allow:
   - host: a.example
     inject: [{header: X-Key, valeu: "{{secret:a}}"}]`, `unknown key "valeu" (a header injection has: header, value)`},

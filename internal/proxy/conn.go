@@ -41,6 +41,10 @@ type ConnInfo struct {
 	// TLS is the client-facing TLS state of an inspected connection, nil otherwise. When the
 	// connection is a *tls.Conn, net/http also puts it in each request's TLS field.
 	TLS *tls.ConnectionState
+	// Refusal, when set, refuses every request on the connection with it, answered and logged
+	// like any refusal: the front end decided that the connection may not go anywhere (a captured
+	// connection whose name is not an address of its destination).
+	Refusal *Failure
 }
 
 // ErrClosed is returned by ServeConn once the proxy is shutting down.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -79,6 +80,8 @@ func (f *forwarders) get(session string, pol *policy.Policy) *httputil.ReversePr
 		ExpectContinueTimeout:  time.Second,
 		DisableCompression:     true, // pass Accept-Encoding and bodies through untouched
 		MaxResponseHeaderBytes: maxResponseHeadBytes,
+		TLSClientConfig:        f.s.upstreamTLS(),
+		ForceAttemptHTTP2:      true, // HTTP/2 to targets that offer it (a custom dialer turns it off)
 	}
 	rp := &httputil.ReverseProxy{
 		Rewrite:        f.s.rewrite,
@@ -146,10 +149,6 @@ type forwardState struct {
 	conn    atomic.Pointer[decidedConn] // the upstream connection that served the request
 	bodyErr error                       // why reading the target's response body failed, if it did
 
-	// The response head is sent on its own when the target's body keeps the proxy waiting; see
-	// watchedBody.
-	headMu   sync.Mutex
-	headWait bool // the handler waits for the first body bytes
 }
 
 func stateOf(ctx context.Context) *forwardState {
@@ -183,6 +182,12 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 		out.Host = req.Target.Host
 	}
 	out.Header.Add("Via", "1.1 swarm-proxy")
+	// The proxy answers a client's "Expect: 100-continue" itself: net/http's server sends 100
+	// Continue when the Transport starts reading the body, once the target is connected and has the
+	// request head, and a target's early answer reaches the client at once. Passed on, the
+	// expectation would let the Transport withhold the body from a target that answers early with
+	// Connection: close and reads on, as Go's servers do, which clients such as curl upload to.
+	out.Header.Del("Expect")
 	if out.Body != nil && out.Body != http.NoBody {
 		st.body = &requestBody{r: out.Body, rc: http.NewResponseController(st.w.ResponseWriter), idle: orDefault(s.IdleTimeout, DefaultIdleTimeout)}
 		out.Body = st.body
@@ -234,53 +239,23 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 }
 
 // flushDelay is the longest the proxy holds bytes of a response, its head or a part of its body,
-// waiting to send them with more in one write: a response reaches the client as the target sends
-// it, whatever its framing.
+// waiting to send them with more in one write (ReverseProxy's FlushInterval): a response reaches
+// the client as the target sends it, whatever its framing.
 const flushDelay = 5 * time.Millisecond
 
-// watchedBody is the target's response body as ReverseProxy reads it. It records the first error
-// other than EOF, for the log, and sends the response head on its own when the first body bytes do
-// not follow within flushDelay. (Body bytes are flushed by ReverseProxy, with FlushInterval.)
+// watchedBody is the target's response body as ReverseProxy reads it: it records the first error
+// other than EOF, for the log.
 type watchedBody struct {
 	io.ReadCloser
-	st      *forwardState
-	started bool
+	st *forwardState
 }
 
 func (b *watchedBody) Read(p []byte) (int, error) {
-	if b.started {
-		return b.read(p)
-	}
-	b.started = true
-	st := b.st
-	st.headMu.Lock()
-	st.headWait = true
-	st.headMu.Unlock()
-	timer := time.AfterFunc(flushDelay, st.sendHead)
-	n, err := b.read(p)
-	timer.Stop()
-	st.headMu.Lock() // after this, sendHead flushes nothing: the handler writes from now on
-	st.headWait = false
-	st.headMu.Unlock()
-	return n, err
-}
-
-func (b *watchedBody) read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF && b.st.bodyErr == nil {
 		b.st.bodyErr = err
 	}
 	return n, err
-}
-
-// sendHead flushes the response head while the handler waits for the first body bytes.
-func (st *forwardState) sendHead() {
-	st.headMu.Lock()
-	defer st.headMu.Unlock()
-	if st.headWait {
-		st.headWait = false
-		st.w.Flush()
-	}
 }
 
 // decidedConn remembers the policy decision under which an upstream connection was dialed.
@@ -311,6 +286,10 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 	pol := s.Policy.Load()
 	if d := s.decide(req, pol); !d.Allow {
 		s.fail(w, r, req, FailureOf(dial.Denied(req.Target, d)))
+		return
+	}
+	if f := requestFailure(pol, req); f != nil {
+		s.fail(w, r, req, f)
 		return
 	}
 	if s.CheckRequest != nil {
@@ -420,12 +399,28 @@ func (s *Server) forwardFailure(r *http.Request, err error) *Failure {
 		return FailureOf(de)
 	case errors.As(err, &me):
 		return me.f
+	case isTLSError(err):
+		return &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorUpstreamTLS,
+			Reason: "the target's TLS could not be verified, so nothing was sent to it: " + rootCause(err).Error(),
+			Fix:    "if the target is meant to be trusted, give its CA to the proxy with --upstream-ca"}
 	case isTimeout(err):
 		return &Failure{Status: http.StatusGatewayTimeout, Kind: accesslog.ErrorTimeout,
 			Reason: fmt.Sprintf("the target did not send response headers within %s", orDefault(s.UpstreamTimeout, DefaultUpstreamTimeout))}
 	default:
 		return &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorUpstream, Reason: "upstream error: " + rootCause(err).Error()}
 	}
+}
+
+// isTLSError reports whether err is the failure of a TLS handshake with the target: a certificate
+// that does not verify, an alert, or a target that does not speak TLS.
+func isTLSError(err error) bool {
+	var cve *tls.CertificateVerificationError
+	var rhe tls.RecordHeaderError
+	var ae tls.AlertError
+	var uae x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var cie x509.CertificateInvalidError
+	return errors.As(err, &cve) || errors.As(err, &rhe) || errors.As(err, &ae) || errors.As(err, &uae) || errors.As(err, &he) || errors.As(err, &cie)
 }
 
 func isTimeout(err error) bool {

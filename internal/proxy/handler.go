@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/relay"
 )
@@ -44,6 +45,9 @@ func (s *Server) admit(r *http.Request, req *Request) *Failure {
 	malformed := parseTarget(r, req)
 	if !s.ClientAllowed(req.Client.Addr()) {
 		return clientNotAllowed(req.Client.Addr().String())
+	}
+	if req.Conn != nil && req.Conn.Refusal != nil {
+		return req.Conn.Refusal
 	}
 	if s.Auth != nil && req.Conn == nil {
 		user, pass, err := proxyCredentials(r.Header.Get("Proxy-Authorization"))
@@ -171,7 +175,16 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, req *Reque
 			s.untrack(t)
 		}
 	}()
-	upstream, err := s.Dial(r.Context(), req)
+	d := s.Decide(req)
+	if d.Allow && d.Rule.Inspects() {
+		s.serveInspected(w, r, req)
+		return
+	}
+	if !d.Allow {
+		s.fail(w, r, req, FailureOf(dial.Denied(req.Target, d)))
+		return
+	}
+	upstream, err := s.Dialer.Dial(r.Context(), req.dial)
 	if err != nil {
 		s.fail(w, r, req, FailureOf(err))
 		return
@@ -248,24 +261,27 @@ func (s *Server) relay(t *tunnel, req *Request, rec *accesslog.Record, client, u
 	rec.BytesOut += res.AToB
 	rec.BytesIn += res.BToA
 	if res.Err != nil {
-		rec.Error, rec.Reason = s.tunnelFailure(t, res.Err)
+		rec.Error, rec.Reason = s.tunnelFailure(t, res)
 	}
 	s.finish(req, rec)
 }
 
 // tunnelFailure names why an established tunnel ended in a failure: a kind for the record's error
-// field and the words for its reason.
-func (s *Server) tunnelFailure(t *tunnel, err error) (kind, reason string) {
+// field and the words for its reason. The client is the relay's side a: a reset from it (curl
+// resets a finished HTTP/2 connection) is the client's doing, not a broken tunnel.
+func (s *Server) tunnelFailure(t *tunnel, res relay.Result) (kind, reason string) {
 	s.mu.Lock()
 	aborted := t.aborted
 	s.mu.Unlock()
 	switch {
 	case aborted:
-		return accesslog.ErrorShuttingDown, "the proxy shut down while the tunnel was open (--shutdown-timeout ran out): " + err.Error()
-	case errors.Is(err, relay.ErrIdle):
+		return accesslog.ErrorShuttingDown, "the proxy shut down while the tunnel was open (--shutdown-timeout ran out): " + rootCause(res.Err).Error()
+	case errors.Is(res.Err, relay.ErrIdle):
 		return accesslog.ErrorIdleTimeout, fmt.Sprintf("no byte moved for %s (--tunnel-idle-timeout)", s.TunnelIdleTimeout)
+	case res.ErrSide == relay.SideA:
+		return accesslog.ErrorClientClosed, "the client ended the tunnel with an error: " + rootCause(res.Err).Error()
 	}
-	return accesslog.ErrorTunnelBroken, "the tunnel broke: " + err.Error()
+	return accesslog.ErrorTunnelBroken, "the tunnel broke on the target's side: " + res.Err.Error()
 }
 
 func upstreamAddr(c net.Conn) string {

@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Result is what a finished relay moved and why it ended.
@@ -20,7 +18,20 @@ type Result struct {
 	AToB, BToA int64
 	// Err is the first error of either direction other than a clean end of stream, or nil.
 	Err error
+	// ErrSide is the connection on whose side Err arose: the one a failed read came from, a failed
+	// write went to, or that was reset. SideNone when Err is nil or ErrIdle.
+	ErrSide Side
 }
+
+// Side names a connection of a relay.
+type Side int
+
+// Sides of a relay.
+const (
+	SideNone Side = iota
+	SideA
+	SideB
+)
 
 type closeWriter interface{ CloseWrite() error }
 
@@ -35,9 +46,9 @@ func Pipe(a, b net.Conn, idle time.Duration) Result {
 		res   Result
 		once  sync.Once
 		wg    sync.WaitGroup
-		abort = func(err error) {
+		abort = func(err error, side Side) {
 			once.Do(func() {
-				res.Err = err
+				res.Err, res.ErrSide = err, side
 				Abort(a)
 				Abort(b)
 			})
@@ -51,13 +62,16 @@ func Pipe(a, b net.Conn, idle time.Duration) Result {
 	// One direction runs on the caller's goroutine: an idle tunnel then costs one goroutine less.
 	wg.Add(1)
 	var aShut, bShut atomic.Bool // the relay has half-closed a, b
-	go func() { defer wg.Done(); res.AToB = copyHalf(b, a, &bShut, &aShut, tracker, abort) }()
-	res.BToA = copyHalf(a, b, &aShut, &bShut, tracker, abort)
+	go func() {
+		defer wg.Done()
+		res.AToB = copyHalf(half{b, SideB, &bShut}, half{a, SideA, &aShut}, tracker, abort)
+	}()
+	res.BToA = copyHalf(half{a, SideA, &aShut}, half{b, SideB, &bShut}, tracker, abort)
 	wg.Wait()
 	a.Close()
 	b.Close()
 	if tracker != nil && tracker.fired() {
-		res.Err = ErrIdle
+		res.Err, res.ErrSide = ErrIdle, SideNone
 	}
 	return res
 }
@@ -65,62 +79,54 @@ func Pipe(a, b net.Conn, idle time.Duration) Result {
 // ErrIdle is the Result.Err of a relay ended by its idle timeout.
 var ErrIdle = errors.New("relay idle timeout")
 
-// copyHalf copies src to dst, then half-closes dst and sets dstShut. srcShut says whether the other
-// direction has half-closed src. It is a named function so goroutine dumps show what each relay
-// goroutine is doing.
-func copyHalf(dst, src net.Conn, dstShut, srcShut *atomic.Bool, tracker *idleTracker, abort func(error)) int64 {
+// half is one connection of a relay: which side it is, and whether the relay has half-closed it.
+type half struct {
+	c    net.Conn
+	side Side
+	shut *atomic.Bool
+}
+
+// copyHalf copies src to dst, then half-closes dst and sets its shut flag. It is a named function
+// so goroutine dumps show what each relay goroutine is doing.
+func copyHalf(dst, src half, tracker *idleTracker, abort func(error, Side)) int64 {
 	var n int64
 	var err error
-	if tracker == nil && spliceable(dst, src) {
+	failed := src.side
+	if tracker == nil && spliceable(dst.c, src.c) {
 		// Plain io.Copy keeps the splice(2) fast path between two *net.TCPConn: no user-space
-		// buffer at all.
-		n, err = io.Copy(dst, src)
+		// buffer at all. Its error does not say which socket failed; the one reset does.
+		n, err = io.Copy(dst.c, src.c)
+		if err != nil && !wasReset(src.c) && wasReset(dst.c) {
+			failed = dst.side
+		}
 	} else {
-		n, err = copyBuffered(dst, src, tracker)
+		var writeErr bool
+		n, err, writeErr = copyBuffered(dst.c, src.c, tracker)
+		if writeErr {
+			failed = dst.side
+		}
 	}
-	if err == nil && !srcShut.Load() && wasReset(src) {
+	if err == nil && !src.shut.Load() && wasReset(src.c) {
 		err = syscall.ECONNRESET
 	}
 	if err != nil {
-		abort(err)
+		abort(err, failed)
 		return n
 	}
-	dstShut.Store(true)
-	if cw, ok := dst.(closeWriter); ok {
+	dst.shut.Store(true)
+	if cw, ok := dst.c.(closeWriter); ok {
 		// A failed CloseWrite means the peer is already gone entirely; nothing is lost.
 		cw.CloseWrite()
 	} else {
-		dst.Close()
+		dst.c.Close()
 	}
 	return n
-}
-
-// wasReset reports whether a TCP connection that has just ended with EOF, and on which no FIN of
-// ours has gone out, was in fact reset by its peer. A reset is reported as an error only once, to
-// whichever system call comes first: when the relay's other direction wrote to the connection in
-// between, its read here sees a clean end. The connection's state tells them apart: the peer's FIN
-// leaves it in CLOSE_WAIT, a reset in CLOSE. (After a FIN of ours, a FIN too ends in CLOSE.)
-func wasReset(c net.Conn) bool {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return false
-	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	reset := false
-	rc.Control(func(fd uintptr) {
-		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-		reset = err == nil && info.State == unix.BPF_TCP_CLOSE
-	})
-	return reset
 }
 
 func spliceable(dst, src net.Conn) bool {
 	_, d := dst.(*net.TCPConn)
 	_, s := src.(*net.TCPConn)
-	return d && s
+	return canSplice && d && s
 }
 
 // Buffer sizes of copyBuffered. A relay waits for data holding only a small buffer, so an idle
@@ -136,8 +142,8 @@ const (
 var bufPool = sync.Pool{New: func() any { b := make([]byte, largeBufSize); return &b }}
 
 // copyBuffered copies src to dst until EOF or an error, touching tracker (when non-nil) for every
-// chunk read.
-func copyBuffered(dst, src net.Conn, tracker *idleTracker) (int64, error) {
+// chunk read. writeErr reports that the error came from writing to dst.
+func copyBuffered(dst, src net.Conn, tracker *idleTracker) (n int64, err error, writeErr bool) {
 	small := make([]byte, smallBufSize)
 	buf := small
 	var large *[]byte
@@ -146,7 +152,6 @@ func copyBuffered(dst, src net.Conn, tracker *idleTracker) (int64, error) {
 			bufPool.Put(large)
 		}
 	}()
-	var n int64
 	for {
 		nr, rerr := src.Read(buf)
 		if nr > 0 {
@@ -159,14 +164,14 @@ func copyBuffered(dst, src net.Conn, tracker *idleTracker) (int64, error) {
 				werr = io.ErrShortWrite
 			}
 			if werr != nil {
-				return n, werr
+				return n, werr, true
 			}
 		}
 		if rerr == io.EOF {
-			return n, nil
+			return n, nil, false
 		}
 		if rerr != nil {
-			return n, rerr
+			return n, rerr, false
 		}
 		switch {
 		case large == nil && nr == len(small):

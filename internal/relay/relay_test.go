@@ -77,11 +77,17 @@ func TestHalfClose(t *testing.T) {
 }
 
 // TestFailureResetsPeer: when the upstream side is reset mid-transfer, the client must see a reset,
-// not a clean EOF that would make a truncated transfer look complete.
+// not a clean EOF that would make a truncated transfer look complete, and the result blames b.
 func TestFailureResetsPeer(t *testing.T) {
+	for _, idle := range []time.Duration{0, time.Minute} {
+		testFailureResetsPeer(t, idle)
+	}
+}
+
+func testFailureResetsPeer(t *testing.T, idle time.Duration) {
 	client, proxyA := tcpPair(t)
 	proxyB, server := tcpPair(t)
-	done := runPipe(proxyA, proxyB, 0)
+	done := runPipe(proxyA, proxyB, idle)
 
 	server.Write([]byte("partial"))
 	buf := make([]byte, 7)
@@ -96,8 +102,35 @@ func TestFailureResetsPeer(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("client read error %v, want connection reset", err)
 	}
-	if r := wait(t, done); r.Err == nil {
-		t.Fatal("relay result has no error")
+	if r := wait(t, done); r.Err == nil || r.ErrSide != SideB {
+		t.Fatalf("idle %v: relay result %+v, want an error on side b", idle, r)
+	}
+}
+
+// TestClientResetIsBlamedOnA: a reset from a's peer in the middle of a transfer towards it ends
+// the relay with an error on side a, whether the reset meets a read or a write, with splice
+// (no idle timeout) or a user-space copy.
+func TestClientResetIsBlamedOnA(t *testing.T) {
+	for _, idle := range []time.Duration{0, time.Minute} {
+		client, proxyA := tcpPair(t)
+		proxyB, server := tcpPair(t)
+		done := runPipe(proxyA, proxyB, idle)
+		go func() {
+			chunk := make([]byte, 64<<10)
+			for {
+				if _, err := server.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
+		if _, err := io.ReadFull(client, make([]byte, 1<<20)); err != nil {
+			t.Fatal(err)
+		}
+		client.SetLinger(0)
+		client.Close()
+		if r := wait(t, done); r.Err == nil || r.ErrSide != SideA {
+			t.Fatalf("idle %v: relay result %+v, want an error on side a", idle, r)
+		}
 	}
 }
 
@@ -131,7 +164,7 @@ func TestResetSeenAfterWriteIsPassedOn(t *testing.T) {
 	}
 	var aborted error
 	var bShut, aShut atomic.Bool
-	copyHalf(proxyB, proxyA, &bShut, &aShut, nil, func(err error) { aborted = err; Abort(proxyB) })
+	copyHalf(half{proxyB, SideB, &bShut}, half{proxyA, SideA, &aShut}, nil, func(err error, _ Side) { aborted = err; Abort(proxyB) })
 	if !errors.Is(aborted, syscall.ECONNRESET) {
 		t.Fatalf("the relay ended with %v, want the reset passed on", aborted)
 	}
@@ -145,7 +178,7 @@ func TestResetSeenAfterWriteIsPassedOn(t *testing.T) {
 	proxyB, server = tcpPair(t)
 	client.Close()
 	aborted = nil
-	copyHalf(proxyB, proxyA, &bShut, &aShut, nil, func(err error) { aborted = err })
+	copyHalf(half{proxyB, SideB, &bShut}, half{proxyA, SideA, &aShut}, nil, func(err error, _ Side) { aborted = err })
 	if aborted != nil || wasReset(proxyA) {
 		t.Fatalf("a FIN ended the relay with %v", aborted)
 	}

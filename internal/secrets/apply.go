@@ -106,57 +106,65 @@ func (s *Set) sourceHint() string {
 // checkBound refuses a placeholder of a secret outside bound anywhere in r's target and headers,
 // percent-decoded or not.
 func checkBound(r *http.Request, bound []string) error {
-	check := func(where, s string) error {
-		var err error
-		scan(s, func(sp span) bool {
-			if sp.name != "" && slices.Contains(bound, sp.name) {
-				return true
-			}
-			name := truncate(sp.name)
-			err = &Error{CodeNotBound, name, fmt.Sprintf("a placeholder of secret %q in %s is not bound to this request's rule; only a rule that lists the secret under secrets: may carry it", name, where)}
-			return false
-		})
-		return err
-	}
-	if err := check("the host", r.Host); err != nil {
+	if err := unbound(r.Host, bound, "the host", ""); err != nil {
 		return err
 	}
 	if u := r.URL; u != nil {
 		pass, _ := u.User.Password()
-		for _, part := range []struct{ where, s string }{
+		for _, part := range [...]struct{ where, s string }{
 			{"the URL's host", u.Host}, {"the URL's user", u.User.Username()}, {"the URL's user", pass}, {"the path", u.Path},
 			{"the path", u.RawPath}, {"the path", u.Opaque}, {"the query", u.RawQuery}, {"the fragment", u.Fragment},
 		} {
-			if err := check(part.where, part.s); err != nil {
+			if err := unbound(part.s, bound, part.where, ""); err != nil {
 				return err
 			}
+			if !strings.Contains(part.s, "%") {
+				continue
+			}
 			if dec, err := url.PathUnescape(part.s); err == nil && dec != part.s {
-				if err := check(part.where, dec); err != nil {
+				if err := unbound(dec, bound, part.where, ""); err != nil {
 					return err
 				}
 			}
 		}
-		for _, piece := range strings.Split(u.RawQuery, "&") {
-			if dec, err := url.QueryUnescape(piece); err == nil {
-				if err := check("the query", dec); err != nil {
-					return err
+		if strings.Contains(u.RawQuery, "%") {
+			for _, piece := range strings.Split(u.RawQuery, "&") {
+				if dec, err := url.QueryUnescape(piece); err == nil && dec != piece {
+					if err := unbound(dec, bound, "the query", ""); err != nil {
+						return err
+					}
 				}
 			}
 		}
 	}
 	for k, vs := range r.Header {
 		for _, v := range vs {
-			if err := check("header "+k, v); err != nil {
+			if err := unbound(v, bound, "header ", k); err != nil {
 				return err
 			}
 		}
 	}
 	for k := range r.Trailer {
-		if err := check("a trailer name", k); err != nil {
+		if err := unbound(k, bound, "a trailer name", ""); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// unbound refuses the first placeholder in s of a secret outside bound; where+detail says where s is.
+func unbound(s string, bound []string, where, detail string) error {
+	for i := 0; ; {
+		sp, ok := next(s, i)
+		if !ok {
+			return nil
+		}
+		if sp.name == "" || !slices.Contains(bound, sp.name) {
+			name := truncate(sp.name)
+			return &Error{CodeNotBound, name, fmt.Sprintf("a placeholder of secret %q in %s%s is not bound to this request's rule; only a rule that lists the secret under secrets: may carry it", name, where, detail)}
+		}
+		i = sp.end
+	}
 }
 
 // queryHasEncoded reports whether a query parameter holds a placeholder only once percent-decoded

@@ -23,21 +23,27 @@ type span struct {
 // a placeholder past the binding check by changing its case. The name may be empty or too long; such
 // a placeholder names no secret and is never bound.
 func scan(s string, fn func(span) bool) {
-	for i := 0; i+len(Prefix) <= len(s); {
-		j := indexFold(s[i:], Prefix)
-		if j < 0 {
+	for i := 0; ; {
+		sp, ok := next(s, i)
+		if !ok || !fn(sp) {
 			return
 		}
-		start := i + j
-		end := start + len(Prefix)
-		for end < len(s) && isNameByte(s[end]) {
-			end++
-		}
-		if !fn(span{start, end, strings.ToLower(s[start+len(Prefix) : end])}) {
-			return
-		}
-		i = end
+		i = sp.end
 	}
+}
+
+// next returns the first placeholder in s at or after from.
+func next(s string, from int) (span, bool) {
+	j := indexFold(s[from:], Prefix)
+	if j < 0 {
+		return span{}, false
+	}
+	start := from + j
+	end := start + len(Prefix)
+	for end < len(s) && isNameByte(s[end]) {
+		end++
+	}
+	return span{start, end, strings.ToLower(s[start+len(Prefix) : end])}, true
 }
 
 // contains reports whether s holds a placeholder.

@@ -9,12 +9,13 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 )
 
 // ErrorSNIMismatch is the error of the access record of a connection refused because its
 // destination is not an address its name resolves to.
-const ErrorSNIMismatch = "sni_mismatch"
+const ErrorSNIMismatch = accesslog.ErrorSNIMismatch
 
 // ErrSNIMismatch is wrapped by Verifier.Check's refusals.
 var ErrSNIMismatch = errors.New(ErrorSNIMismatch)

@@ -264,7 +264,7 @@ func normaliseLog(t *testing.T, path, tmpDir string, ports map[int]int) []byte {
 		if rec.Method == "CONNECT" && rec.BytesIn > 0 {
 			rec.BytesIn, rec.BytesOut = 4096, 1024
 		}
-		if rec.Method == "CONNECT" && rec.Error == "tunnel_broken" && strings.Contains(rec.Reason, "connection reset by peer") {
+		if rec.Method == "CONNECT" && rec.Error == "client_closed" && strings.Contains(rec.Reason, "connection reset by peer") {
 			// curl may reset a finished TLS connection instead of closing it.
 			rec.Error, rec.Reason = "", "allowed by rule test-loopback (cidr 127.0.0.0/8, /tmp/test/discovery.yaml line 3)"
 		}

@@ -89,11 +89,10 @@ func TestCurlHTTPAndHTTPSThroughProxy(t *testing.T) {
 	}
 }
 
-// cleanEnd accepts the record of a completed exchange: no error, or a broken tunnel whose reason is
-// a reset by curl, which may close a finished TLS tunnel with unread bytes (the server's
-// close_notify) and so send an RST.
+// cleanEnd accepts the record of a completed exchange: no error, or the client's reset: curl may
+// close a finished TLS tunnel with unread bytes (the server's close_notify) and so send an RST.
 func cleanEnd(rec accesslog.Record) bool {
-	return rec.Error == "" || rec.Error == "tunnel_broken" && strings.Contains(rec.Reason, "connection reset by peer")
+	return rec.Error == "" || rec.Error == "client_closed" && strings.Contains(rec.Reason, "connection reset by peer")
 }
 
 func TestEnforceBlockShowsClearError(t *testing.T) {
