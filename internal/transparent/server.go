@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/proxy"
 )
@@ -197,6 +198,11 @@ func (s *Server) handle(c net.Conn) {
 		req.Target.Host = hello.Name
 	}
 	info.Target = req.Target
+	// The name is decided first: a refused name costs no lookup, and is refused as such.
+	if d := s.Proxy.Decide(req); !d.Allow {
+		s.refuse(c, hello, peeked, req, proxy.FailureOf(dial.Denied(req.Target, d)))
+		return
+	}
 	if hello.Name != "" {
 		if err := s.Verifier.Check(context.Background(), client.Addr(), hello.Name, dst.Addr()); err != nil {
 			s.refuse(c, hello, peeked, req, &proxy.Failure{Status: http.StatusForbidden, Kind: accesslog.ErrorSNIMismatch, Denied: true,
