@@ -76,7 +76,7 @@ func inspectionReady(p *policy.Policy, haveCA bool) error {
 	}
 	for i := range p.Allow {
 		if r := &p.Allow[i]; r.Inspects() {
-			return fmt.Errorf("rule %s inspects HTTPS (http, access or inspect): start the proxy with --ca-cert and --ca-key (swarm-proxy ca init, see docs/inspection.md)", r.Describe(p.Source))
+			return fmt.Errorf("rule %s inspects HTTPS (http, access, inspect, inject or secrets): start the proxy with --ca-cert and --ca-key (swarm-proxy ca init, see docs/inspection.md)", r.Describe(p.Source))
 		}
 	}
 	return nil

@@ -65,6 +65,17 @@ func (r *recorder) port() int { return r.srv.Listener.Addr().(*net.TCPAddr).Port
 // url is the recorder's URL by name (localhost), so that the policy's host rules decide it.
 func (r *recorder) url() string { return fmt.Sprintf("http://localhost:%d", r.port()) }
 
+// inspectionCA writes a CA with "swarm-proxy ca init" and returns the proxy flags that use it: rules
+// with inject or secrets are inspected, and the proxy refuses to start them without a CA.
+func inspectionCA(t *testing.T) []string {
+	t.Helper()
+	dir := t.TempDir()
+	if r := Run(t, nil, binary, "ca", "init", "--dir", dir); r.Code != 0 {
+		t.Fatalf("ca init: exit %d: %s", r.Code, r.Stderr)
+	}
+	return []string{"--ca-cert", filepath.Join(dir, "ca.pem"), "--ca-key", filepath.Join(dir, "ca-key.pem")}
+}
+
 // secretValue is a random value that can only appear in output if the proxy leaked it.
 func secretValue(t *testing.T, prefix string) string {
 	t.Helper()
@@ -182,7 +193,7 @@ missing:
 `, filepath.Join(dir, "github"), llmKey, filepath.Join(dir, "nonexistent")))
 	pol := WriteFile(t, "policy.yaml", secretsPolicy(bound, llm, missing))
 	logFile := filepath.Join(dir, "access.log")
-	p := StartProxy(t, "--policy", pol, "--secrets", secretsFile, "--log-file", logFile)
+	p := StartProxy(t, append(inspectionCA(t), "--policy", pol, "--secrets", secretsFile, "--log-file", logFile)...)
 	p.WaitStderr(`secret=missing`) // logged at start: requests that need it fail closed
 
 	env := agentEnv(t, p.Addr, secretsFile, gh, llmKey)
@@ -297,7 +308,7 @@ func TestSecretsReload(t *testing.T) {
     inject: [{header: X-Api-Key, value: "{{secret:late}}"}]
     secrets: [late]
 `, up.port())))
-	p := StartProxy(t, "--policy", pol, "--secrets", secretsFile)
+	p := StartProxy(t, append(inspectionCA(t), "--policy", pol, "--secrets", secretsFile)...)
 	p.WaitStderr("a policy rule names a secret that the secrets file does not define")
 	get := func() Result {
 		t.Helper()
@@ -404,7 +415,7 @@ func TestSecretsSDKClients(t *testing.T) {
 	dir := t.TempDir()
 	secretsFile := filepath.Join(dir, "secrets.yaml")
 	writePrivate(t, secretsFile, fmt.Sprintf("github:\n  value: %q\n  placeholder_env: GITHUB_TOKEN\nanthropic:\n  value: %q\n  placeholder_env: ANTHROPIC_API_KEY\n", gh, llmKey))
-	p := StartProxy(t, "--policy", WriteFile(t, "policy.yaml", secretsPolicy(github, llm, missing)), "--secrets", secretsFile)
+	p := StartProxy(t, append(inspectionCA(t), "--policy", WriteFile(t, "policy.yaml", secretsPolicy(github, llm, missing)), "--secrets", secretsFile)...)
 	env := append(agentEnv(t, p.Addr, secretsFile, gh, llmKey), "GITHUB_URL="+github.url(), "LLM_URL="+llm.url())
 
 	for _, c := range []struct {
@@ -456,7 +467,7 @@ func TestSecretsBroker(t *testing.T) {
     inject: [{header: Authorization, value: "Bearer {{secret:github}}"}]
     secrets: [github]
 `, up.port())))
-	b := startBroker(t, "--policy", pol, "--secrets", secretsFile)
+	b := startBroker(t, append(inspectionCA(t), "--policy", pol, "--secrets", secretsFile)...)
 	tf, tk := b.ticket("secrets", "1h")
 	prov := b.provider(tf, "secrets", 1)
 

@@ -454,11 +454,21 @@ sys.stdout.write(data.decode(errors="replace"))
 			t.Errorf("record %+v", rec)
 		}
 	})
+	t.Run("doctor", func(t *testing.T) {
+		r := run(binary, "doctor", "--timeout", "5s")
+		line := firstLineWith(r.Stdout, "capture:")
+		if !strings.HasPrefix(line, "ok    capture: captured") {
+			t.Fatalf("doctor in the captured namespace without variables:\n%s%s", r.Stdout, r.Stderr)
+		}
+		t.Logf("doctor: %s", line)
+	})
 	t.Run("logs domains", func(t *testing.T) {
 		r := Run(t, nil, binary, "logs", "domains", logFile)
 		if r.Code != 0 || !strings.Contains(r.Stdout, "DNS LOOKUPS") || !strings.Contains(firstLineWith(r.Stdout, strings.Repeat("a", 60)), "looked up only") {
 			t.Fatalf("exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		t.Logf("logs domains:\n%s", r.Stdout)
+		raw, _ := os.ReadFile(logFile)
+		t.Logf("access log:\n%s", raw)
 	})
 }
