@@ -30,8 +30,8 @@ import (
 	"github.com/swarm-proxy/swarm-proxy/internal/inspect"
 )
 
-// inspectionCA runs `ca init` and `ca bundle` with the built binary and returns the CA's directory.
-func inspectionCA(t *testing.T) string {
+// newInspectionCA runs `ca init` and `ca bundle` with the built binary and returns the CA's directory.
+func newInspectionCA(t *testing.T) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "ca")
 	r := Run(t, nil, binary, "ca", "init", "--dir", dir)
@@ -287,7 +287,7 @@ func TestInspectCurl(t *testing.T) {
 	requireClient(t, "curl", "--version")
 	u := newUpstreamCA(t)
 	it := startInspectTarget(t, u)
-	caDir := inspectionCA(t)
+	caDir := newInspectionCA(t)
 	p := startInspectingProxy(t, it, caDir, u.file)
 	env := agentEnvCA(t, "http://"+p.Addr, caDir)
 	curl := func(args ...string) Result {
@@ -355,7 +355,7 @@ func TestInspectCurl(t *testing.T) {
 func TestInspectSDKClients(t *testing.T) {
 	u := newUpstreamCA(t)
 	it := startInspectTarget(t, u)
-	caDir := inspectionCA(t)
+	caDir := newInspectionCA(t)
 	p := startInspectingProxy(t, it, caDir, u.file)
 	env := agentEnvCA(t, "http://"+p.Addr, caDir)
 
@@ -464,7 +464,7 @@ func TestInspectUnverifiableUpstream(t *testing.T) {
 	requireClient(t, "curl", "--version")
 	u := newUpstreamCA(t)
 	it := startInspectTarget(t, u)
-	caDir := inspectionCA(t)
+	caDir := newInspectionCA(t)
 	p := startInspectingProxy(t, it, caDir, "")
 	env := agentEnvCA(t, "http://"+p.Addr, caDir)
 	r := Run(t, env, "curl", "-sS", "--max-time", "20", "-D", "-", it.base+"/repos/myorg/tool")
@@ -487,7 +487,7 @@ func TestInspectPassthroughRule(t *testing.T) {
 	requireClient(t, "curl", "--version")
 	u := newUpstreamCA(t)
 	it := startInspectTarget(t, u)
-	caDir := inspectionCA(t)
+	caDir := newInspectionCA(t)
 	p := startInspectingProxy(t, it, caDir, u.file)
 	env := agentEnvCA(t, "http://"+p.Addr, caDir)
 	direct, port := u.serve(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "direct "+r.Method) }))
@@ -523,7 +523,7 @@ func TestInspectBroker(t *testing.T) {
 	requireClient(t, "curl", "--version")
 	u := newUpstreamCA(t)
 	it := startInspectTarget(t, u)
-	caDir := inspectionCA(t)
+	caDir := newInspectionCA(t)
 	b := startBroker(t, "--policy", WriteFile(t, "policy.yaml", inspectPolicyFor(it.port)),
 		"--ca-cert", filepath.Join(caDir, "ca.pem"), "--ca-key", filepath.Join(caDir, "ca-key.pem"), "--upstream-ca", u.file)
 	ticketFile, tk := b.ticket("job-inspect", "1h")
