@@ -322,9 +322,10 @@ func orBuiltIn(file string) string {
 	return file
 }
 
-// watchPolicy reloads the policy on SIGHUP and when the file's content changes. A file that does
-// not load is reported and the policy in force stays.
-// check may refuse a policy that parses but cannot be served (a rule that inspects without a CA).
+// watchPolicy reloads the policy on SIGHUP and when the file's content changes, once the file has
+// stopped changing (policy.ReadSettled). A file that does not load is reported and the policy in
+// force stays. check may refuse a policy that parses but cannot be served (a rule that inspects
+// without a CA).
 func watchPolicy(ctx context.Context, path string, poll time.Duration, h *policy.Holder, check func(*policy.Policy) error, changed func(), logger *slog.Logger) {
 	hup := notifyHangup()
 	defer stopHangup(hup)
@@ -336,7 +337,11 @@ func watchPolicy(ctx context.Context, path string, poll time.Duration, h *policy
 		tick = t.C
 	}
 	reload := func(why string) {
-		data, err := os.ReadFile(path)
+		// A file being rewritten in place is taken only once it has stopped changing.
+		data, err := policy.ReadSettled(ctx, path, policy.DefaultSettle)
+		if ctx.Err() != nil {
+			return
+		}
 		if err != nil {
 			logger.Error("policy reload failed; keeping the policy in force", "file", path, "trigger", why, "err", err)
 			return
