@@ -48,4 +48,6 @@ func (u Upstream) Dial(ctx context.Context, req *dial.Request) (net.Conn, error)
 
 // DialAddr opens a tunnel to addr (HOST:PORT) through the upstream proxy, for callers that are not
 // a request (the DNS guard asking its upstream resolver over TCP).
-func (u Upstream) DialAddr(ctx context.Context, addr string) (net.Conn, error) { return u.D.Dial(ctx, addr) }
+func (u Upstream) DialAddr(ctx context.Context, addr string) (net.Conn, error) {
+	return u.D.Dial(ctx, addr)
+}
