@@ -52,7 +52,7 @@ func checkTrust(ctx context.Context, c Config, env func(string) string, add func
 	}
 
 	type tool struct {
-		name, fix string
+		name, fix  string
 		from, path string // where the path came from (a variable, or a default), and the file
 	}
 	var tools []tool
