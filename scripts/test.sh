@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 need=()
 for pair in curl:curl ssh:openssh-client sshd:openssh-server git:git pip3:python3-pip \
             npm:npm node:nodejs ip:iproute2 iptables:iptables nft:nftables squid:squid tinyproxy:tinyproxy \
-            docker-compose:docker-compose fish:fish openssl:openssl python3:python3; do
+            docker-compose:docker-compose fish:fish openssl:openssl python3:python3 dig:dnsutils setpriv:util-linux; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/cli"
@@ -15,7 +16,12 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := cli.Run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "swarm-proxy:", err)
+		// Most errors already start with the command that failed ("swarm-proxy proxy: ...").
+		msg := err.Error()
+		if !strings.HasPrefix(msg, "swarm-proxy") {
+			msg = "swarm-proxy: " + msg
+		}
+		fmt.Fprintln(os.Stderr, msg)
 		os.Exit(cli.ExitCode(err))
 	}
 }

@@ -43,28 +43,32 @@ const (
 // Values of the error field: a machine-readable kind, never a sentence (the words go in the reason
 // field). The README's list of kinds is tested against ErrorKinds.
 const (
-	ErrorNoRule            = "no_rule_matched"       // enforce mode: no allow rule matched the target
-	ErrorDeniedByRule      = "denied_by_rule"        // a deny rule matched
-	ErrorPrivateAddress    = "private_address"       // the target is or resolves to a special-purpose address
-	ErrorClientNotAllowed  = "client_not_allowed"    // the client is not in --allow-clients
-	ErrorAuth              = "auth"                  // broker mode: missing or wrong session ticket
-	ErrorBadRequest        = "bad_request"           // a malformed request, or not a proxy request
-	ErrorCommandNotSupport = "command_not_supported" // SOCKS5: a command other than CONNECT
-	ErrorResolve           = "resolve"               // the target's name did not resolve
-	ErrorRefused           = "refused"               // the target refused or reset the connection
-	ErrorUnreachable       = "unreachable"           // no route to the target, or another network error
-	ErrorTimeout           = "timeout"               // the target did not connect or answer in time
-	ErrorNoProvider        = "no_provider"           // broker mode: no provider serves the session
-	ErrorInternal          = "internal"              // a fault of swarm-proxy itself
-	ErrorUpstream          = "upstream"              // the target's response was malformed or broke off
-	ErrorClientClosed      = "client_closed"         // the client left before the response or tunnel was complete
-	ErrorTunnelBroken      = "tunnel_broken"         // a tunnel failed on the target's (or provider's) side
-	ErrorIdleTimeout       = "idle_timeout"          // a tunnel moved no byte for --tunnel-idle-timeout
-	ErrorShuttingDown      = "shutting_down"         // refused or cut because the proxy is shutting down
-	ErrorSecretNotBound    = "secret_not_bound"      // a secret's placeholder in a request whose rule does not list the secret
-	ErrorSecretUnavailable = "secret_unavailable"    // a secret the rule needs has no value (unset variable, unreadable file)
-	ErrorSNIMismatch       = "sni_mismatch"          // transparent: the destination is not an address of the name the client sent
-	ErrorNotRedirected     = "not_redirected"        // transparent: a connection the firewall did not redirect
+	ErrorNoRule             = "no_rule_matched"       // enforce mode: no allow rule matched the target
+	ErrorDeniedByRule       = "denied_by_rule"        // a deny rule matched
+	ErrorPrivateAddress     = "private_address"       // the target is or resolves to a special-purpose address
+	ErrorClientNotAllowed   = "client_not_allowed"    // the client is not in --allow-clients
+	ErrorAuth               = "auth"                  // broker mode: missing or wrong session ticket
+	ErrorBadRequest         = "bad_request"           // a malformed request, or not a proxy request
+	ErrorCommandNotSupport  = "command_not_supported" // SOCKS5: a command other than CONNECT
+	ErrorResolve            = "resolve"               // the target's name did not resolve
+	ErrorRefused            = "refused"               // the target refused or reset the connection
+	ErrorUnreachable        = "unreachable"           // no route to the target, or another network error
+	ErrorTimeout            = "timeout"               // the target did not connect or answer in time
+	ErrorNoProvider         = "no_provider"           // broker mode: no provider serves the session
+	ErrorInternal           = "internal"              // a fault of swarm-proxy itself
+	ErrorUpstream           = "upstream"              // the target's response was malformed or broke off
+	ErrorClientClosed       = "client_closed"         // the client left before the response or tunnel was complete
+	ErrorTunnelBroken       = "tunnel_broken"         // a tunnel failed on the target's (or provider's) side
+	ErrorIdleTimeout        = "idle_timeout"          // a tunnel moved no byte for --tunnel-idle-timeout
+	ErrorShuttingDown       = "shutting_down"         // refused or cut because the proxy is shutting down
+	ErrorSecretNotBound     = "secret_not_bound"      // a secret's placeholder in a request whose rule does not list the secret
+	ErrorSecretUnavailable  = "secret_unavailable"    // a secret the rule needs has no value (unset variable, unreadable file)
+	ErrorHTTPRuleNotMatched = "http_rule_not_matched" // inspected: no http entry of the rule allows the method and path
+	ErrorAmbiguousPath      = "ambiguous_path"        // inspected: a path a server could read two ways (dot segments, //, %2F...)
+	ErrorUpstreamTLS        = "upstream_tls"          // the target's TLS certificate did not verify (or it spoke no TLS)
+	ErrorClientTLS          = "client_tls"            // the client's TLS handshake with the inspecting proxy failed
+	ErrorSNIMismatch        = "sni_mismatch"          // transparent: the destination is not an address of the name the client sent
+	ErrorNotRedirected      = "not_redirected"        // transparent: a connection the firewall did not redirect
 	// The DNS guard's own kinds (DNSRecord), beside no_rule_matched and denied_by_rule.
 	ErrorDNSSuspicious  = FlagDNSSuspicious // refused as likely data tunnelled through DNS
 	ErrorDNSBadQuery    = "bad_query"       // not a standard query of class IN
@@ -78,6 +82,7 @@ var ErrorKinds = []string{
 	ErrorBadRequest, ErrorCommandNotSupport, ErrorResolve, ErrorRefused, ErrorUnreachable,
 	ErrorTimeout, ErrorNoProvider, ErrorInternal, ErrorUpstream, ErrorClientClosed,
 	ErrorTunnelBroken, ErrorIdleTimeout, ErrorShuttingDown, ErrorSecretNotBound, ErrorSecretUnavailable,
+	ErrorHTTPRuleNotMatched, ErrorAmbiguousPath, ErrorUpstreamTLS, ErrorClientTLS,
 	ErrorSNIMismatch, ErrorNotRedirected,
 	ErrorDNSSuspicious, ErrorDNSBadQuery, ErrorDNSInvalidName, ErrorDNSUpstream,
 }

@@ -27,7 +27,7 @@ type tunnelFlags struct {
 func (f *tunnelFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.ticket, "ticket", "", "broker mode: ticket file from \"swarm-proxy ticket --json\"")
 	fs.StringVar(&f.broker, "broker", "", "with --ticket: the broker's proxy address HOST:PORT (default: broker_addr from the ticket)")
-	fs.StringVar(&f.proxy, "proxy", "", "an HTTP CONNECT proxy: http://[user:pass@]host:port (e.g. swarm-proxy proxy)")
+	fs.StringVar(&f.proxy, "proxy", "", "an HTTP CONNECT proxy: HOST:PORT or http://[user:pass@]HOST:PORT (e.g. swarm-proxy proxy)")
 	fs.DurationVar(&f.timeout, "connect-timeout", connectclient.DefaultTimeout, "bound on reaching the proxy and getting its answer")
 }
 
@@ -43,9 +43,9 @@ func (f *tunnelFlags) dialer() (*connectclient.Dialer, error) {
 		if f.broker != "" {
 			return nil, errors.New("--broker goes with --ticket; with --proxy put the address in the URL")
 		}
-		d, err = connectclient.FromURL(f.proxy)
+		d, err = connectclient.FromURL(proxyFlagURL(f.proxy))
 	default:
-		return nil, errors.New("say how to reach the target: --ticket FILE (broker) or --proxy http://host:port")
+		return nil, errors.New("say how to reach the target: --ticket FILE (broker) or --proxy HOST:PORT")
 	}
 	if err != nil {
 		return nil, err

@@ -179,7 +179,7 @@ func TestPolicyGenerateReplayRoundTrip(t *testing.T) {
 	if r.err == nil || !strings.Contains(r.err.Error(), "no records") {
 		t.Errorf("empty input: %v", r.err)
 	}
-	if r := runCLI(t, "", "policy", "replay"); r.err == nil || ExitCode(r.err) != 1 {
+	if r := runCLI(t, "", "policy", "replay"); r.err == nil || ExitCode(r.err) != ExitUsage {
 		t.Errorf("replay without POLICY: %v", r.err)
 	}
 }

@@ -51,7 +51,7 @@ user, required so that its connections are not redirected back to it) are not re
 				cfg.Capture = &firewall.Capture{ProxyPort: proxyPort, DNSPort: dnsPort}
 			}
 			for _, p := range proxies {
-				host, port, err := firewall.ParseProxy(p)
+				host, port, err := firewall.ParseProxy(proxyHostPort(p))
 				if err != nil {
 					return err
 				}
@@ -93,7 +93,7 @@ user, required so that its connections are not redirected back to it) are not re
 		},
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&proxies, "proxy", nil, "the proxy the agent may reach, HOST:PORT (required; repeat it, or separate with commas, for the SOCKS5 port too)")
+	f.StringSliceVar(&proxies, "proxy", nil, "the proxy the agent may reach, HOST:PORT or http://HOST:PORT (required; repeat it, or separate with commas, for the SOCKS5 port too)")
 	f.StringSliceVar(&dns, "dns", nil, "DNS server addresses the agent may query on port 53 (default: none)")
 	f.UintSliceVar(&allowUIDs, "allow-uid", nil, "user ids whose processes may connect anywhere: the proxy's own user when it shares the agent's namespace (e.g. a Kubernetes sidecar on 127.0.0.1)")
 	f.BoolVar(&capture, "transparent", false, "redirect the agent's TCP (and DNS with --dns-port) to the proxy in this namespace: transparent capture")

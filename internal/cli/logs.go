@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -37,7 +38,8 @@ was looked up but never connected to is shown as such.
 
 FILES are access logs as the proxy writes them, plain or gzip-compressed, so rotated files can be
 given together (access*.log*). With no FILES, or "-", the log is read from standard input.
-Malformed lines are skipped and reported on standard error.`,
+Malformed lines are skipped and reported on standard error; a file in which no line is an access-log
+record is an error (exit 1).`,
 		Example: `  swarm-proxy logs domains /var/log/swarm-proxy/access*.log*
   swarm-proxy logs domains --by session --since 2h access.log
   swarm-proxy logs domains --blocked-only --json access.log | jq '.hosts[].host'`,
@@ -157,6 +159,19 @@ func readLogs(cmd *cobra.Command, files []string, fn func(*logstats.Entry)) (*lo
 	st, err := logstats.Read(cmd.Context(), sources, fn)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cmd.CommandPath(), err)
+	}
+	// A report of nothing from a file that is not an access log would look like a quiet log.
+	var notLogs []error
+	for _, nl := range st.NotLogs {
+		why := ""
+		if nl.First.Reason != "" {
+			why = fmt.Sprintf(" (line %d: %s)", nl.First.Line, nl.First.Reason)
+		}
+		notLogs = append(notLogs, fmt.Errorf("%s: %s is not a swarm-proxy access log: none of its %d %s is an access-log record%s",
+			cmd.CommandPath(), nl.Source, nl.Lines, pluralS(int(nl.Lines), "line"), why))
+	}
+	if err := errors.Join(notLogs...); err != nil {
+		return nil, err
 	}
 	for _, w := range st.Warnings() {
 		fmt.Fprintf(cmd.ErrOrStderr(), "%s: warning: %s\n", cmd.CommandPath(), w)

@@ -26,9 +26,11 @@ func newPolicyReplayCmd() *cobra.Command {
 denied (grouped by host, with the clients that would break) and what would be allowed.
 
 Exit status: 0 when everything observed would be allowed, 3 when something would be denied, 1 on
-errors. Names are judged by the rules alone: the proxy resolves a name when it dials, and refuses it
-then if it resolves to a private, loopback or metadata address that no allow cidr rule covers.
-LOGS are plain or gzip-compressed; with none, or "-", standard input is read.`,
+errors, 2 on a wrong command line. A request is decided with the address the proxy dialed for it
+(the log's upstream), so the rule named is the one the proxy logs; without one, by its name (a
+localhost name at its loopback addresses). Replay resolves nothing: the proxy resolves a name when
+it dials, and refuses it then if it resolves to a private, loopback or metadata address that no
+allow cidr rule covers. LOGS are plain or gzip-compressed; with none, or "-", standard input is read.`,
 		Example: `  swarm-proxy policy replay policy.yaml /var/log/swarm-proxy/access*.log*
   swarm-proxy policy replay --json policy.yaml access.log > replay.json`,
 		Args: func(cmd *cobra.Command, args []string) error {

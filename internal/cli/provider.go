@@ -104,7 +104,7 @@ carries it). The ticket must be a provider ticket (swarm-proxy ticket --role pro
 			holder := policy.NewHolder(pol)
 			if policyFile != "" {
 				// Streams dial under the policy in force when they open; no cached state to drop.
-				go watchPolicy(cmd.Context(), policyFile, policyPoll, holder, func() {}, logger)
+				go watchPolicy(cmd.Context(), policyFile, policyPoll, holder, nil, func() {}, logger)
 			}
 			p := &tunnel.Provider{
 				Broker:       broker,

@@ -43,13 +43,14 @@ type frontendFlags struct {
 	tunnelIdleTimeout time.Duration
 	policyPoll        time.Duration
 	logLevel          string
+	inspect           inspectFlags
 	// capture holds the transparent capture and DNS guard flags of the proxy command; nil for the
 	// broker, whose clients come with tickets.
 	capture *captureFlags
 }
 
 func (f *frontendFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "address for proxy clients (HTTP forward and CONNECT)")
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "address for proxy clients (HTTP forward and CONNECT): HOST:PORT, :PORT for every interface, PORT for loopback")
 	fs.StringVar(&f.socksListen, "socks-listen", "", "address for SOCKS5 clients, same policy and log as --listen (empty disables)")
 	fs.StringVar(&f.adminListen, "admin-listen", "127.0.0.1:9090", "address for /healthz, /readyz and /metrics (empty disables)")
 	fs.StringVar(&f.policyFile, "policy", "", "policy.yaml; without it: discovery mode, private and metadata addresses refused")
@@ -66,12 +67,23 @@ func (f *frontendFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.tunnelIdleTimeout, "tunnel-idle-timeout", 0, "end tunnels that moved no byte this long (0: never)")
 	fs.DurationVar(&f.policyPoll, "policy-poll", 2*time.Second, "how often to check the policy file for changes (0: only on SIGHUP)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "operational log level on stderr: debug, info, warn, error")
+	f.inspect.register(fs)
 }
 
 func (f *frontendFlags) validate() error {
 	var errs []error
 	if f.listen == "" {
 		errs = append(errs, errors.New("--listen must not be empty"))
+	}
+	for _, l := range []struct {
+		name string
+		v    *string
+	}{{"listen", &f.listen}, {"socks-listen", &f.socksListen}, {"admin-listen", &f.adminListen}} {
+		addr, err := listenAddr(l.name, *l.v)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		*l.v = addr
 	}
 	for _, c := range f.allowClients {
 		if _, err := netip.ParsePrefix(c); err != nil {
@@ -88,6 +100,9 @@ func (f *frontendFlags) validate() error {
 	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
 		errs = append(errs, fmt.Errorf("--log-level: %q is not debug, info, warn or error", f.logLevel))
 	}
+	if err := f.inspect.validate(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -99,6 +114,12 @@ func newProxyCmd() *cobra.Command {
 		Long: `Run the egress proxy. Agents use it through HTTP_PROXY/HTTPS_PROXY. Every request and tunnel is
 decided by the policy (discovery: log everything, block only what is denied; enforce: allow only
 what an allow rule names) and written as one JSON line to the access log.`,
+		Example: `  # discovery mode on 127.0.0.1:8080 (admin on 127.0.0.1:9090), the access log on stdout
+  swarm-proxy proxy
+  # enforce policy.yaml, the access log in a file rotated at 100 MB
+  swarm-proxy proxy --policy policy.yaml --log-file access.log
+  # in a container: every interface, SOCKS5 too (clients from private ranges only, see --allow-clients)
+  swarm-proxy proxy --listen :8080 --socks-listen :1080 --admin-listen :9090 --policy policy.yaml`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.validate(); err != nil {
@@ -142,6 +163,9 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		}
 		pol = p
 	}
+	if err := inspectionReady(pol, f.inspect.caCert != ""); err != nil {
+		return err
+	}
 	sec, err := loadSecrets(f.secretsFile, logger)
 	if err != nil {
 		return err
@@ -168,6 +192,9 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		AllowClients: allow, UpstreamTimeout: f.upstreamTimeout, IdleTimeout: f.idleTimeout,
 		TunnelIdleTimeout: f.tunnelIdleTimeout, ReadHeaderTimeout: f.headerTimeout,
 		Mutate: secretsHook{sec}.mutate, ModifyResponse: secretsHook{sec}.modifyResponse, Health: rt.health,
+	}
+	if err := f.inspect.setup(srv, rt.registry); err != nil {
+		return err
 	}
 
 	ln, err := net.Listen("tcp", f.listen)
@@ -206,7 +233,8 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 	reloadCtx, stopReload := context.WithCancel(ctx)
 	defer stopReload()
 	if f.policyFile != "" {
-		go watchPolicy(reloadCtx, f.policyFile, f.policyPoll, rt.policy, func() {
+		haveCA := f.inspect.caCert != ""
+		go watchPolicy(reloadCtx, f.policyFile, f.policyPoll, rt.policy, func(p *policy.Policy) error { return inspectionReady(p, haveCA) }, func() {
 			srv.PolicyChanged()
 			warnUnknownSecrets(rt.policy.Load(), sec.Load(), logger)
 		}, logger)
@@ -302,9 +330,11 @@ func orBuiltIn(file string) string {
 	return file
 }
 
-// watchPolicy reloads the policy on SIGHUP and when the file's content changes. A file that does
-// not load is reported and the policy in force stays.
-func watchPolicy(ctx context.Context, path string, poll time.Duration, h *policy.Holder, changed func(), logger *slog.Logger) {
+// watchPolicy reloads the policy on SIGHUP and when the file's content changes, once the file has
+// stopped changing (policy.ReadSettled). A file that does not load is reported and the policy in
+// force stays. check may refuse a policy that parses but cannot be served (a rule that inspects
+// without a CA).
+func watchPolicy(ctx context.Context, path string, poll time.Duration, h *policy.Holder, check func(*policy.Policy) error, changed func(), logger *slog.Logger) {
 	hup := notifyHangup()
 	defer stopHangup(hup)
 	last, _ := os.ReadFile(path)
@@ -315,7 +345,11 @@ func watchPolicy(ctx context.Context, path string, poll time.Duration, h *policy
 		tick = t.C
 	}
 	reload := func(why string) {
-		data, err := os.ReadFile(path)
+		// A file being rewritten in place is taken only once it has stopped changing.
+		data, err := policy.ReadSettled(ctx, path, policy.DefaultSettle)
+		if ctx.Err() != nil {
+			return
+		}
 		if err != nil {
 			logger.Error("policy reload failed; keeping the policy in force", "file", path, "trigger", why, "err", err)
 			return
@@ -325,6 +359,9 @@ func watchPolicy(ctx context.Context, path string, poll time.Duration, h *policy
 		}
 		last = data
 		p, err := policy.Parse(path, data)
+		if err == nil && check != nil {
+			err = check(p)
+		}
 		if err != nil {
 			logger.Error("policy reload rejected; keeping the policy in force", "file", path, "trigger", why, "err", err)
 			return

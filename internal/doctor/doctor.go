@@ -1,7 +1,8 @@
 // Package doctor checks, from inside an agent's environment, what the agent will actually do with
 // its proxy settings: whether the proxy variables are present and well-formed, whether the proxy
 // answers and is healthy, whether requests through it are allowed or blocked as the policy says, and
-// which installed tools will honour the variables. Each check yields one Result with a fix.
+// which installed tools will honour the variables, and whether a tool that ignores them is captured
+// by swarm-proxy's transparent listener. Each check yields one Result with a fix.
 package doctor
 
 import (
@@ -85,6 +86,10 @@ type Config struct {
 	LookPath func(string) (string, error)
 	// Output runs a tool and returns its standard output; nil runs the process.
 	Output func(ctx context.Context, name string, args ...string) (string, error)
+	// CaptureProbe is where the capture check connects directly; empty means DefaultCaptureProbe.
+	CaptureProbe string
+	// DialDirect makes the capture check's direct connection; nil means a net.Dialer.
+	DialDirect func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 func (c *Config) defaults() {
@@ -136,6 +141,7 @@ func Run(ctx context.Context, c Config, emit func(Result)) []Result {
 		}
 	}
 	checkTools(ctx, c, env, add)
+	checkCapture(ctx, c, add)
 	return out
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -203,6 +204,7 @@ func TestRun(t *testing.T) {
 				return "", errors.New("not found")
 			}
 			cfg.Output = func(_ context.Context, name string, _ ...string) (string, error) { return tt.tools[name], nil }
+			cfg.DialDirect = refuseDirect // the capture check: nothing leaves the machine
 			var lines []string
 			results := Run(context.Background(), cfg, func(r Result) { lines = append(lines, r.String()) })
 			out := strings.Join(lines, "\n")
@@ -283,4 +285,9 @@ func FuzzParseProxyURL(f *testing.F) {
 			t.Fatalf("redact broke %q: %v", s, err)
 		}
 	})
+}
+
+// refuseDirect stands for a firewall that refuses direct connections.
+func refuseDirect(context.Context, string, string) (net.Conn, error) {
+	return nil, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
 }

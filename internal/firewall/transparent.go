@@ -68,13 +68,15 @@ func (c Config) captureRules() []natRule {
 		rs = append(rs, natRule{fmt.Sprintf("-m owner --uid-owner %d", uid), fmt.Sprintf("meta skuid %d", uid), "return", 0,
 			fmt.Sprintf("uid %d (--allow-uid: the proxy) is not redirected, so it does not loop", uid)})
 	}
-	rs = append(rs, natRule{"-o lo", `oifname "lo"`, "return", 0, "loopback stays local: the agent's own services and the proxy's listeners"})
+	// DNS comes before loopback: a resolver on loopback (Docker's 127.0.0.11, systemd-resolved's
+	// 127.0.0.53) would otherwise answer the agent without the guard.
 	if d := c.Capture.DNSPort; d != 0 {
 		for _, proto := range []string{"udp", "tcp"} {
 			rs = append(rs, natRule{fmt.Sprintf("-p %s --dport 53", proto), fmt.Sprintf("%s dport 53", proto), "redirect", d,
-				fmt.Sprintf("DNS over %s to the DNS guard", proto)})
+				fmt.Sprintf("DNS over %s to the DNS guard, loopback resolvers included", proto)})
 		}
 	}
+	rs = append(rs, natRule{"-o lo", `oifname "lo"`, "return", 0, "loopback stays local: the agent's own services and the proxy's listeners"})
 	return append(rs, natRule{"-p tcp", "meta l4proto tcp", "redirect", c.Capture.ProxyPort,
 		"every other TCP connection goes to the transparent listener"})
 }

@@ -157,6 +157,18 @@ func TestCaptureRedirects(t *testing.T) {
 					}
 					q.Close()
 				}
+				// A resolver on loopback (Docker's 127.0.0.11) is no way around the guard.
+				q, err := net.Dial("udp", "127.0.0.11:53")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				q.Write([]byte("query"))
+				udp["10.9.0.2"].SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, _, err := udp["10.9.0.2"].ReadFrom(make([]byte, 16)); err != nil {
+					t.Errorf("UDP 53 to a loopback resolver was not redirected to the guard: %v", err)
+				}
+				q.Close()
 				// Anything else is still refused: UDP to another port.
 				u, _ := net.Dial("udp", "10.9.0.2:123")
 				u.Write([]byte("ntp"))

@@ -61,6 +61,15 @@ type Stats struct {
 	// Truncated lists sources whose compressed stream ended early or could not be read to the end;
 	// the lines before the damage were used.
 	Truncated []string
+	// NotLogs are the sources that had lines but not one record: not access logs.
+	NotLogs []NotLog
+}
+
+// NotLog is a source in which no line is a record.
+type NotLog struct {
+	Source string
+	Lines  int64
+	First  Location // the first line and why it is not a record; zero when not kept
 }
 
 // Warnings are the problems worth telling a person about, one sentence each; nil when there were none.
@@ -97,8 +106,16 @@ func Read(ctx context.Context, sources []Source, fn func(*Entry)) (*Stats, error
 	d := newDecoder()
 	br := bufio.NewReaderSize(nil, MaxLineBytes)
 	for _, src := range sources {
+		lines, records, reported := st.Lines, st.Records, len(st.MalformedAt)
 		if err := readOne(ctx, src, d, br, st, fn); err != nil {
 			return st, err
+		}
+		if st.Lines > lines && st.Records == records {
+			nl := NotLog{Source: src.Name, Lines: st.Lines - lines}
+			if len(st.MalformedAt) > reported {
+				nl.First = st.MalformedAt[reported]
+			}
+			st.NotLogs = append(st.NotLogs, nl)
 		}
 	}
 	return st, nil

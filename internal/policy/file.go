@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -70,26 +70,34 @@ func Load(path string) (*Policy, error) {
 // Parse parses and validates a policy file. name is used in error messages and reasons. All problems
 // are reported at once, each as "name:line: problem".
 func Parse(name string, data []byte) (*Policy, error) {
-	var f File
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%w: %s: the file is empty; it needs at least \"mode: enforce\" or \"mode: discovery\"", ErrInvalid, name)
-		}
-		return nil, fmt.Errorf("%w:\n%s", ErrInvalid, yamlMessage(name, err))
-	}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, fmt.Errorf("%w:\n%s", ErrInvalid, yamlMessage(name, err))
 	}
-	lines := ruleLines(&doc)
-
-	p := &Policy{Source: name}
+	if len(doc.Content) == 0 {
+		return nil, fmt.Errorf("%w: %s: the file is empty; it needs at least \"mode: enforce\" or \"mode: discovery\"", ErrInvalid, name)
+	}
 	var problems []problemAt
 	problem := func(line int, format string, args ...any) {
 		problems = append(problems, problemAt{line, fmt.Sprintf(format, args...)})
 	}
+	// The YAML parses: a value of the wrong type or an unknown key is one more problem, and the rest
+	// of the file is checked too (yaml decodes everything else), so that one run reports them all.
+	var f File
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, fmt.Errorf("%w:\n%s", ErrInvalid, yamlMessage(name, err))
+		}
+		for _, m := range te.Errors {
+			problems = append(problems, decodeProblem(&doc, m))
+		}
+	}
+	lines := ruleLines(&doc)
+
+	p := &Policy{Source: name}
 	if f.Version != 0 && f.Version != CurrentVersion {
 		problem(lines.key["version"], "version %d is not supported (this build reads version %d)", f.Version, CurrentVersion)
 	}
@@ -349,6 +357,24 @@ var knownKeys = map[string]struct{ what, keys string }{
 	"RuleSpec":   {"rule", "host, cidr, ports, name, comment, http, access, inspect, inject, secrets"},
 	"HTTPSpec":   {"http entry", "methods, paths"},
 	"InjectSpec": {"header injection", "header, value"},
+}
+
+// decodeProblem is one of yaml's decoding messages ("line 4: cannot unmarshal ...") as a problem in
+// the policy's words.
+func decodeProblem(doc *yaml.Node, m string) problemAt {
+	loc := yamlLineRE.FindStringSubmatch(m)
+	if loc == nil {
+		return problemAt{1, m}
+	}
+	line, _ := strconv.Atoi(loc[1])
+	m = m[len(loc[0]):]
+	if k := unknownKeyRE.FindStringSubmatch(m); k != nil {
+		return problemAt{line, fmt.Sprintf("unknown key %q (a %s has: %s)", k[1], knownKeys[k[2]].what, knownKeys[k[2]].keys)}
+	}
+	if msg, ok := typeMessage(doc, line, m); ok {
+		return problemAt{line, msg}
+	}
+	return problemAt{line, m}
 }
 
 // yamlMessage turns yaml.v3's "yaml: line 3: problem" into "name:3: problem", so that every message

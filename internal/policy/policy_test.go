@@ -156,7 +156,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad mode", "mode: block\n", "p.yaml:1: mode \"block\" is not valid"},
 		{"unknown key", "mode: enforce\nalow:\n  - host: x\n", `p.yaml:2: unknown key "alow" (a policy file has: version, mode, allow, deny)`},
 		{"bad yaml", "mode: enforce\nallow: [\n", "p.yaml:2: did not find expected node content"},
-		{"wrong type", "mode: enforce\nallow:\n  - host: x\n    ports: 443\n", "p.yaml:4: cannot unmarshal"},
+		{"wrong type", "mode: enforce\nallow:\n  - host: x\n    ports: 443\n", "p.yaml:4: ports must be a list, e.g. ports: [443]"},
 		{"future version", "version: 2\nmode: enforce\n", "p.yaml:1: version 2 is not supported"},
 		{"wildcard ip", "mode: enforce\nallow:\n  - host: '*.10.0.0.1'\n", "wildcards apply to names"},
 	}
@@ -252,11 +252,16 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("mode: enforce\nallow:\n  - cidr: ::/0\n    ports: [1, 65535]\n"))
 	f.Add([]byte("mode: enforce\nallow: {a: b}\n"))
 	f.Add([]byte(inspectPolicy))
+	f.Add([]byte("mode: enforce\nallow:\n  - {host: x, ports: 443}\n  - y\ndeny: {host: z}\n"))
+	f.Add([]byte("version: [1]\nmode: [enforce]\nallow:\n  - host: {a: b}\n    inspect: 3\n    http: [x]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("fuzz.yaml", data)
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("error does not wrap ErrInvalid: %v", err)
+			}
+			if strings.Contains(err.Error(), "unmarshal") {
+				t.Fatalf("a type error in yaml's words: %v", err)
 			}
 			return
 		}
@@ -359,5 +364,61 @@ func TestLoopbackAddrs(t *testing.T) {
 		if got := LoopbackAddrs(host); len(got) != want || want > 0 && !got[0].IsLoopback() {
 			t.Errorf("LoopbackAddrs(%q) = %v", host, got)
 		}
+	}
+}
+
+// TestParseTypeErrors: a value of the wrong type is reported in the policy's words, with the line
+// and an example of the right form, never as yaml's "cannot unmarshal".
+func TestParseTypeErrors(t *testing.T) {
+	tests := []struct{ name, src, want string }{
+		{"ports scalar", "mode: enforce\nallow:\n  - host: x\n    ports: 443\n", "p.yaml:4: ports must be a list, e.g. ports: [443]"},
+		{"ports in flow rule", "mode: enforce\nallow:\n  - {host: x, ports: 8080}\n", "p.yaml:3: ports must be a list, e.g. ports: [8080]"},
+		{"port not a number", "mode: enforce\nallow:\n  - host: x\n    ports: [80, https]\n", `p.yaml:4: ports: "https" is not a port number; write the number, e.g. ports: [443]`},
+		{"host list", "mode: enforce\nallow:\n  - host: [a.example, b.example]\n", "p.yaml:3: host must be a single value, not a list; e.g. host: api.github.com"},
+		{"rule not a mapping", "mode: enforce\nallow:\n  - api.github.com.example\n", `p.yaml:3: each entry of allow must be a mapping, not "api.github.com.example"; e.g. allow: [{host: api.github.com, ports: [443]}]`},
+		{"deny not a list", "mode: enforce\ndeny:\n  host: evil.example\n", `p.yaml:3: deny must be a list, e.g. deny: [{host: "*.pastebin.com"}]`},
+		{"inspect not a bool", "mode: enforce\nallow:\n  - host: x\n    inspect: maybe\n", `p.yaml:4: inspect must be true or false, not "maybe"`},
+		{"version not a number", "version: one\nmode: enforce\n", "p.yaml:1: version must be a number, e.g. version: 1"},
+		{"file not a mapping", "- mode: enforce\n", `p.yaml:1: a policy file is a mapping of version, mode, allow and deny, e.g. "mode: enforce"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("p.yaml", []byte(tt.src))
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "unmarshal") {
+				t.Fatalf("err = %v\nwant %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestParseReportsEveryProblem: where the YAML parses, one Parse reports every problem of the
+// file, in line order: types, unknown keys and rule checks together.
+func TestParseReportsEveryProblem(t *testing.T) {
+	src := `mode: enforse
+allow:
+  - host: api.github.com
+    ports: 443
+  - cidr: 10.0.0.1/8
+  - hots: example.com
+    ports: [80]
+  - host: "a.*.example"
+deny:
+  host: evil.example
+`
+	_, err := Parse("p.yaml", []byte(src))
+	want := `invalid policy:
+p.yaml:1: mode "enforse" is not valid: use enforce or discovery
+p.yaml:4: ports must be a list, e.g. ports: [443]
+p.yaml:5: allow#2: cidr "10.0.0.1/8" has host bits set: did you mean 10.0.0.0/8?
+p.yaml:6: unknown key "hots" (a rule has: host, cidr, ports, name, comment, http, access, inspect, inject, secrets)
+p.yaml:6: allow#3: a rule needs host or cidr
+p.yaml:8: allow#4: host "a.*.example": a wildcard is only allowed as a leading "*." ("*.example.com") or as "*"
+p.yaml:10: deny must be a list, e.g. deny: [{host: "*.pastebin.com"}]`
+	if err == nil || err.Error() != want {
+		t.Fatalf("err =\n%v\nwant\n%s", err, want)
+	}
+	// Broken YAML cannot be checked further: its one problem is reported alone.
+	if _, err := Parse("p.yaml", []byte("mode: enforce\nallow: [\n")); err == nil || strings.Count(err.Error(), "p.yaml:") != 1 {
+		t.Fatalf("broken YAML: %v", err)
 	}
 }

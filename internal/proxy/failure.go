@@ -123,7 +123,9 @@ func (s *Server) writeFailure(w http.ResponseWriter, r *http.Request, req *Reque
 	} else {
 		h.Set(HeaderError, headerValue(f.Kind, f))
 	}
-	if f.Status == http.StatusBadRequest || f.Status == http.StatusProxyAuthRequired {
+	if f.Status == http.StatusBadRequest && !f.Denied || f.Status == http.StatusProxyAuthRequired {
+		// A malformed request may have left the connection out of step; a request refused for its
+		// path (ambiguous_path) was read whole, and the connection stays usable.
 		h.Set("Connection", "close")
 	}
 	if f.Status == http.StatusProxyAuthRequired {

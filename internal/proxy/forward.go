@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -79,6 +80,8 @@ func (f *forwarders) get(session string, pol *policy.Policy) *httputil.ReversePr
 		ExpectContinueTimeout:  time.Second,
 		DisableCompression:     true, // pass Accept-Encoding and bodies through untouched
 		MaxResponseHeaderBytes: maxResponseHeadBytes,
+		TLSClientConfig:        f.s.upstreamTLS(),
+		ForceAttemptHTTP2:      true, // HTTP/2 to targets that offer it (a custom dialer turns it off)
 	}
 	rp := &httputil.ReverseProxy{
 		Rewrite:        f.s.rewrite,
@@ -285,6 +288,10 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		s.fail(w, r, req, FailureOf(dial.Denied(req.Target, d)))
 		return
 	}
+	if f := requestFailure(pol, req); f != nil {
+		s.fail(w, r, req, f)
+		return
+	}
 	if s.CheckRequest != nil {
 		if f := s.CheckRequest(r, req); f != nil {
 			s.fail(w, r, req, f)
@@ -392,12 +399,28 @@ func (s *Server) forwardFailure(r *http.Request, err error) *Failure {
 		return FailureOf(de)
 	case errors.As(err, &me):
 		return me.f
+	case isTLSError(err):
+		return &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorUpstreamTLS,
+			Reason: "the target's TLS could not be verified, so nothing was sent to it: " + rootCause(err).Error(),
+			Fix:    "if the target is meant to be trusted, give its CA to the proxy with --upstream-ca"}
 	case isTimeout(err):
 		return &Failure{Status: http.StatusGatewayTimeout, Kind: accesslog.ErrorTimeout,
 			Reason: fmt.Sprintf("the target did not send response headers within %s", orDefault(s.UpstreamTimeout, DefaultUpstreamTimeout))}
 	default:
 		return &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorUpstream, Reason: "upstream error: " + rootCause(err).Error()}
 	}
+}
+
+// isTLSError reports whether err is the failure of a TLS handshake with the target: a certificate
+// that does not verify, an alert, or a target that does not speak TLS.
+func isTLSError(err error) bool {
+	var cve *tls.CertificateVerificationError
+	var rhe tls.RecordHeaderError
+	var ae tls.AlertError
+	var uae x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var cie x509.CertificateInvalidError
+	return errors.As(err, &cve) || errors.As(err, &rhe) || errors.As(err, &ae) || errors.As(err, &uae) || errors.As(err, &he) || errors.As(err, &cie)
 }
 
 func isTimeout(err error) bool {

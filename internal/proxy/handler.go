@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/relay"
 	"github.com/swarm-proxy/swarm-proxy/internal/serve"
@@ -170,7 +171,16 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, req *Reque
 			t.done()
 		}
 	}()
-	upstream, err := s.Dial(r.Context(), req)
+	d := s.Decide(req)
+	if d.Allow && d.Rule.Inspects() {
+		s.serveInspected(w, r, req)
+		return
+	}
+	if !d.Allow {
+		s.fail(w, r, req, FailureOf(dial.Denied(req.Target, d)))
+		return
+	}
+	upstream, err := s.Dialer.Dial(r.Context(), req.dial)
 	if err != nil {
 		s.fail(w, r, req, FailureOf(err))
 		return

@@ -7,6 +7,7 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"log/slog"
@@ -97,6 +98,13 @@ type Server struct {
 	// (after the proxy removed hop-by-hop and X-Swarm-Proxy-* headers): it may change its headers or
 	// wrap its body. An error answers 502 with kind upstream instead.
 	ModifyResponse func(resp *http.Response, req *Request) error
+	// Inspector, when set, terminates the TLS of CONNECT tunnels whose rule inspects, so that each
+	// request inside is decided by the rule's http entries; without it such tunnels are refused.
+	Inspector Inspector
+	// UpstreamTLS, when set, is the base of the TLS config that verifies targets reached over
+	// https (its RootCAs: the system's plus --upstream-ca); nil means the system roots. Verification
+	// is never skipped.
+	UpstreamTLS *tls.Config
 
 	// Health, when set, records a listener that failed for good, for /readyz.
 	Health *serve.Health
@@ -192,8 +200,9 @@ type Request struct {
 	// (ServeConn); nil for clients of the proxy's own listeners.
 	Conn *ConnInfo
 
-	dial     *dial.Request // set by Decide
-	onRecord []func(*accesslog.Record)
+	dial      *dial.Request // set by Decide
+	inspected bool          // set by Decide: the deciding rule inspects, so each request is decided by method and path
+	onRecord  []func(*accesslog.Record)
 }
 
 // NewRequest starts a request from client with the given method.
@@ -242,6 +251,7 @@ func (s *Server) decide(req *Request, pol *policy.Policy) policy.Decision {
 	d := pol.Decide(req.Target, nil)
 	req.dial = &dial.Request{Target: req.Target, ID: req.ID, Session: req.Session,
 		Client: req.Client.Addr().String(), Decision: d}
+	req.inspected = d.Allow && d.Rule.Inspects()
 	if req.Conn != nil && req.Conn.OriginalDst.IsValid() {
 		req.dial.Pin = req.Conn.OriginalDst.Addr() // captured: connect to where the client was going
 	}
@@ -249,12 +259,28 @@ func (s *Server) decide(req *Request, pol *policy.Policy) policy.Decision {
 }
 
 // Dial decides req (Decide) and, when allowed, dials its target. A refusal or failure is a
-// *dial.Error; its Kind says which.
+// *dial.Error; its Kind says which. A target whose rule inspects is refused: its requests must be
+// decided one by one, which a raw tunnel (SOCKS5) does not allow.
 func (s *Server) Dial(ctx context.Context, req *Request) (net.Conn, error) {
-	if d := s.Decide(req); !d.Allow {
+	d := s.Decide(req)
+	if !d.Allow {
 		return nil, dial.Denied(req.Target, d)
 	}
+	if d.Rule.Inspects() {
+		f := inspectRefusal(req, d, "a raw tunnel cannot be inspected")
+		return nil, dial.Denied(req.Target, policy.Decision{Code: policy.Code(f.Kind), Rule: d.Rule, Reason: f.Reason, Fix: f.Fix})
+	}
 	return s.Dialer.Dial(ctx, req.dial)
+}
+
+// upstreamTLS is the TLS config of the Transport that forwards to https targets.
+func (s *Server) upstreamTLS() *tls.Config {
+	if s.UpstreamTLS == nil {
+		return nil
+	}
+	c := s.UpstreamTLS.Clone()
+	c.InsecureSkipVerify = false
+	return c
 }
 
 // record starts the access-log record of req.
@@ -273,6 +299,10 @@ func (s *Server) record(req *Request) *accesslog.Record {
 	if req.dial != nil {
 		rec.Rule = req.dial.Decision.RuleID()
 		rec.Reason = req.dial.Decision.Reason
+	}
+	rec.Inspected = req.inspected
+	if req.Conn != nil {
+		rec.TunnelID = req.Conn.TunnelID
 	}
 	if req.Conn != nil && req.Conn.OriginalDst.IsValid() {
 		rec.Transparent, rec.OriginalDst = true, req.Conn.OriginalDst.String()

@@ -155,8 +155,7 @@ func TestTrackerShutdown(t *testing.T) {
 
 	var tr2 Tracker
 	stuck := make(chan struct{})
-	var it2 *Item
-	it2 = tr2.Add(func() { close(stuck) })
+	it2 := tr2.Add(func() { close(stuck) })
 	go func() { <-stuck; tr2.Done(it2) }()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer cancel()

@@ -100,11 +100,29 @@ func peekTLS(r io.Reader) Hello {
 	return named(ProtoTLS, name)
 }
 
-// peekHTTP reads an HTTP/1 request head with net/http.
+// maxMethodLen bounds the request method looked for before the first space.
+const maxMethodLen = 20
+
+// peekHTTP reads an HTTP/1 request head with net/http, once the first bytes look like a request
+// line: a method in capitals, then a space. Anything else is told apart by the first byte that does
+// not fit, so that a binary protocol whose client speaks first and then waits (PostgreSQL's
+// SSLRequest) is not held until the timeout waiting for a line.
 func peekHTTP(r io.Reader) Hello {
-	req, err := http.ReadRequest(bufio.NewReader(r))
+	br := bufio.NewReader(r)
+	for i := 1; ; i++ {
+		b, err := br.Peek(i)
+		if err != nil || i > maxMethodLen+1 {
+			return Hello{Problem: "neither a TLS ClientHello nor an HTTP/1 request"}
+		}
+		if c := b[i-1]; c == ' ' && i > 1 {
+			break
+		} else if c < 'A' || c > 'Z' {
+			return Hello{Problem: "neither a TLS ClientHello nor an HTTP/1 request"}
+		}
+	}
+	req, err := http.ReadRequest(br)
 	if err != nil {
-		return Hello{Problem: "neither a TLS ClientHello nor an HTTP/1 request: " + err.Error()}
+		return Hello{Problem: "not a valid HTTP/1 request: " + err.Error()}
 	}
 	host := req.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {

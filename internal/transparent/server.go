@@ -1,6 +1,7 @@
 package transparent
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/proxy"
 )
@@ -33,8 +35,9 @@ const Via = "transparent"
 // firewall redirected to it, reads where each was going (OriginalDst) and the name it claims
 // (Peek), checks that the name resolves to that destination (Verifier), and hands it to the
 // proxy's pipeline: plain HTTP to the proxy's one HTTP server, where each request is decided and
-// logged as an explicit one; TLS and other protocols as a tunnel decided on the name and port (or
-// on the address alone when there is no name). Every connection goes to its original destination
+// logged as an explicit one; TLS whose rule inspects to the same server through HTTPS inspection;
+// other TLS and other protocols as a tunnel decided on the name and port (or on the address alone
+// when there is no name). Every connection goes to its original destination
 // and nowhere else, and every one is logged with "transparent": true.
 type Server struct {
 	// Proxy is the pipeline. Required.
@@ -197,6 +200,12 @@ func (s *Server) handle(c net.Conn) {
 		req.Target.Host = hello.Name
 	}
 	info.Target = req.Target
+	// The name is decided first: a refused name costs no lookup, and is refused as such.
+	d := s.Proxy.Decide(req)
+	if !d.Allow {
+		s.refuse(c, hello, peeked, req, proxy.FailureOf(dial.Denied(req.Target, d)))
+		return
+	}
 	if hello.Name != "" {
 		if err := s.Verifier.Check(context.Background(), client.Addr(), hello.Name, dst.Addr()); err != nil {
 			s.refuse(c, hello, peeked, req, &proxy.Failure{Status: http.StatusForbidden, Kind: accesslog.ErrorSNIMismatch, Denied: true,
@@ -213,9 +222,15 @@ func (s *Server) handle(c net.Conn) {
 		}
 		return
 	}
+	if hello.Proto == ProtoTLS && d.Rule.Inspects() {
+		// The rule decides each HTTPS request: the client's TLS is terminated with a leaf for
+		// its name and the requests go to the one HTTP server, still to the original destination.
+		s.handedOver(c)
+		s.Proxy.ServeInspected(c, bufio.NewReader(Replay(c, peeked)), req)
+		return
+	}
 	// TLS and anything else: a tunnel to the original destination, decided on the name and port
-	// (or on the address alone). HTTPS inspection, when a rule asks for it, takes the TLS
-	// connection here instead.
+	// (or on the address alone).
 	up, err := s.Proxy.Dial(context.Background(), req)
 	if err != nil {
 		s.refuse(c, hello, peeked, req, proxy.FailureOf(err))

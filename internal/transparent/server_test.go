@@ -19,6 +19,7 @@ import (
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+	"github.com/swarm-proxy/swarm-proxy/internal/inspect"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/proxy"
 )
@@ -26,15 +27,20 @@ import (
 // The world of these tests: names and the documentation addresses they resolve to. Nothing is ever
 // dialed at those addresses: the dialer records the address and connects to a loopback server.
 var world = fakeResolver{
-	"allowed.test": {netip.MustParseAddr("192.0.2.7")},
-	"denied.test":  {netip.MustParseAddr("192.0.2.9")},
+	"allowed.test":   {netip.MustParseAddr("192.0.2.7")},
+	"inspected.test": {netip.MustParseAddr("192.0.2.7")},
+	"denied.test":    {netip.MustParseAddr("192.0.2.9")},
 }
 
 const serverPolicy = `mode: enforce
 allow:
   - host: allowed.test
   - cidr: 192.0.2.7/32
-    ports: [25, 80, 443]
+    ports: [25, 80, 443, 8443]
+  - host: inspected.test
+    http:
+      - methods: [GET]
+        paths: ["/ok"]
 deny:
   - host: denied.test
 `
@@ -69,6 +75,7 @@ func (s *syncBuf) records(t *testing.T) []accesslog.Record {
 
 type fixture struct {
 	addr   string // the transparent listener
+	caPool *x509.CertPool
 	log    *syncBuf
 	mu     sync.Mutex
 	dialed []string
@@ -124,6 +131,27 @@ func startServer(t *testing.T) *fixture {
 		}
 	}()
 	backends["25"] = smtpLn.Addr().String()
+	// Port 8443: an HTTPS server for inspected.test, reached through inspection.
+	upCert := testCert(t, "inspected.test")
+	upLn, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{upCert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	us := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "inspected upstream answers %s %s", r.Host, r.URL.Path)
+	})}
+	go us.Serve(upLn)
+	t.Cleanup(func() { us.Close() })
+	backends["8443"] = upLn.Addr().String()
+	upPool := x509.NewCertPool()
+	upLeaf, _ := x509.ParseCertificate(upCert.Certificate[0])
+	upPool.AddCert(upLeaf)
+	ca, err := inspect.CreateCA(t.TempDir(), "test", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.caPool = x509.NewCertPool()
+	f.caPool.AddCert(ca.Cert)
 
 	pol, err := policy.Parse("policy.yaml", []byte(serverPolicy))
 	if err != nil {
@@ -132,6 +160,7 @@ func startServer(t *testing.T) *fixture {
 	holder := policy.NewHolder(pol)
 	p := &proxy.Server{
 		Policy: holder, Log: accesslog.NewWriter(f.log),
+		Inspector: &inspect.Minter{CA: ca}, UpstreamTLS: &tls.Config{RootCAs: upPool},
 		Dialer: &dial.Direct{Policy: holder.Load, Resolver: world, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			f.mu.Lock()
 			f.dialed = append(f.dialed, addr)
@@ -357,4 +386,38 @@ func TestServerNoName(t *testing.T) {
 		}
 		f.waitRecord(t, "the refusal", func(r accesslog.Record) bool { return r.Error == accesslog.ErrorNotRedirected })
 	})
+}
+
+// TestServerInspect: a captured TLS connection whose rule inspects is terminated with a leaf from
+// the inspection CA, and each request in it is decided by the rule's http entries, forwarded to the
+// original destination, and logged as transparent.
+func TestServerInspect(t *testing.T) {
+	f := startServer(t)
+	c := f.connect(t, "192.0.2.7:8443")
+	tc := tls.Client(c, &tls.Config{ServerName: "inspected.test", RootCAs: f.caPool, NextProtos: []string{"http/1.1"}})
+	br := bufio.NewReader(tc)
+	for _, tt := range []struct {
+		path   string
+		status int
+		body   string
+	}{{"/ok", 200, "inspected upstream answers inspected.test /ok"}, {"/not-listed", 403, "inspected.test"}} {
+		fmt.Fprintf(tc, "GET %s HTTP/1.1\r\nHost: inspected.test\r\n\r\n", tt.path)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != tt.status || !strings.Contains(string(body), tt.body) {
+			t.Fatalf("%s: %d %q", tt.path, resp.StatusCode, body)
+		}
+		rec := f.waitRecord(t, tt.path, func(r accesslog.Record) bool { return r.Path == tt.path })
+		if !rec.Transparent || !rec.Inspected || rec.OriginalDst != "192.0.2.7:8443" || rec.Status != tt.status {
+			t.Errorf("record %+v", rec)
+		}
+	}
+	for _, d := range f.wasDialed() {
+		if d != "192.0.2.7:8443" {
+			t.Errorf("dialed %s, want only the original destination", d)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"sync"
 	"testing"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
@@ -37,4 +38,44 @@ func BenchmarkBulkDownload(b *testing.B) {
 			b.Fatalf("read %d bytes, %v", n, err)
 		}
 	}
+}
+
+// BenchmarkPingPong16 measures small request/response exchanges on 16 streams at once over one TLS
+// provider connection, like 16 kept-alive HTTP clients: each op is one 200-byte message echoed back.
+func BenchmarkPingPong16(b *testing.B) {
+	e := newEnv(b, true, Config{})
+	e.provider("s1", "loopback", nil).waitConnected(b)
+	target := echoServer(b)
+	const clients = 16
+	conns := make([]net.Conn, clients)
+	for i := range conns {
+		c, err := e.broker.Dial(context.Background(), req("s1", target))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+	}
+	msg := make([]byte, 200)
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	per := b.N/clients + 1
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, len(msg))
+			for range per {
+				if _, err := c.Write(msg); err != nil {
+					b.Error(err)
+					return
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

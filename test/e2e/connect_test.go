@@ -42,6 +42,7 @@ func TestConnectHalfClose(t *testing.T) {
 	target := halfCloseServer(t)
 	_, port := hostPort(t, target)
 	px := StartProxy(t, "--policy", WriteFile(t, "policy.yaml", LoopbackPolicy("enforce", "")))
+	px2 := StartProxy(t, "--policy", WriteFile(t, "policy.yaml", LoopbackPolicy("enforce", ""))) // its own log
 	b := startBroker(t)
 	ticketFile, tk := b.ticket("connect-session", "1h")
 	b.provider(ticketFile, tk["session_id"], 1)
@@ -52,6 +53,7 @@ func TestConnectHalfClose(t *testing.T) {
 		session string
 	}{
 		{"proxy", []string{"--proxy", "http://" + px.Addr}, px, ""},
+		{"proxy as HOST:PORT", []string{"--proxy", px2.Addr}, px2, ""},
 		{"broker", []string{"--ticket", ticketFile}, b.Proc, "connect-session"},
 	}
 	for _, c := range cases {

@@ -363,3 +363,36 @@ func TestGracefulShutdownWithTunnelInFlight(t *testing.T) {
 		t.Fatalf("tunnel record: %+v", recs)
 	}
 }
+
+// TestPolicyReloadSlowWriter: a policy file rewritten in place slowly, line by line, is never loaded
+// half-written (its deny rules are at the end, so every prefix is a valid, weaker policy); the
+// proxy takes it once it has stopped changing.
+func TestPolicyReloadSlowWriter(t *testing.T) {
+	policyWith := func(n int) string {
+		var b strings.Builder
+		b.WriteString("mode: discovery\ndeny:\n")
+		for i := range n {
+			fmt.Fprintf(&b, "  - host: evil%d.example\n", i)
+		}
+		return b.String()
+	}
+	polFile := WriteFile(t, "policy.yaml", policyWith(20))
+	p := StartProxy(t, "--policy", polFile) // polls every 100 ms
+	f, err := os.OpenFile(polFile, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(policyWith(21)) {
+		if _, err := f.WriteString(line); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(40 * time.Millisecond) // the writer's pace: slower than the poll, faster than the settle time
+	}
+	f.Close()
+	p.WaitStderr("policy reloaded")
+	for _, line := range strings.Split(p.Stderr(), "\n") {
+		if strings.Contains(line, "policy reload") && !strings.Contains(line, "deny=21") {
+			t.Errorf("a reload took the file while it was being written: %s", line)
+		}
+	}
+}

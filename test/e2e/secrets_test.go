@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -35,10 +36,13 @@ type seenReq struct {
 	Header      http.Header
 }
 
-func startRecorder(t *testing.T) *recorder {
+func startRecorder(t *testing.T) *recorder { return newRecorder(t, nil) }
+
+// newRecorder starts a recorder, over TLS with cert when it is given.
+func newRecorder(t *testing.T, cert *tls.Certificate) *recorder {
 	t.Helper()
 	rec := &recorder{}
-	rec.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	rec.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		rec.mu.Lock()
 		rec.seen = append(rec.seen, seenReq{r.Method, r.RequestURI, r.Header.Clone()})
@@ -50,6 +54,12 @@ func startRecorder(t *testing.T) *recorder {
 		io.WriteString(w, "hello from the upstream\n")
 		w.Header().Set("X-Echo-Trailer", r.Header.Get("Authorization")+r.Header.Get("X-Api-Key"))
 	}))
+	if cert != nil {
+		rec.srv.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
+		rec.srv.StartTLS()
+	} else {
+		rec.srv.Start()
+	}
 	t.Cleanup(rec.srv.Close)
 	return rec
 }
@@ -63,7 +73,31 @@ func (r *recorder) requests() []seenReq {
 func (r *recorder) port() int { return r.srv.Listener.Addr().(*net.TCPAddr).Port }
 
 // url is the recorder's URL by name (localhost), so that the policy's host rules decide it.
-func (r *recorder) url() string { return fmt.Sprintf("http://localhost:%d", r.port()) }
+func (r *recorder) url() string {
+	scheme := "http"
+	if r.srv.TLS != nil {
+		scheme = "https"
+	}
+	return fmt.Sprintf("%s://localhost:%d", scheme, r.port())
+}
+
+// inspectionCA writes a CA with "swarm-proxy ca init" and returns the proxy flags that use it: rules
+// with inject or secrets are inspected, and the proxy refuses to start them without a CA.
+func inspectionCA(t *testing.T) []string {
+	t.Helper()
+	flags, _ := inspectionCADir(t)
+	return flags
+}
+
+// inspectionCADir is inspectionCA and the directory of ca.pem and ca-key.pem.
+func inspectionCADir(t *testing.T) (flags []string, dir string) {
+	t.Helper()
+	dir = t.TempDir()
+	if r := Run(t, nil, binary, "ca", "init", "--dir", dir); r.Code != 0 {
+		t.Fatalf("ca init: exit %d: %s", r.Code, r.Stderr)
+	}
+	return []string{"--ca-cert", filepath.Join(dir, "ca.pem"), "--ca-key", filepath.Join(dir, "ca-key.pem")}, dir
+}
 
 // secretValue is a random value that can only appear in output if the proxy leaked it.
 func secretValue(t *testing.T, prefix string) string {
@@ -99,7 +133,13 @@ func noValue(t *testing.T, what, s string, values ...string) {
 // (the tests' upstreams are on localhost, which NO_PROXY would send around the proxy).
 func agentEnv(t *testing.T, proxyAddr, secretsFile string, values ...string) []string {
 	t.Helper()
-	r := Run(t, nil, binary, "env", "--proxy", "http://"+proxyAddr, "--secrets", secretsFile, "--format", "json")
+	return agentEnvArgs(t, []string{"--proxy", "http://" + proxyAddr, "--secrets", secretsFile}, values...)
+}
+
+// agentEnvArgs is agentEnv with the arguments of env given.
+func agentEnvArgs(t *testing.T, args []string, values ...string) []string {
+	t.Helper()
+	r := Run(t, nil, binary, append(append([]string{"env"}, args...), "--format", "json")...)
 	if r.Code != 0 {
 		t.Fatalf("env --secrets: exit %d: %s", r.Code, r.Stderr)
 	}
@@ -182,7 +222,7 @@ missing:
 `, filepath.Join(dir, "github"), llmKey, filepath.Join(dir, "nonexistent")))
 	pol := WriteFile(t, "policy.yaml", secretsPolicy(bound, llm, missing))
 	logFile := filepath.Join(dir, "access.log")
-	p := StartProxy(t, "--policy", pol, "--secrets", secretsFile, "--log-file", logFile)
+	p := StartProxy(t, append(inspectionCA(t), "--policy", pol, "--secrets", secretsFile, "--log-file", logFile)...)
 	p.WaitStderr(`secret=missing`) // logged at start: requests that need it fail closed
 
 	env := agentEnv(t, p.Addr, secretsFile, gh, llmKey)
@@ -297,7 +337,7 @@ func TestSecretsReload(t *testing.T) {
     inject: [{header: X-Api-Key, value: "{{secret:late}}"}]
     secrets: [late]
 `, up.port())))
-	p := StartProxy(t, "--policy", pol, "--secrets", secretsFile)
+	p := StartProxy(t, append(inspectionCA(t), "--policy", pol, "--secrets", secretsFile)...)
 	p.WaitStderr("a policy rule names a secret that the secrets file does not define")
 	get := func() Result {
 		t.Helper()
@@ -369,23 +409,36 @@ print(json.dumps({"github": [gh.status_code, dict(gh.headers), gh.text], "llm": 
                   "env": dict(os.environ)}))
 `
 
-// nodeSDK uses fetch where Node routes it through HTTP_PROXY (Node 24 and later, with
-// NODE_USE_ENV_PROXY=1, which env sets); older Node's fetch ignores proxies, so there it uses http
-// with the proxy as SDKs configured for a proxy do.
+// nodeSDK uses fetch where Node routes it through HTTP_PROXY and HTTPS_PROXY (Node 24 and later,
+// with NODE_USE_ENV_PROXY=1, which env sets); older Node's fetch ignores proxies, so there it uses
+// http and https with the proxy (a CONNECT tunnel for https) as SDKs configured for a proxy do.
 const nodeSDK = `
-const http = require("http");
+const http = require("http"), https = require("https"), tls = require("tls");
 const proxy = new URL(process.env.HTTP_PROXY);
+function collect(resolve) {
+  return res => { let text = ""; res.setEncoding("utf8"); res.on("data", d => text += d); res.on("end", () => resolve([res.statusCode, res.headers, text])); };
+}
 function viaProxy(method, url, headers, body) {
   if (Number(process.versions.node.split(".")[0]) >= 24) {
     return fetch(url, {method, headers, body}).then(async r => [r.status, Object.fromEntries(r.headers), await r.text()]);
   }
+  const u = new URL(url);
   return new Promise((resolve, reject) => {
-    const u = new URL(url);
-    const req = http.request({host: proxy.hostname, port: proxy.port, method, path: url, headers: {...headers, host: u.host}}, res => {
-      let text = ""; res.setEncoding("utf8"); res.on("data", d => text += d);
-      res.on("end", () => resolve([res.statusCode, res.headers, text]));
+    if (u.protocol === "http:") {
+      const req = http.request({host: proxy.hostname, port: proxy.port, method, path: url, headers: {...headers, host: u.host}}, collect(resolve));
+      req.on("error", reject); req.end(body);
+      return;
+    }
+    // https: a CONNECT tunnel, then TLS to the target (trusting NODE_EXTRA_CA_CERTS).
+    const c = http.request({host: proxy.hostname, port: proxy.port, method: "CONNECT", path: u.host});
+    c.on("error", reject);
+    c.on("connect", (res, socket) => {
+      if (res.statusCode !== 200) { reject(new Error("CONNECT answered " + res.statusCode)); return; }
+      const req = https.request({host: u.hostname, port: u.port, method, path: u.pathname + u.search, headers,
+        createConnection: () => tls.connect({socket, servername: u.hostname})}, collect(resolve));
+      req.on("error", reject); req.end(body);
     });
-    req.on("error", reject); req.end(body);
+    c.end();
   });
 }
 (async () => {
@@ -399,13 +452,31 @@ function viaProxy(method, url, headers, body) {
 // TestSecretsSDKClients: Python requests and Node, with only placeholders in their environment, reach
 // the upstreams with the real values and see none of them.
 func TestSecretsSDKClients(t *testing.T) {
+	t.Run("http", func(t *testing.T) { testSDKClients(t, false) })
+	t.Run("inspected-https", func(t *testing.T) { testSDKClients(t, true) })
+}
+
+func testSDKClients(t *testing.T, useTLS bool) {
 	gh, llmKey := secretValue(t, "ghp_"), secretValue(t, "sk-ant-")
-	github, llm, missing := startRecorder(t), startRecorder(t), startRecorder(t)
+	var cert *tls.Certificate
+	var upstreamCA string
+	if useTLS {
+		c, pemFile := localhostCert(t)
+		cert, upstreamCA = &c, pemFile
+	}
+	github, llm, missing := newRecorder(t, cert), newRecorder(t, cert), newRecorder(t, cert)
 	dir := t.TempDir()
 	secretsFile := filepath.Join(dir, "secrets.yaml")
 	writePrivate(t, secretsFile, fmt.Sprintf("github:\n  value: %q\n  placeholder_env: GITHUB_TOKEN\nanthropic:\n  value: %q\n  placeholder_env: ANTHROPIC_API_KEY\n", gh, llmKey))
-	p := StartProxy(t, "--policy", WriteFile(t, "policy.yaml", secretsPolicy(github, llm, missing)), "--secrets", secretsFile)
-	env := append(agentEnv(t, p.Addr, secretsFile, gh, llmKey), "GITHUB_URL="+github.url(), "LLM_URL="+llm.url())
+	caFlags, caDir := inspectionCADir(t)
+	args := append(caFlags, "--policy", WriteFile(t, "policy.yaml", secretsPolicy(github, llm, missing)), "--secrets", secretsFile)
+	envArgs := []string{"--secrets", secretsFile}
+	if useTLS {
+		args = append(args, "--upstream-ca", upstreamCA)
+		envArgs = append(envArgs, agentCAArgs(t, caDir)...)
+	}
+	p := StartProxy(t, args...)
+	env := append(agentEnvArgs(t, append(envArgs, "--proxy", "http://"+p.Addr), gh, llmKey), "GITHUB_URL="+github.url(), "LLM_URL="+llm.url())
 
 	for _, c := range []struct {
 		name  string
@@ -425,7 +496,7 @@ func TestSecretsSDKClients(t *testing.T) {
 				Env         map[string]string
 			}
 			if err := json.Unmarshal([]byte(r.Stdout), &out); err != nil || len(out.GitHub) != 3 || len(out.LLM) != 3 {
-				t.Fatalf("client output: %v\n%s\n%s", err, r.Stdout, r.Stderr)
+				t.Fatalf("client output: %v\n%s\n%s\nACCESS LOG:\n%s", err, r.Stdout, r.Stderr, p.Stdout())
 			}
 			if out.GitHub[0] != 200.0 || out.LLM[0] != 200.0 || out.Env["GITHUB_TOKEN"] != "swarm-proxy-secret:github" {
 				t.Fatalf("client saw %v / %v", out.GitHub, out.LLM)
@@ -456,7 +527,7 @@ func TestSecretsBroker(t *testing.T) {
     inject: [{header: Authorization, value: "Bearer {{secret:github}}"}]
     secrets: [github]
 `, up.port())))
-	b := startBroker(t, "--policy", pol, "--secrets", secretsFile)
+	b := startBroker(t, append(inspectionCA(t), "--policy", pol, "--secrets", secretsFile)...)
 	tf, tk := b.ticket("secrets", "1h")
 	prov := b.provider(tf, "secrets", 1)
 

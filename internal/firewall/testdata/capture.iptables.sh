@@ -19,9 +19,9 @@ COMMIT
 *nat
 :SWARM-PROXY-CAPTURE - [0:0]
 -A SWARM-PROXY-CAPTURE -m owner --uid-owner 65532 -m comment --comment "uid 65532 (--allow-uid: the proxy) is not redirected, so it does not loop" -j RETURN
+-A SWARM-PROXY-CAPTURE -p udp --dport 53 -m comment --comment "DNS over udp to the DNS guard, loopback resolvers included" -j REDIRECT --to-ports 15053
+-A SWARM-PROXY-CAPTURE -p tcp --dport 53 -m comment --comment "DNS over tcp to the DNS guard, loopback resolvers included" -j REDIRECT --to-ports 15053
 -A SWARM-PROXY-CAPTURE -o lo -m comment --comment "loopback stays local: the agent's own services and the proxy's listeners" -j RETURN
--A SWARM-PROXY-CAPTURE -p udp --dport 53 -m comment --comment "DNS over udp to the DNS guard" -j REDIRECT --to-ports 15053
--A SWARM-PROXY-CAPTURE -p tcp --dport 53 -m comment --comment "DNS over tcp to the DNS guard" -j REDIRECT --to-ports 15053
 -A SWARM-PROXY-CAPTURE -p tcp -m comment --comment "every other TCP connection goes to the transparent listener" -j REDIRECT --to-ports 15001
 COMMIT
 EOF
@@ -44,9 +44,9 @@ COMMIT
 *nat
 :SWARM-PROXY-CAPTURE - [0:0]
 -A SWARM-PROXY-CAPTURE -m owner --uid-owner 65532 -m comment --comment "uid 65532 (--allow-uid: the proxy) is not redirected, so it does not loop" -j RETURN
+-A SWARM-PROXY-CAPTURE -p udp --dport 53 -m comment --comment "DNS over udp to the DNS guard, loopback resolvers included" -j REDIRECT --to-ports 15053
+-A SWARM-PROXY-CAPTURE -p tcp --dport 53 -m comment --comment "DNS over tcp to the DNS guard, loopback resolvers included" -j REDIRECT --to-ports 15053
 -A SWARM-PROXY-CAPTURE -o lo -m comment --comment "loopback stays local: the agent's own services and the proxy's listeners" -j RETURN
--A SWARM-PROXY-CAPTURE -p udp --dport 53 -m comment --comment "DNS over udp to the DNS guard" -j REDIRECT --to-ports 15053
--A SWARM-PROXY-CAPTURE -p tcp --dport 53 -m comment --comment "DNS over tcp to the DNS guard" -j REDIRECT --to-ports 15053
 -A SWARM-PROXY-CAPTURE -p tcp -m comment --comment "every other TCP connection goes to the transparent listener" -j REDIRECT --to-ports 15001
 COMMIT
 EOF

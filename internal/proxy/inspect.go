@@ -1,0 +1,183 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/inspect"
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+	"github.com/swarm-proxy/swarm-proxy/internal/relay"
+)
+
+// Inspector terminates the TLS of tunnels whose rule inspects (internal/inspect's Minter).
+type Inspector interface {
+	// ServerConfig returns the config that terminates a client's TLS for a tunnel to host (the
+	// normalised CONNECT host): a leaf for host, TLS 1.2 and later, ALPN h2 and http/1.1.
+	ServerConfig(host string) *tls.Config
+}
+
+// tlsHandshakeByte is the first byte of a TLS record carrying a handshake (the ClientHello).
+const tlsHandshakeByte = 0x16
+
+// inspectRefusal is the failure of a tunnel to a rule that inspects when it cannot be inspected.
+func inspectRefusal(req *Request, d policy.Decision, why string) *Failure {
+	return &Failure{Status: http.StatusForbidden, Kind: string(policy.CodeHTTPRuleNotMatched), Denied: true, Rule: d.RuleID(),
+		Reason: fmt.Sprintf("rule %s inspects %s and decides each HTTP request: %s", d.RuleID(), req.Target, why),
+		Fix:    "send HTTP or HTTPS through the HTTP proxy (HTTP_PROXY/HTTPS_PROXY), or remove http, access and inspect from the rule"}
+}
+
+// serveInspected answers an allowed CONNECT whose rule inspects: 200, then the client's TLS is
+// terminated with a leaf for the target (plain HTTP, when the client sends no TLS, is served as it
+// is) and the connection is handed to the one HTTP server, where each request is decided by the
+// rule's http entries, forwarded and logged with the tunnel's id. The tunnel's own record is
+// written when the connection ends.
+func (s *Server) serveInspected(w http.ResponseWriter, r *http.Request, req *Request) {
+	if s.Inspector == nil {
+		s.fail(w, r, req, &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorInternal,
+			Reason: fmt.Sprintf("rule %s inspects HTTPS, but the proxy has no CA to inspect with", req.Decision().RuleID()),
+			Fix:    "start the proxy with --ca-cert and --ca-key (swarm-proxy ca init), see docs/inspection.md"})
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		s.fail(w, r, req, &Failure{Status: http.StatusInternalServerError, Kind: accesslog.ErrorInternal, Reason: "cannot take over the connection: " + err.Error()})
+		return
+	}
+	conn = unwrapConn(conn)
+	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		relay.Abort(conn)
+		rec := s.record(req)
+		rec.Status, rec.Inspected, rec.TunnelID = http.StatusOK, true, req.ID
+		rec.Error, rec.Reason = accesslog.ErrorClientClosed, "the client went away before the tunnel opened"
+		s.finish(req, rec)
+		return
+	}
+	// Handshake on its own goroutine: the handler returns, so that the server's connection
+	// goroutine does not wait for a client that is slow to start TLS.
+	go s.ServeInspected(conn, brw.Reader, req)
+}
+
+// ServeInspected serves client, a connection to req's target whose rule inspects (Decide made,
+// the client answered as its protocol needs), as an inspected tunnel: a TLS client is terminated
+// with a leaf for the target, plain HTTP is served as it is, and the connection goes to the one
+// HTTP server, where each request is decided by the rule's http entries, forwarded and logged with
+// the tunnel's id (req.ID). br, when not nil, holds bytes already read from client. The tunnel's
+// own record is written when the connection ends. Front ends other than CONNECT (transparent
+// capture) call it where they would otherwise relay.
+func (s *Server) ServeInspected(client net.Conn, br *bufio.Reader, req *Request) {
+	if br == nil {
+		br = bufio.NewReader(client)
+	}
+	rec := s.record(req)
+	rec.Status, rec.Inspected, rec.TunnelID = http.StatusOK, true, req.ID
+	tc := &tunnelConn{Conn: client, r: br, done: func(c *tunnelConn) {
+		rec.BytesOut, rec.BytesIn = c.in.Load(), c.out.Load()
+		s.finish(req, rec)
+	}}
+	s.startInspected(tc, req, rec)
+}
+
+// startInspected reads the start of the tunnel and hands it to the server as TLS or plain HTTP.
+func (s *Server) startInspected(tc *tunnelConn, req *Request, rec *accesslog.Record) {
+	timeout := orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	tc.SetDeadline(time.Now().Add(timeout))
+	first, err := tc.r.Peek(1)
+	if err != nil {
+		rec.Error, rec.Reason = accesslog.ErrorClientClosed, "the client sent nothing in the inspected tunnel: "+rootCause(err).Error()
+		tc.Close()
+		return
+	}
+	if s.Inspector == nil {
+		rec.Error, rec.Reason = accesslog.ErrorInternal, fmt.Sprintf("rule %s inspects HTTPS, but the proxy has no CA to inspect with", req.Decision().RuleID())
+		tc.Close()
+		return
+	}
+	info := ConnInfo{Client: req.Client, Session: req.Session, Via: "inspect"}
+	if req.Conn != nil {
+		info = *req.Conn // a captured connection keeps its original destination
+	}
+	info.Target, info.Scheme, info.TunnelID = req.Target, "http", req.ID
+	var c net.Conn = tc
+	if first[0] == tlsHandshakeByte {
+		t := tls.Server(tc, s.Inspector.ServerConfig(req.Target.Host))
+		if err := t.Handshake(); err != nil {
+			rec.Error = accesslog.ErrorClientTLS
+			rec.Reason = "the client's TLS handshake with the proxy failed: " + err.Error()
+			if !errors.Is(err, inspect.ErrSNIMismatch) {
+				rec.Reason += " (does the client trust the inspection CA? see swarm-proxy env --ca)"
+			}
+			tc.Close()
+			s.Logger.Debug("inspected tunnel: client TLS failed", "id", req.ID, "client", req.Client.Addr(), "target", req.Target, "err", err)
+			return
+		}
+		st := t.ConnectionState()
+		info.Scheme, info.TLS, c = "https", &st, t
+	}
+	tc.SetDeadline(time.Time{})
+	if err := s.ServeConn(c, info); err != nil {
+		rec.Error, rec.Reason = accesslog.ErrorShuttingDown, "the proxy is shutting down"
+	}
+}
+
+// tunnelConn is the client side of an inspected tunnel: it reads through the buffer that already
+// holds the bytes that followed the CONNECT, counts raw bytes each way, and runs done once when
+// it is closed, which writes the tunnel's record.
+type tunnelConn struct {
+	net.Conn
+	r       *bufio.Reader
+	in, out atomic.Int64 // from the client, to the client
+	once    sync.Once
+	done    func(*tunnelConn)
+}
+
+func (c *tunnelConn) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *tunnelConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+func (c *tunnelConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.done(c) })
+	return err
+}
+
+// CloseWrite half-closes the client connection, as net/http does after some error answers.
+func (c *tunnelConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// requestFailure decides an HTTP request under a rule that inspects by its method and path: nil
+// when allowed (or when the rule does not inspect). It runs right after Decide, before the dial.
+func requestFailure(pol *policy.Policy, req *Request) *Failure {
+	if !req.inspected {
+		return nil
+	}
+	d := req.Decision()
+	rd := pol.DecideRequest(d, req.Method, req.Path)
+	if rd.Allow {
+		return nil
+	}
+	status := http.StatusForbidden
+	if rd.Code == policy.CodeAmbiguousPath {
+		status = http.StatusBadRequest
+	}
+	return &Failure{Status: status, Kind: string(rd.Code), Denied: true, Rule: rd.RuleID(), Reason: rd.Reason, Fix: rd.Fix}
+}
