@@ -544,3 +544,39 @@ func TestInspectBroker(t *testing.T) {
 		t.Errorf("broker record %+v", rec)
 	}
 }
+
+// TestInspectDoctor: doctor, in the environment env --ca makes, finds that curl, Python, Node and git
+// trust the CA; without those variables each check fails and names the variable to set.
+func TestInspectDoctor(t *testing.T) {
+	caDir := newInspectionCA(t)
+	p := StartProxy(t)
+	env := agentEnvCA(t, "http://"+p.Addr, caDir)
+	r := Run(t, env, binary, "doctor", "--ca", filepath.Join(caDir, "ca.pem"))
+	for _, tool := range []string{"curl", "python3", "node", "git"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			continue
+		}
+		if !strings.Contains(r.Stdout, "ok    trust "+tool+": ") {
+			t.Errorf("doctor with env --ca: no ok for %s:\n%s", tool, r.Stdout)
+		}
+	}
+	plain := Run(t, nil, binary, "env", "--proxy", "http://"+p.Addr, "--format", "json")
+	var vars map[string]string
+	json.Unmarshal([]byte(plain.Stdout), &vars)
+	var bare []string
+	for k, v := range vars {
+		bare = append(bare, k+"="+v)
+	}
+	r = Run(t, bare, binary, "doctor", "--ca", filepath.Join(caDir, "ca.pem"))
+	for tool, variable := range map[string]string{"curl": "CURL_CA_BUNDLE", "node": "NODE_EXTRA_CA_CERTS", "git": "GIT_SSL_CAINFO"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			continue
+		}
+		if !strings.Contains(r.Stdout, "fail  trust "+tool+": ") || !strings.Contains(r.Stdout, variable) {
+			t.Errorf("doctor without the variables: no failure naming %s for %s:\n%s", variable, tool, r.Stdout)
+		}
+	}
+	if r.Code != 1 {
+		t.Errorf("doctor with untrusting tools exited %d, want 1", r.Code)
+	}
+}
