@@ -125,7 +125,8 @@ what an allow rule names) and written as one JSON line to the access log.`,
 				return err
 			}
 			return runFrontend(cmd.Context(), cmd, &f, func(rt *runtime) (dial.Dialer, proxy.Authenticator, error) {
-				return &dial.Direct{Policy: rt.policy.Load, Timeout: f.dialTimeout, Observe: rt.metrics.ObserveDial}, nil, nil
+				d, err := f.capture.dialer(&dial.Direct{Policy: rt.policy.Load, Timeout: f.dialTimeout, Observe: rt.metrics.ObserveDial})
+				return d, nil, err
 			})
 		},
 	}
