@@ -21,7 +21,8 @@ or fail, with the fix: the proxy variables present and well-formed; the proxy re
 (--admin, or guessed as port 9090 of the proxy host); requests through it (--url, repeatable)
 allowed or blocked as --expect says, read from the X-Swarm-Proxy-Decision header of the proxy's
 403s; and which installed tools (curl, git, npm, pip, node, python3, go) honour the variables and
-NO_PROXY. Exits 1 when any check fails.`,
+NO_PROXY; with --ca (or NODE_EXTRA_CA_CERTS set), whether curl, Python, Node and git trust the
+HTTPS inspection CA through the roots file each one reads. Exits 1 when any check fails.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch doctor.Expectation(expect) {
@@ -50,5 +51,6 @@ NO_PROXY. Exits 1 when any check fails.`,
 	f.StringSliceVar(&cfg.URLs, "url", nil, "URL to request through the proxy (repeatable); without it a probe checks that swarm-proxy answers")
 	f.StringVar(&expect, "expect", "", "what every --url should meet: allow or deny (default: report only)")
 	f.DurationVar(&cfg.Timeout, "timeout", doctor.DefaultTimeout, "bound on each network check")
+	f.StringVar(&cfg.CA, "ca", "", "HTTPS inspection CA (ca.pem): check that curl, Python, Node and git trust it (default: $NODE_EXTRA_CA_CERTS)")
 	return cmd
 }

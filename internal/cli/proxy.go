@@ -126,7 +126,8 @@ what an allow rule names) and written as one JSON line to the access log.`,
 				return err
 			}
 			return runFrontend(cmd.Context(), cmd, &f, func(rt *runtime) (dial.Dialer, proxy.Authenticator, error) {
-				return &dial.Direct{Policy: rt.policy.Load, Timeout: f.dialTimeout, Observe: rt.metrics.ObserveDial}, nil, nil
+				d, err := f.capture.dialer(&dial.Direct{Policy: rt.policy.Load, Timeout: f.dialTimeout, Observe: rt.metrics.ObserveDial})
+				return d, nil, err
 			})
 		},
 	}
@@ -191,7 +192,8 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		Policy: rt.policy, Dialer: dialer, Auth: auth, Log: logw, Metrics: rt.metrics, Logger: logger,
 		AllowClients: allow, UpstreamTimeout: f.upstreamTimeout, IdleTimeout: f.idleTimeout,
 		TunnelIdleTimeout: f.tunnelIdleTimeout, ReadHeaderTimeout: f.headerTimeout,
-		Mutate: secretsHook{sec}.mutate, ModifyResponse: secretsHook{sec}.modifyResponse, Health: rt.health,
+		Mutate: secretsHook{sec}.mutate, ModifyResponse: secretsHook{sec}.modifyResponse, Redact: secretsHook{sec}.redact,
+		Health: rt.health,
 	}
 	if err := f.inspect.setup(srv, rt.registry); err != nil {
 		return err

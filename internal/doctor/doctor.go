@@ -79,6 +79,9 @@ type Config struct {
 	Expect Expectation
 	// Timeout bounds each network check; zero means DefaultTimeout.
 	Timeout time.Duration
+	// CA is the HTTPS inspection CA certificate whose trust by curl, Python, Node and git is checked;
+	// empty means NODE_EXTRA_CA_CERTS, and no trust check when that is unset too.
+	CA string
 
 	// LookupEnv reads a variable; nil means os.LookupEnv.
 	LookupEnv func(string) (string, bool)
@@ -141,6 +144,7 @@ func Run(ctx context.Context, c Config, emit func(Result)) []Result {
 		}
 	}
 	checkTools(ctx, c, env, add)
+	checkTrust(ctx, c, env, add)
 	checkCapture(ctx, c, add)
 	return out
 }

@@ -165,9 +165,9 @@ func (s RuleSpec) inspection(r *Rule, lines httpLines) []problemAt {
 	if s.Host == "" {
 		return []problemAt{{lines.rule, "http, access and inspect need a host rule: a cidr rule is matched only after the name is resolved, too late to inspect"}}
 	}
-	wants := s.HTTP != nil || s.Access != ""
+	wants := s.HTTP != nil || s.Access != "" || r.UsesSecrets()
 	if s.Inspect != nil && !*s.Inspect && wants {
-		problems = append(problems, problemAt{lines.rule, "inspect: false contradicts http/access, which need inspection: remove inspect: false"})
+		problems = append(problems, problemAt{lines.rule, "inspect: false contradicts http, access, inject or secrets, which need inspection: remove inspect: false"})
 	}
 	switch s.Access {
 	case "":

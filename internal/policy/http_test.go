@@ -170,7 +170,7 @@ deny:
 		`policy.yaml:7: allow#1: http#2: path "/a/../b": it has a ".." segment`,
 		`policy.yaml:9: allow#1: http#3: methods is missing`,
 		`policy.yaml:11: allow#2: access "read-write" is not valid`,
-		`policy.yaml:12: allow#3: inspect: false contradicts http/access`,
+		`policy.yaml:12: allow#3: inspect: false contradicts http, access, inject or secrets`,
 		`policy.yaml:15: allow#4: http, access and inspect need a host rule`,
 		`policy.yaml:18: allow#5: http is empty`,
 		`policy.yaml:23: deny#1: http, access and inspect belong on allow rules`,
