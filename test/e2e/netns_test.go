@@ -827,6 +827,23 @@ func TestNetnsSharedNamespaceSidecar(t *testing.T) {
 	} else {
 		t.Logf("direct connection refused: %s", strings.TrimSpace(r.Stderr))
 	}
+	// The proxy's admin port on the shared loopback is the proxy's own: the agent is refused, unless
+	// --admin-port 0 says it may reach it.
+	admin := func() Result {
+		return run("", "curl", "-sS", "--max-time", "5", "--noproxy", "*", "http://127.0.0.1:9090/healthz")
+	}
+	if r := admin(); r.Code == 0 {
+		t.Fatalf("the agent reached the proxy's admin port: %s", r.Stdout)
+	}
+	firewall("--format", "nftables", "--allow-uid", fmt.Sprint(podProxyUID), "--admin-port", "0")
+	if r := admin(); r.Code != 0 {
+		t.Fatalf("with --admin-port 0 the admin port is not reachable, so the refusal above proves nothing: %s", r.Stderr)
+	}
+	// The iptables rules refuse it too (the nftables table above, which lets it through, stays).
+	firewall("--format", "iptables", "--allow-uid", fmt.Sprint(podProxyUID))
+	if r := admin(); r.Code == 0 {
+		t.Fatalf("the agent reached the proxy's admin port (iptables): %s", r.Stdout)
+	}
 	rec := waitLog(t, logFile, "the pod's request", func(r accesslog.Record) bool {
 		return r.Host == podTargetIP && r.Path == "/hello" && r.Status == http.StatusOK
 	})
