@@ -69,6 +69,10 @@ on both sides. Tickets have roles: workers need worker tickets, providers provid
 			}
 			if providerListen == "" {
 				errs = append(errs, errors.New("--provider-listen is required"))
+			} else if addr, err := listenAddr("provider-listen", providerListen); err != nil {
+				errs = append(errs, err)
+			} else {
+				providerListen = addr
 			}
 			switch {
 			case (tlsCert == "") != (tlsKey == ""):

@@ -198,7 +198,7 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		Policy: rt.policy, Dialer: dialer, Auth: auth, Log: logw, Metrics: rt.metrics, Logger: logger,
 		AllowClients: allow, UpstreamTimeout: f.upstreamTimeout, IdleTimeout: f.idleTimeout,
 		TunnelIdleTimeout: f.tunnelIdleTimeout, ReadHeaderTimeout: f.headerTimeout,
-		Mutate: secretsHook{sec}.mutate, ModifyResponse: secretsHook{sec}.modifyResponse,
+		Mutate: secretsHook{sec}.mutate, ModifyResponse: secretsHook{sec}.modifyResponse, Redact: secretsHook{sec}.redact,
 	}
 	if err := f.inspect.setup(srv, rt.registry); err != nil {
 		return err

@@ -97,6 +97,10 @@ type Server struct {
 	// (after the proxy removed hop-by-hop and X-Swarm-Proxy-* headers): it may change its headers or
 	// wrap its body. An error answers 502 with kind upstream instead.
 	ModifyResponse func(resp *http.Response, req *Request) error
+	// Redact, when set, removes secrets from text that comes from a target (a Transport error can
+	// quote what the target sent, such as a malformed status line) before the client or the log
+	// gets it.
+	Redact func(string) string
 	// Inspector, when set, terminates the TLS of CONNECT tunnels whose rule inspects, so that each
 	// request inside is decided by the rule's http entries; without it such tunnels are refused.
 	Inspector Inspector
