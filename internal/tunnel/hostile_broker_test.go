@@ -25,9 +25,11 @@ func TestProviderResetsUnparsableOpen(t *testing.T) {
 	}
 	defer ln.Close()
 	p := &Provider{Broker: ln.Addr().String(),
-		Credentials: func() (string, string, error) { return "s1", "v2.p.4102444800.AAAAAAAA." + "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", nil },
-		Dialer:      dial.Deciding{Policy: loopbackOnly, Dialer: &dial.Direct{Policy: loopbackOnly}},
-		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil))}
+		Credentials: func() (string, string, error) {
+			return "s1", "v2.p.4102444800.AAAAAAAA." + "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", nil
+		},
+		Dialer: dial.Deciding{Policy: loopbackOnly, Dialer: &dial.Direct{Policy: loopbackOnly}},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); p.Run(ctx) }()
