@@ -506,18 +506,16 @@ func (c *countingWriter) Flush() {
 
 // Hijack hands the client connection to ReverseProxy after a 101 and counts what crosses it.
 func (c *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	t := &tunnel{}
-	if !c.s.track(t) {
+	t := c.s.track()
+	if t == nil {
 		return nil, nil, errShuttingDown
 	}
 	conn, brw, err := http.NewResponseController(c.ResponseWriter).Hijack()
 	if err != nil {
-		c.s.untrack(t)
+		t.done()
 		return nil, nil, err
 	}
-	c.s.mu.Lock()
-	t.client = conn
-	c.s.mu.Unlock()
+	t.set(conn, nil)
 	c.tunnel = t
 	// ReverseProxy hijacks only to relay an upgraded connection, after writing the 101 itself.
 	c.status = http.StatusSwitchingProtocols
@@ -529,7 +527,7 @@ var errShuttingDown = errors.New("the proxy is shutting down")
 
 func (c *countingWriter) untrack() {
 	if c.tunnel != nil {
-		c.s.untrack(c.tunnel)
+		c.tunnel.done()
 	}
 }
 
