@@ -40,7 +40,7 @@ func main() {
 }
 
 // allPaths are the paths a run measures by default, in table order.
-var allPaths = []string{"direct", "proxy", "bare-go", "tunnel", "squid", "tinyproxy", "ssh"}
+var allPaths = []string{"direct", "proxy", "bare-go", "tunnel", "squid", "tinyproxy", "ssh", "ns-connect", "ns-transparent"}
 
 // report is what -json writes.
 type report struct {
@@ -107,7 +107,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return runInspect(ctx, e, *short, stdout, logf)
 	}
-	if e.binary == "" && (slices.Contains(names, "proxy") || slices.Contains(names, "tunnel")) {
+	if e.binary == "" && slices.ContainsFunc(names, func(n string) bool { return n == "proxy" || n == "tunnel" || strings.HasPrefix(n, "ns-") }) {
 		e.binary = filepath.Join(dir, "swarm-proxy")
 		logf("building swarm-proxy")
 		if err := goBuild(ctx, e.binary, "github.com/swarm-proxy/swarm-proxy/cmd/swarm-proxy"); err != nil {
@@ -149,7 +149,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			logf("%s: skipped: %v", name, err)
 			continue
 		}
-		benches = append(benches, &bench{sz: sz, up: up, p: p, log: logf})
+		pathUp := up
+		if p.up != nil {
+			pathUp = p.up
+		}
+		benches = append(benches, &bench{sz: sz, up: pathUp, p: p, log: logf})
 		order = append(order, p.name)
 	}
 	if len(benches) == 0 {
@@ -220,6 +224,10 @@ func newPath(ctx context.Context, name string, e env) (*path, error) {
 		return tinyproxyPath(ctx, e)
 	case "ssh":
 		return sshPath(ctx, e)
+	case "ns-connect":
+		return netnsPath(ctx, e, false)
+	case "ns-transparent":
+		return netnsPath(ctx, e, true)
 	}
 	return nil, fmt.Errorf("unknown path %q", name)
 }

@@ -41,11 +41,18 @@ type path struct {
 	// storm counts providerPid's TCP connections to brokerPort.
 	providerPid, brokerPort int
 	procs                   []*proc
+	// up, when set, is the path's own set of upstream servers (in another network namespace).
+	up *upstream
+	// release, when set, runs after the path's processes stopped.
+	release func()
 }
 
 func (p *path) stop() {
 	for i := len(p.procs) - 1; i >= 0; i-- {
 		p.procs[i].stop()
+	}
+	if p.release != nil {
+		p.release()
 	}
 }
 
@@ -76,13 +83,17 @@ func directPath() *path {
 // connectDialer returns a dial function that opens tunnels with HTTP CONNECT through proxyAddr,
 // sending auth ("user:password") as proxy credentials when it is not empty.
 func connectDialer(proxyAddr, auth string) func(ctx context.Context, addr string) (net.Conn, error) {
+	return connectDialerVia((&net.Dialer{}).DialContext, proxyAddr, auth)
+}
+
+// connectDialerVia is connectDialer reaching the proxy with dial.
+func connectDialerVia(dial func(ctx context.Context, network, addr string) (net.Conn, error), proxyAddr, auth string) func(ctx context.Context, addr string) (net.Conn, error) {
 	authHeader := ""
 	if auth != "" {
 		authHeader = "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(auth)) + "\r\n"
 	}
-	var d net.Dialer
 	return func(ctx context.Context, addr string) (net.Conn, error) {
-		c, err := d.DialContext(ctx, "tcp", proxyAddr)
+		c, err := dial(ctx, "tcp", proxyAddr)
 		if err != nil {
 			return nil, fmt.Errorf("connect to proxy: %w", err)
 		}

@@ -31,7 +31,11 @@ type upstream struct {
 	closed           bool
 }
 
-func startUpstream() (*upstream, error) {
+func startUpstream() (*upstream, error) { return startUpstreamOn("127.0.0.1") }
+
+// startUpstreamOn starts the servers on host (an address of the calling thread's network
+// namespace).
+func startUpstreamOn(host string) (*upstream, error) {
 	u := &upstream{conns: map[net.Conn]struct{}{}}
 	var err error
 	listen := func() net.Listener {
@@ -39,7 +43,7 @@ func startUpstream() (*upstream, error) {
 			return nil
 		}
 		var ln net.Listener
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		ln, err = net.Listen("tcp", net.JoinHostPort(host, "0"))
 		return ln
 	}
 	u.echo, u.data, u.http = listen(), listen(), listen()

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -62,5 +64,30 @@ func TestProxyListenFlags(t *testing.T) {
 		if r.err == nil || !strings.Contains(r.err.Error(), args[0]+" "+`"`+args[1]+`"`) || !strings.Contains(r.err.Error(), "want HOST:PORT, e.g. 127.0.0.1:8080") {
 			t.Errorf("proxy %q: %v", args, r.err)
 		}
+	}
+}
+
+// TestBrokerAddressSyntax: a ticket made with --broker http://HOST:PORT holds HOST:PORT, and env
+// turns it into a usable proxy URL; broker --provider-listen is checked like every listen flag.
+func TestBrokerAddressSyntax(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte(strings.Repeat("s", 44)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tk := filepath.Join(t.TempDir(), "t.json")
+	if r := runCLI(t, "", "ticket", "--session", "a", "--secret-file", secret, "--broker", "http://127.0.0.1:8080", "--out", tk); r.err != nil {
+		t.Fatal(r.err)
+	}
+	data, err := os.ReadFile(tk)
+	if err != nil || !strings.Contains(string(data), `"broker_addr":"127.0.0.1:8080"`) {
+		t.Fatalf("ticket: %v %s", err, data)
+	}
+	r := runCLI(t, "", "env", "--ticket", tk)
+	if r.err != nil || !strings.Contains(r.stdout, "@127.0.0.1:8080'") || strings.Contains(r.stdout, "http://http") {
+		t.Fatalf("env: %v\n%s", r.err, r.stdout)
+	}
+	r = runCLI(t, "", "broker", "--provider-listen", "70x", "--secret-file", secret, "--insecure-plaintext")
+	if r.err == nil || !strings.Contains(r.err.Error(), `--provider-listen "70x": no port; want HOST:PORT`) {
+		t.Fatalf("broker --provider-listen 70x: %v", r.err)
 	}
 }

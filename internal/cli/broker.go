@@ -12,6 +12,7 @@ import (
 
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/proxy"
+	"github.com/swarm-proxy/swarm-proxy/internal/serve"
 	"github.com/swarm-proxy/swarm-proxy/internal/ticket"
 	"github.com/swarm-proxy/swarm-proxy/internal/tunnel"
 )
@@ -69,6 +70,10 @@ on both sides. Tickets have roles: workers need worker tickets, providers provid
 			}
 			if providerListen == "" {
 				errs = append(errs, errors.New("--provider-listen is required"))
+			} else if addr, err := listenAddr("provider-listen", providerListen); err != nil {
+				errs = append(errs, err)
+			} else {
+				providerListen = addr
 			}
 			switch {
 			case (tlsCert == "") != (tlsKey == ""):
@@ -125,7 +130,8 @@ on both sides. Tickets have roles: workers need worker tickets, providers provid
 					return nil, nil, fmt.Errorf("provider listen: %w", err)
 				}
 				go func() {
-					if err := broker.Serve(ln); err != nil && !errors.Is(err, tunnel.ErrClosed) {
+					// Temporary accept errors are retried in serve.Listen; one that is not fails /readyz.
+					if err := broker.Serve(serve.Listen(ln, "provider", rt.health, rt.logger)); err != nil && !errors.Is(err, tunnel.ErrClosed) {
 						rt.logger.Error("provider listener failed", "err", err)
 					}
 				}()

@@ -11,6 +11,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/connectclient"
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/dnsguard"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/proxy"
@@ -25,18 +27,43 @@ type captureFlags struct {
 	transparentListen string
 	dnsListen         string
 	dnsUpstream       []string
+	ticket, broker    string
+	// exchange, set in broker mode, asks the DNS upstream through the broker.
+	exchange dnsguard.Exchanger
 }
 
 func (c *captureFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.transparentListen, "transparent-listen", "", "address for connections the firewall redirects (swarm-proxy firewall --transparent): transparent capture, same policy and log (empty disables)")
 	fs.StringVar(&c.dnsListen, "dns-listen", "", "address of the DNS guard, UDP and TCP: answers the agent's queries under the policy (empty disables)")
 	fs.StringSliceVar(&c.dnsUpstream, "dns-upstream", nil, "resolvers the DNS guard asks, HOST:PORT (default: the nameservers of "+resolvConf+")")
+	fs.StringVar(&c.ticket, "ticket", "", "broker mode for a worker's sidecar: send every allowed connection (and the DNS guard's queries, over TCP) through the broker with this session ticket, so that they go out through the session's providers")
+	fs.StringVar(&c.broker, "broker", "", "with --ticket: the broker's proxy address HOST:PORT (default: broker_addr from the ticket)")
+}
+
+// dialer returns the proxy's dialer: direct, or through the broker of --ticket.
+func (c *captureFlags) dialer(direct dial.Dialer) (dial.Dialer, error) {
+	if c.ticket == "" {
+		return direct, nil
+	}
+	cc, err := connectclient.FromTicket(c.ticket, c.broker)
+	if err != nil {
+		return nil, err
+	}
+	up := connectclient.Upstream{D: cc}
+	c.exchange = dnsguard.TCPExchange(up.DialAddr)
+	return up, nil
 }
 
 func (c *captureFlags) validate() []error {
 	var errs []error
 	if len(c.dnsUpstream) > 0 && c.dnsListen == "" {
 		errs = append(errs, errors.New("--dns-upstream goes with --dns-listen"))
+	}
+	if c.broker != "" && c.ticket == "" {
+		errs = append(errs, errors.New("--broker goes with --ticket"))
+	}
+	if c.ticket != "" && c.dnsListen != "" && len(c.dnsUpstream) == 0 {
+		errs = append(errs, errors.New("--ticket with --dns-listen needs --dns-upstream: a resolver the session's providers reach (the guard asks it over TCP through the broker)"))
 	}
 	for _, u := range c.dnsUpstream {
 		if _, _, err := net.SplitHostPort(u); err != nil {
@@ -80,7 +107,7 @@ func startCapture(c *captureFlags, srv *proxy.Server, pol *policy.Holder, logw *
 			cp.guardUDP.Close()
 			return nil, fmt.Errorf("dns listen: %w", err)
 		}
-		cp.guard = &dnsguard.Guard{Policy: pol.Load, Upstreams: upstreams, Log: logw, Cache: cache}
+		cp.guard = &dnsguard.Guard{Policy: pol.Load, Upstreams: upstreams, Log: logw, Cache: cache, Exchange: c.exchange}
 	}
 	if c.transparentListen != "" {
 		ln, err := net.Listen("tcp", c.transparentListen)

@@ -53,7 +53,7 @@ build context: the output copies it into the image's trust store and points the 
 				cfg.Ticket = t
 				// The ticket names the broker's address for workers; --proxy overrides it.
 				if !cmd.Flags().Changed("proxy") && t.BrokerAddr != "" {
-					cfg.Proxy = "http://" + t.BrokerAddr
+					cfg.Proxy = proxyFlagURL(t.BrokerAddr)
 				}
 			}
 			w := cmd.OutOrStdout()

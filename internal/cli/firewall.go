@@ -21,6 +21,7 @@ func newFirewallCmd() *cobra.Command {
 		capture   bool
 		proxyPort uint16
 		dnsPort   uint16
+		adminPort uint16
 	)
 	cmd := &cobra.Command{
 		Use:   "firewall --proxy HOST:PORT [--proxy HOST:PORT] | --transparent --proxy-port N [--dns-port N] --allow-uid UID",
@@ -37,7 +38,15 @@ With --transparent the proxy runs in the agent's namespace (a sidecar sharing it
 redirect the agent's TCP to its --transparent-listen port (--proxy-port) and, with --dns-port, its
 DNS (UDP and TCP 53) to its --dns-listen port, IPv4 and IPv6, in a nat chain (` + firewall.CaptureChain + `,
 or the chain capture of the nftables table). Loopback and the users of --allow-uid (the proxy's own
-user, required so that its connections are not redirected back to it) are not redirected.`,
+user, required so that its connections are not redirected back to it) are not redirected.
+
+With --allow-uid (the proxy shares the agent's namespace), the proxy's admin port on loopback
+(--admin-port, 9090 by default: its /metrics and /healthz) is refused to everyone but those users.
+
+IPv6 neighbour discovery is allowed only as neighbour solicitations and advertisements with hop
+limit 255 to link-local, solicited-node, all-nodes or the proxy's addresses. The rules see what
+goes through the IP stack: a process with CAP_NET_RAW can still write raw frames (AF_PACKET) past
+them, so run the agent without it (see docs/agents.md; "swarm-proxy doctor" checks).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(proxies) == 0 && !capture {
@@ -47,6 +56,9 @@ user, required so that its connections are not redirected back to it) are not re
 				return fmt.Errorf("firewall: --proxy-port and --dns-port go with --transparent")
 			}
 			cfg := firewall.Config{Names: map[netip.Addr]string{}}
+			if adminPort != 0 {
+				cfg.AdminPorts = []uint16{adminPort}
+			}
 			if capture {
 				cfg.Capture = &firewall.Capture{ProxyPort: proxyPort, DNSPort: dnsPort}
 			}
@@ -96,6 +108,7 @@ user, required so that its connections are not redirected back to it) are not re
 	f.StringSliceVar(&proxies, "proxy", nil, "the proxy the agent may reach, HOST:PORT or http://HOST:PORT (required; repeat it, or separate with commas, for the SOCKS5 port too)")
 	f.StringSliceVar(&dns, "dns", nil, "DNS server addresses the agent may query on port 53 (default: none)")
 	f.UintSliceVar(&allowUIDs, "allow-uid", nil, "user ids whose processes may connect anywhere: the proxy's own user when it shares the agent's namespace (e.g. a Kubernetes sidecar on 127.0.0.1)")
+	f.Uint16Var(&adminPort, "admin-port", 9090, "with --allow-uid: the proxy's --admin-listen port on loopback, refused to everyone but the --allow-uid users (0: reachable)")
 	f.BoolVar(&capture, "transparent", false, "redirect the agent's TCP (and DNS with --dns-port) to the proxy in this namespace: transparent capture")
 	f.Uint16Var(&proxyPort, "proxy-port", 0, "with --transparent: the port of the proxy's --transparent-listen")
 	f.Uint16Var(&dnsPort, "dns-port", 0, "with --transparent: the port of the proxy's --dns-listen; DNS is redirected there")

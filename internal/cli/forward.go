@@ -15,6 +15,7 @@ import (
 
 	"github.com/swarm-proxy/swarm-proxy/internal/connectclient"
 	"github.com/swarm-proxy/swarm-proxy/internal/relay"
+	"github.com/swarm-proxy/swarm-proxy/internal/serve"
 )
 
 func newForwardCmd() *cobra.Command {
@@ -95,9 +96,7 @@ type forwarder struct {
 	dialer *connectclient.Dialer
 	logger *slog.Logger
 	ctx    context.Context // cancelled when the shutdown timeout runs out
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
+	conns  serve.Tracker
 }
 
 func runForward(ctx context.Context, d *connectclient.Dialer, specs []forwardSpec, shutdownTimeout time.Duration, logger *slog.Logger) error {
@@ -113,11 +112,11 @@ func runForward(ctx context.Context, d *connectclient.Dialer, specs []forwardSpe
 			closeAll()
 			return fmt.Errorf("forward listen: %w", err)
 		}
-		lns = append(lns, ln)
+		lns = append(lns, serve.Listen(ln, "forward "+s.local, nil, logger))
 	}
 	hardCtx, hardStop := context.WithCancel(context.Background())
 	defer hardStop()
-	fw := &forwarder{dialer: d, logger: logger, ctx: hardCtx, conns: map[net.Conn]struct{}{}}
+	fw := &forwarder{dialer: d, logger: logger, ctx: hardCtx}
 	var accepting sync.WaitGroup
 	acceptErr := make(chan error, len(lns))
 	for i, ln := range lns {
@@ -138,26 +137,20 @@ func runForward(ctx context.Context, d *connectclient.Dialer, specs []forwardSpe
 	closeAll()
 	accepting.Wait()
 	logger.Info("shutting down", "timeout", shutdownTimeout)
-	done := make(chan struct{})
-	go func() { fw.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(shutdownTimeout):
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	context.AfterFunc(sctx, hardStop) // when time runs out, dials in progress end too
+	fw.conns.Refuse()
+	if err := fw.conns.Wait(sctx); err != nil {
 		logger.Warn("shutdown timeout reached: open connections were aborted")
-		hardStop()
-		fw.mu.Lock()
-		for c := range fw.conns {
-			relay.Abort(c)
-		}
-		fw.mu.Unlock()
-		<-done
 	}
+	hardStop()
 	logger.Info("stopped")
 	return runErr
 }
 
 // accept serves ln until it is closed; it returns an error only when accepting fails for another
-// reason.
+// reason (temporary errors are retried by serve.Listen).
 func (fw *forwarder) accept(ln net.Listener, target string) error {
 	for {
 		c, err := ln.Accept()
@@ -167,22 +160,14 @@ func (fw *forwarder) accept(ln net.Listener, target string) error {
 			}
 			return fmt.Errorf("forward accept on %s: %w", ln.Addr(), err)
 		}
-		fw.mu.Lock()
-		fw.conns[c] = struct{}{}
-		fw.wg.Add(1)
-		fw.mu.Unlock()
-		go fw.serve(c, target)
+		if !fw.conns.Go(func() { relay.Abort(c) }, func(*serve.Item) { fw.serve(c, target) }) {
+			c.Close()
+		}
 	}
 }
 
 // serve opens the tunnel for one accepted connection and relays until both sides are done.
 func (fw *forwarder) serve(c net.Conn, target string) {
-	defer func() {
-		fw.mu.Lock()
-		delete(fw.conns, c)
-		fw.mu.Unlock()
-		fw.wg.Done()
-	}()
 	start := time.Now()
 	up, err := fw.dialer.Dial(fw.ctx, target)
 	if err != nil {

@@ -59,6 +59,7 @@ carries it). The ticket must be a provider ticket (swarm-proxy ticket --role pro
 					errs = append(errs, err)
 				}
 			}
+			broker = proxyHostPort(broker) // one address syntax: http://HOST:PORT is HOST:PORT
 			if broker == "" {
 				errs = append(errs, errors.New("--broker is required (the broker's --provider-listen address)"))
 			}

@@ -20,6 +20,7 @@ import (
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/proxy"
+	"github.com/swarm-proxy/swarm-proxy/internal/serve"
 	"github.com/swarm-proxy/swarm-proxy/internal/socks"
 )
 
@@ -125,7 +126,8 @@ what an allow rule names) and written as one JSON line to the access log.`,
 				return err
 			}
 			return runFrontend(cmd.Context(), cmd, &f, func(rt *runtime) (dial.Dialer, proxy.Authenticator, error) {
-				return &dial.Direct{Policy: rt.policy.Load, Timeout: f.dialTimeout, Observe: rt.metrics.ObserveDial}, nil, nil
+				d, err := f.capture.dialer(&dial.Direct{Policy: rt.policy.Load, Timeout: f.dialTimeout, Observe: rt.metrics.ObserveDial})
+				return d, nil, err
 			})
 		},
 	}
@@ -141,8 +143,8 @@ type runtime struct {
 	policy   *policy.Holder
 	registry *prometheus.Registry
 	metrics  *proxy.Metrics
-	// ready, when set by the command, reports extra readiness conditions (e.g. a provider connected).
-	ready func() error
+	// health records the listeners that failed for good: /readyz fails while it holds any.
+	health *serve.Health
 	// onShutdown, when set, runs after the proxy listener stopped.
 	onShutdown func(context.Context)
 }
@@ -170,18 +172,11 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		return err
 	}
 	warnUnknownSecrets(pol, sec.Load(), logger)
-	rt := &runtime{logger: logger, policy: policy.NewHolder(pol), registry: admin.NewRegistry()}
+	rt := &runtime{logger: logger, policy: policy.NewHolder(pol), registry: admin.NewRegistry(), health: &serve.Health{}}
 	rt.metrics = proxy.NewMetrics(rt.registry)
-
-	var logw *accesslog.Writer
-	if f.logFile == "" {
-		logw = accesslog.NewWriter(cmd.OutOrStdout())
-	} else {
-		w, err := accesslog.OpenFile(f.logFile, accesslog.Rotation{MaxSizeMB: f.logMaxSizeMB, MaxBackups: f.logMaxBackups, Compress: true})
-		if err != nil {
-			return err
-		}
-		logw = w
+	logw, err := openAccessLog(cmd, f)
+	if err != nil {
+		return err
 	}
 	defer logw.Close()
 
@@ -197,7 +192,8 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 		Policy: rt.policy, Dialer: dialer, Auth: auth, Log: logw, Metrics: rt.metrics, Logger: logger,
 		AllowClients: allow, UpstreamTimeout: f.upstreamTimeout, IdleTimeout: f.idleTimeout,
 		TunnelIdleTimeout: f.tunnelIdleTimeout, ReadHeaderTimeout: f.headerTimeout,
-		Mutate: secretsHook{sec}.mutate, ModifyResponse: secretsHook{sec}.modifyResponse,
+		Mutate: secretsHook{sec}.mutate, ModifyResponse: secretsHook{sec}.modifyResponse, Redact: secretsHook{sec}.redact,
+		Health: rt.health,
 	}
 	if err := f.inspect.setup(srv, rt.registry); err != nil {
 		return err
@@ -214,7 +210,7 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 			ln.Close()
 			return fmt.Errorf("socks listen: %w", err)
 		}
-		socksSrv = &socks.Server{Proxy: srv, Logger: logger, HandshakeTimeout: f.headerTimeout}
+		socksSrv = &socks.Server{Proxy: srv, Logger: logger, HandshakeTimeout: f.headerTimeout, Health: rt.health}
 	}
 	cp := &capture{}
 	if f.capture != nil {
@@ -226,30 +222,14 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 			return err
 		}
 	}
-	var adminSrv *http.Server
-	adminAddr := ""
-	if f.adminListen != "" {
-		aln, err := net.Listen("tcp", f.adminListen)
-		if err != nil {
-			ln.Close()
-			if socksLn != nil {
-				socksLn.Close()
-			}
-			cp.close()
-			return fmt.Errorf("admin listen: %w", err)
+	adminSrv, adminAddr, err := startAdmin(ctx, f.adminListen, rt)
+	if err != nil {
+		ln.Close()
+		if socksLn != nil {
+			socksLn.Close()
 		}
-		adminAddr = aln.Addr().String()
-		ready := func() error {
-			if ctx.Err() != nil {
-				return errors.New("shutting down") // load balancers stop sending new clients
-			}
-			if rt.ready != nil {
-				return rt.ready()
-			}
-			return nil
-		}
-		adminSrv = &http.Server{Handler: admin.Handler(rt.registry, ready), ReadHeaderTimeout: 5 * time.Second}
-		go adminSrv.Serve(aln)
+		cp.close()
+		return err
 	}
 
 	reloadCtx, stopReload := context.WithCancel(ctx)
@@ -313,6 +293,36 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// openAccessLog opens the access log: stdout, or --log-file rotated by size.
+func openAccessLog(cmd *cobra.Command, f *frontendFlags) (*accesslog.Writer, error) {
+	if f.logFile == "" {
+		return accesslog.NewWriter(cmd.OutOrStdout()), nil
+	}
+	return accesslog.OpenFile(f.logFile, accesslog.Rotation{MaxSizeMB: f.logMaxSizeMB, MaxBackups: f.logMaxBackups, Compress: true})
+}
+
+// startAdmin serves /healthz, /readyz and /metrics on addr (nothing when addr is empty). /readyz
+// fails once ctx ends (shutdown: load balancers stop sending new clients) and while a listener is
+// gone for good.
+func startAdmin(ctx context.Context, addr string, rt *runtime) (*http.Server, string, error) {
+	if addr == "" {
+		return nil, "", nil
+	}
+	aln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, "", fmt.Errorf("admin listen: %w", err)
+	}
+	ready := func() error {
+		if ctx.Err() != nil {
+			return errors.New("shutting down")
+		}
+		return rt.health.Err()
+	}
+	srv := &http.Server{Handler: admin.Handler(rt.registry, ready), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(aln)
+	return srv, aln.Addr().String(), nil
 }
 
 func orBuiltIn(file string) string {

@@ -150,6 +150,9 @@ func (k secretsHook) modifyResponse(resp *http.Response, _ *proxy.Request) error
 	return nil
 }
 
+// redact replaces the secrets' values in text from a target (a Transport error).
+func (k secretsHook) redact(text string) string { return k.secrets.Load().RedactString(text) }
+
 // redactTrailer redacts the response's trailers when its body ends: the Transport fills them in then,
 // and ReverseProxy copies them to the client after it has read the body.
 type redactTrailer struct {

@@ -60,7 +60,7 @@ FILE). Neither works as the other. --out FILE writes the ticket readable by its 
 			if err != nil {
 				return err
 			}
-			tk.BrokerAddr = broker
+			tk.BrokerAddr = proxyHostPort(broker) // one address syntax: http://HOST:PORT is HOST:PORT
 			if tlsCert != "" {
 				if tk.BrokerFingerprint, err = tunnel.FingerprintFile(tlsCert); err != nil {
 					return fmt.Errorf("--tls-cert: %w", err)

@@ -326,3 +326,23 @@ func UpstreamsFromResolvConf(path string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// TCPExchange returns an Exchanger that asks the upstream over a TCP connection that dial opens
+// (for a sidecar whose only way out is a broker tunnel), whatever the client's network.
+func TCPExchange(dial func(ctx context.Context, addr string) (net.Conn, error)) Exchanger {
+	return func(ctx context.Context, m *dns.Msg, _, upstream string) (*dns.Msg, error) {
+		c, err := dial(ctx, upstream)
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		if d, ok := ctx.Deadline(); ok {
+			c.SetDeadline(d)
+		}
+		co := &dns.Conn{Conn: c}
+		if err := co.WriteMsg(m); err != nil {
+			return nil, err
+		}
+		return co.ReadMsg()
+	}
+}

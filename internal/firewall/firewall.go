@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -47,6 +48,10 @@ type Config struct {
 	// Capture, when set, redirects the agent's connections to the proxy in its namespace
 	// (transparent capture); Proxy may then be empty.
 	Capture *Capture
+	// AdminPorts are loopback TCP ports that only the AllowUIDs may reach: the proxy's admin
+	// endpoint (/metrics, /healthz) when the proxy shares the agent's namespace. Ignored without
+	// AllowUIDs, where the agent's loopback is its own.
+	AdminPorts []uint16
 }
 
 // Validate reports every problem with c at once.
@@ -90,15 +95,15 @@ type rule struct {
 func (c Config) rules() []rule {
 	rs := []rule{
 		{0, "-m conntrack --ctstate ESTABLISHED,RELATED", "ct state established,related", "accept", "replies to connections already allowed"},
-		{0, "-o lo", `oifname "lo"`, "accept", "loopback: the agent's own local services"},
-		{6, "-p ipv6-icmp --icmpv6-type neighbour-solicitation", "icmpv6 type nd-neighbor-solicit", "accept", "IPv6 neighbour solicitation, to reach any neighbour"},
-		{6, "-p ipv6-icmp --icmpv6-type neighbour-advertisement", "icmpv6 type nd-neighbor-advert", "accept", "IPv6 neighbour advertisement, to answer neighbours"},
 	}
+	rs = append(rs, c.ndRules()...)
 	rs = append(rs, c.captureAccepts()...)
 	for _, uid := range c.AllowUIDs {
 		rs = append(rs, rule{0, fmt.Sprintf("-m owner --uid-owner %d", uid), fmt.Sprintf("meta skuid %d", uid),
 			"accept", fmt.Sprintf("processes of uid %d (--allow-uid: the proxy in this namespace)", uid)})
 	}
+	rs = append(rs, c.adminRules()...)
+	rs = append(rs, rule{0, "-o lo", `oifname "lo"`, "accept", "loopback: the agent's own local services"})
 	for _, ap := range c.Proxy {
 		f := familyOf(ap.Addr())
 		name := ""
@@ -125,6 +130,60 @@ func (c Config) rules() []rule {
 		rule{0, "-p tcp", "meta l4proto tcp", "reset", "any other TCP: refused at once so tools fail fast, not hang"},
 		rule{0, "", "", "reject", "anything else: the agent goes out only through the proxy"},
 	)
+}
+
+// IPv6 neighbour discovery destinations: a solicitation goes to the target's solicited-node
+// multicast group, or to its address when a cached entry is re-checked; an advertisement answers
+// the soliciting address, or goes to all nodes when unsolicited.
+var (
+	ndLinkLocal     = netip.MustParsePrefix("fe80::/10")
+	ndSolicitedNode = netip.MustParsePrefix("ff02::1:ff00:0/104")
+	ndAllNodes      = netip.MustParsePrefix("ff02::1/128")
+)
+
+// ndRules let IPv6 neighbour discovery work and nothing else through it: only neighbour
+// solicitations and advertisements, with hop limit 255 (which every receiver requires and no router
+// forwards unchanged), to link-local, solicited-node or all-nodes addresses, or to the proxy's own
+// IPv6 addresses (a neighbour). A process with CAP_NET_RAW can write any ICMPv6 packet: a rule that
+// accepted every neighbour solicitation let it carry data to any address.
+func (c Config) ndRules() []rule {
+	type nd struct {
+		ipt, nft, what string
+		dsts           []netip.Prefix
+	}
+	var neighbours []netip.Prefix
+	for _, ap := range c.Proxy {
+		if a := ap.Addr(); familyOf(a) == 6 && !slices.Contains(neighbours, netip.PrefixFrom(a, 128)) {
+			neighbours = append(neighbours, netip.PrefixFrom(a, 128))
+		}
+	}
+	var rs []rule
+	for _, t := range []nd{
+		{"neighbour-solicitation", "nd-neighbor-solicit", "neighbour solicitation", append([]netip.Prefix{ndSolicitedNode, ndLinkLocal}, neighbours...)},
+		{"neighbour-advertisement", "nd-neighbor-advert", "neighbour advertisement", append([]netip.Prefix{ndAllNodes, ndLinkLocal}, neighbours...)},
+	} {
+		for _, d := range t.dsts {
+			rs = append(rs, rule{6,
+				fmt.Sprintf("-d %s -p ipv6-icmp --icmpv6-type %s -m hl --hl-eq 255", d, t.ipt),
+				fmt.Sprintf("ip6 daddr %s ip6 hoplimit 255 icmpv6 type %s", d, t.nft),
+				"accept", fmt.Sprintf("IPv6 %s to %s, hop limit 255 (neighbour discovery only)", t.what, d)})
+		}
+	}
+	return rs
+}
+
+// adminRules keep the proxy's admin port on loopback out of the agent's reach when the proxy shares
+// its namespace: the AllowUIDs were accepted before, so these match the agent only.
+func (c Config) adminRules() []rule {
+	if len(c.AllowUIDs) == 0 {
+		return nil
+	}
+	var rs []rule
+	for _, p := range c.AdminPorts {
+		rs = append(rs, rule{0, fmt.Sprintf("-o lo -p tcp --dport %d", p), fmt.Sprintf(`oifname "lo" tcp dport %d`, p),
+			"reset", fmt.Sprintf("the proxy's admin port %d on loopback: only --allow-uid users (--admin-port)", p)})
+	}
+	return rs
 }
 
 // rulesFor returns the rules that apply to family f.

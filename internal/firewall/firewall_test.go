@@ -23,6 +23,8 @@ var testConfig = Config{
 
 func TestRender(t *testing.T) {
 	v4only := Config{Proxy: []netip.AddrPort{netip.MustParseAddrPort("10.213.0.2:8080")}}
+	withAdmin := testConfig
+	withAdmin.AdminPorts = []uint16{9090}
 	tests := []struct {
 		name    string
 		format  Format
@@ -53,7 +55,19 @@ func TestRender(t *testing.T) {
 			`meta l4proto tcp reject with tcp reset comment`,
 			`reject with icmpx type admin-prohibited comment`,
 		}, nil},
-		{"no DNS unless asked", FormatNFTables, v4only, nil, []string{"dport 53", "ip6 daddr", "skuid"}},
+		{"admin port with allow-uid", FormatNFTables, withAdmin, []string{
+			`meta skuid 65532 accept comment "processes of uid 65532 (--allow-uid: the proxy in this namespace)"
+		oifname "lo" tcp dport 9090 reject with tcp reset comment "the proxy's admin port 9090 on loopback: only --allow-uid users (--admin-port)"
+		oifname "lo" accept comment`}, nil},
+		{"admin port with allow-uid, iptables", FormatIPTables, withAdmin, []string{
+			`-A SWARM-PROXY-EGRESS -o lo -p tcp --dport 9090 -m comment --comment "the proxy's admin port 9090 on loopback: only --allow-uid users (--admin-port)" -j REJECT --reject-with tcp-reset
+-A SWARM-PROXY-EGRESS -o lo -m comment`}, nil},
+		{"no admin rule without allow-uid", FormatNFTables, Config{Proxy: v4only.Proxy, AdminPorts: []uint16{9090}}, nil, []string{"dport 9090"}},
+		{"ND only as ND", FormatNFTables, testConfig, []string{
+			`ip6 daddr ff02::1:ff00:0/104 ip6 hoplimit 255 icmpv6 type nd-neighbor-solicit accept`,
+			`ip6 daddr fd00:213::2/128 ip6 hoplimit 255 icmpv6 type nd-neighbor-advert accept`,
+		}, []string{"\t\ticmpv6 type"}},
+		{"no DNS unless asked", FormatNFTables, v4only, nil, []string{"dport 53", "ip6 daddr fd00", "skuid"}},
 		{"no DNS unless asked, iptables", FormatIPTables, v4only, nil, []string{"--dport 53", "(proxy)"}},
 	}
 	for _, tt := range tests {

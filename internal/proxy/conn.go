@@ -261,7 +261,7 @@ func (s *Server) logRejected(client net.Addr, answer []byte) {
 	line, _, _ := bytes.Cut(answer, []byte("\r\n"))
 	_, status, _ := bytes.Cut(line, []byte(" "))
 	code, text, _ := bytes.Cut(status, []byte(" "))
-	f := badRequest("")
+	f := BadRequest("")
 	f.Status, _ = strconv.Atoi(string(code))
 	_, detail, ok := bytes.Cut(text, []byte(": "))
 	switch {
@@ -277,5 +277,4 @@ func (s *Server) logRejected(client net.Addr, answer []byte) {
 	ap, _ := netip.ParseAddrPort(client.String())
 	req := s.NewRequest(ap, "")
 	s.LogFailure(req, f)
-	s.Logger.Debug("request rejected", "id", req.ID, "client", ap.Addr(), "status", f.Status, "reason", f.Reason)
 }

@@ -72,18 +72,32 @@ func rootCause(err error) error {
 	}
 }
 
-func clientNotAllowed(client string) *Failure {
+// ClientNotAllowed is the refusal of a client outside --allow-clients.
+func ClientNotAllowed(client string) *Failure {
 	return &Failure{Status: http.StatusForbidden, Kind: accesslog.ErrorClientNotAllowed, Denied: true,
 		Reason: fmt.Sprintf("client %s is not in --allow-clients", client),
 		Fix:    "start the proxy with --allow-clients including this client's address"}
 }
 
-func badRequest(reason string) *Failure {
+// AuthRequired is the refusal of missing or wrong credentials; fix says how this front end's
+// clients send them.
+func AuthRequired(err error, fix string) *Failure {
+	return &Failure{Status: http.StatusProxyAuthRequired, Kind: accesslog.ErrorAuth, Denied: true, Reason: err.Error(), Fix: fix}
+}
+
+// BadRequest is the refusal of a malformed request.
+func BadRequest(reason string) *Failure {
 	return &Failure{Status: http.StatusBadRequest, Kind: accesslog.ErrorBadRequest, Reason: reason}
 }
 
-func shuttingDown() *Failure {
+// ShuttingDown is the refusal of a request that arrives once shutdown has begun.
+func ShuttingDown() *Failure {
 	return &Failure{Status: http.StatusServiceUnavailable, Kind: accesslog.ErrorShuttingDown, Reason: "the proxy is shutting down"}
+}
+
+// ClientClosed is the outcome of a request whose client left before it was answered.
+func ClientClosed(reason string) *Failure {
+	return &Failure{Status: 499, Kind: accesslog.ErrorClientClosed, Reason: reason}
 }
 
 // writeFailure answers an HTTP client with f: the status, the decision or error header (curl hides

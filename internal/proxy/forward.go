@@ -354,7 +354,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 	if aborted {
 		rec.Error, rec.Reason = accesslog.ErrorClientClosed, "the client went away before the response was complete"
 		if cw.err == nil && r.Context().Err() == nil && st.bodyErr != nil {
-			rec.Error, rec.Reason = accesslog.ErrorUpstream, "the response body from the target broke off: "+st.bodyErr.Error()
+			rec.Error, rec.Reason = accesslog.ErrorUpstream, "the response body from the target broke off: "+s.redact(st.bodyErr.Error())
 		}
 		s.finish(req, rec)
 		// Abort the client connection as net/http does for this panic: ending the response normally
@@ -386,10 +386,19 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error)
 		return
 	}
 	st.failure = s.forwardFailure(r, err)
+	st.failure.Reason = s.redact(st.failure.Reason)
 	if st.w.status != 0 {
 		return // the response had begun; the connection is closed by the server
 	}
 	s.writeFailure(w, r, st.req, st.failure)
+}
+
+// redact applies Server.Redact to text from a target.
+func (s *Server) redact(text string) string {
+	if s.Redact == nil {
+		return text
+	}
+	return s.Redact(text)
 }
 
 func (s *Server) forwardFailure(r *http.Request, err error) *Failure {
@@ -500,18 +509,16 @@ func (c *countingWriter) Flush() {
 
 // Hijack hands the client connection to ReverseProxy after a 101 and counts what crosses it.
 func (c *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	t := &tunnel{}
-	if !c.s.track(t) {
+	t := c.s.track()
+	if t == nil {
 		return nil, nil, errShuttingDown
 	}
 	conn, brw, err := http.NewResponseController(c.ResponseWriter).Hijack()
 	if err != nil {
-		c.s.untrack(t)
+		t.done()
 		return nil, nil, err
 	}
-	c.s.mu.Lock()
-	t.client = conn
-	c.s.mu.Unlock()
+	t.set(conn, nil)
 	c.tunnel = t
 	// ReverseProxy hijacks only to relay an upgraded connection, after writing the 101 itself.
 	c.status = http.StatusSwitchingProtocols
@@ -523,7 +530,7 @@ var errShuttingDown = errors.New("the proxy is shutting down")
 
 func (c *countingWriter) untrack() {
 	if c.tunnel != nil {
-		c.s.untrack(c.tunnel)
+		c.tunnel.done()
 	}
 }
 

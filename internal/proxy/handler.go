@@ -8,11 +8,13 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/relay"
+	"github.com/swarm-proxy/swarm-proxy/internal/serve"
 )
 
 // ServeHTTP is the one HTTP handler: it identifies the client, parses the target and hands the
@@ -44,7 +46,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) admit(r *http.Request, req *Request) *Failure {
 	malformed := parseTarget(r, req)
 	if !s.ClientAllowed(req.Client.Addr()) {
-		return clientNotAllowed(req.Client.Addr().String())
+		return ClientNotAllowed(req.Client.Addr().String())
 	}
 	if req.Conn != nil && req.Conn.Refusal != nil {
 		return req.Conn.Refusal
@@ -55,8 +57,7 @@ func (s *Server) admit(r *http.Request, req *Request) *Failure {
 			req.Session, err = s.Auth.Authenticate(user, pass)
 		}
 		if err != nil {
-			return &Failure{Status: http.StatusProxyAuthRequired, Kind: accesslog.ErrorAuth, Denied: true, Reason: err.Error(),
-				Fix: "send the session ticket as proxy credentials (user SESSION_ID, password TOKEN): http://SESSION_ID:TOKEN@broker:port in HTTP_PROXY, curl --proxy-user SESSION_ID:TOKEN, or swarm-proxy connect --ticket FILE"}
+			return AuthRequired(err, "send the session ticket as proxy credentials (user SESSION_ID, password TOKEN): http://SESSION_ID:TOKEN@broker:port in HTTP_PROXY, curl --proxy-user SESSION_ID:TOKEN, or swarm-proxy connect --ticket FILE")
 		}
 	}
 	return malformed
@@ -71,20 +72,20 @@ func parseTarget(r *http.Request, req *Request) *Failure {
 	if r.Method == http.MethodConnect {
 		req.Target, err = policy.ParseTarget(r.Host, 0)
 		if err != nil {
-			return badRequest(fmt.Sprintf("CONNECT needs host:port: %v", err))
+			return BadRequest(fmt.Sprintf("CONNECT needs host:port: %v", err))
 		}
 		return nil
 	}
 	if !r.URL.IsAbs() || r.URL.Host == "" {
-		return badRequest("not a proxy request: the request line must carry an absolute URL (GET http://host/path); point HTTP_PROXY at this address instead of requesting it directly")
+		return BadRequest("not a proxy request: the request line must carry an absolute URL (GET http://host/path); point HTTP_PROXY at this address instead of requesting it directly")
 	}
 	port, ok := defaultPorts[strings.ToLower(r.URL.Scheme)]
 	if !ok {
-		return badRequest(fmt.Sprintf("scheme %q is not supported: use http or https", r.URL.Scheme))
+		return BadRequest(fmt.Sprintf("scheme %q is not supported: use http or https", r.URL.Scheme))
 	}
 	req.Target, err = policy.ParseTarget(r.URL.Host, port)
 	if err != nil {
-		return badRequest(err.Error())
+		return BadRequest(err.Error())
 	}
 	req.Path = rawPath(r.RequestURI)
 	return nil
@@ -96,14 +97,14 @@ func parseHandedTarget(r *http.Request, req *Request) *Failure {
 	info := req.Conn
 	req.Target = info.Target
 	if r.Method == http.MethodConnect {
-		return badRequest("CONNECT is not accepted inside a " + info.Via + " connection")
+		return BadRequest("CONNECT is not accepted inside a " + info.Via + " connection")
 	}
 	host, err := policy.ParseTarget(r.Host, info.Target.Port)
 	if err != nil || host.Host != info.Target.Host || host.Port != info.Target.Port {
-		return badRequest(fmt.Sprintf("the request's Host %q is not %s, the target of the connection", r.Host, info.Target))
+		return BadRequest(fmt.Sprintf("the request's Host %q is not %s, the target of the connection", r.Host, info.Target))
 	}
 	if r.URL.IsAbs() && r.URL.Host != r.Host {
-		return badRequest(fmt.Sprintf("the request names %q, not %s, the target of the connection", r.URL.Host, info.Target))
+		return BadRequest(fmt.Sprintf("the request names %q, not %s, the target of the connection", r.URL.Host, info.Target))
 	}
 	req.Path = rawPath(r.RequestURI)
 	return nil
@@ -153,26 +154,21 @@ func proxyCredentials(h string) (user, pass string, err error) {
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, req *Request, f *Failure) {
 	s.writeFailure(w, r, req, f)
 	s.LogFailure(req, f)
-	level := s.Logger.Debug
-	if !f.Denied && f.Status != http.StatusBadRequest {
-		level = s.Logger.Info
-	}
-	level("request failed", "id", req.ID, "client", req.Client.Addr(), "target", req.Target, "status", f.Status, "kind", f.Kind, "reason", f.Reason)
 }
 
 // serveConnect dials the target and, only once it is connected, answers 200 and relays raw bytes.
 func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, req *Request) {
 	// Track the tunnel before the connection is hijacked: from then on http.Server no longer waits
 	// for it, and Shutdown must.
-	t := &tunnel{}
-	if !s.track(t) {
-		s.fail(w, r, req, shuttingDown())
+	t := s.track()
+	if t == nil {
+		s.fail(w, r, req, ShuttingDown())
 		return
 	}
 	handedOff := false
 	defer func() {
 		if !handedOff {
-			s.untrack(t)
+			t.done()
 		}
 	}()
 	d := s.Decide(req)
@@ -223,7 +219,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, req *Reque
 	// keep the HTTP server's connection goroutine, its deep stack and its buffers alive.
 	handedOff = true
 	go func() {
-		defer s.untrack(t)
+		defer t.done()
 		s.relay(t, req, rec, conn, upstream)
 	}()
 }
@@ -233,15 +229,15 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, req *Reque
 func (s *Server) Relay(req *Request, status int, client, upstream net.Conn) {
 	rec := s.record(req)
 	rec.Status = status
-	t := &tunnel{}
-	if !s.track(t) {
+	t := s.track()
+	if t == nil {
 		relay.Abort(client)
 		upstream.Close()
 		rec.Error, rec.Reason = accesslog.ErrorShuttingDown, "the proxy is shutting down"
 		s.finish(req, rec)
 		return
 	}
-	defer s.untrack(t)
+	defer t.done()
 	s.relay(t, req, rec, client, upstream)
 }
 
@@ -252,9 +248,7 @@ func (s *Server) relay(t *tunnel, req *Request, rec *accesslog.Record, client, u
 	if pc, ok := upstream.(providerConn); ok {
 		rec.Provider = pc.Provider()
 	}
-	s.mu.Lock()
-	t.client, t.upstream = client, upstream
-	s.mu.Unlock()
+	t.set(client, upstream)
 	s.Metrics.tunnelDelta(1)
 	defer s.Metrics.tunnelDelta(-1)
 	res := relay.Pipe(client, upstream, s.TunnelIdleTimeout)
@@ -270,11 +264,8 @@ func (s *Server) relay(t *tunnel, req *Request, rec *accesslog.Record, client, u
 // field and the words for its reason. The client is the relay's side a: a reset from it (curl
 // resets a finished HTTP/2 connection) is the client's doing, not a broken tunnel.
 func (s *Server) tunnelFailure(t *tunnel, res relay.Result) (kind, reason string) {
-	s.mu.Lock()
-	aborted := t.aborted
-	s.mu.Unlock()
 	switch {
-	case aborted:
+	case t.aborted():
 		return accesslog.ErrorShuttingDown, "the proxy shut down while the tunnel was open (--shutdown-timeout ran out): " + rootCause(res.Err).Error()
 	case errors.Is(res.Err, relay.ErrIdle):
 		return accesslog.ErrorIdleTimeout, fmt.Sprintf("no byte moved for %s (--tunnel-idle-timeout)", s.TunnelIdleTimeout)
@@ -295,15 +286,33 @@ func upstreamAddr(c net.Conn) string {
 }
 
 // tunnel is an open relay or upgraded connection, tracked so Shutdown can wait for it and abort it
-// when time runs out. Its connections are set (under Server.mu) once they exist; an upgraded
-// connection has only a client side here (ReverseProxy holds the upstream and ends it with it).
+// when time runs out. Its connections are set once they exist; an upgraded connection has only a
+// client side here (ReverseProxy holds the upstream and ends it with it).
 type tunnel struct {
+	s                *Server
+	item             *serve.Item
+	mu               sync.Mutex
 	client, upstream net.Conn
-	aborted          bool // by Shutdown, when its time ran out
+}
+
+// track starts tracking a tunnel; it returns nil once shutdown has begun.
+func (s *Server) track() *tunnel {
+	t := &tunnel{s: s}
+	if t.item = s.inflight.Add(t.abort); t.item == nil {
+		return nil
+	}
+	return t
+}
+
+func (t *tunnel) set(client, upstream net.Conn) {
+	t.mu.Lock()
+	t.client, t.upstream = client, upstream
+	t.mu.Unlock()
 }
 
 func (t *tunnel) abort() {
-	t.aborted = true
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	for _, c := range []net.Conn{t.client, t.upstream} {
 		if c != nil {
 			relay.Abort(c)
@@ -311,21 +320,7 @@ func (t *tunnel) abort() {
 	}
 }
 
-// track registers a tunnel; it refuses new ones once shutdown has begun.
-func (s *Server) track(t *tunnel) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return false
-	}
-	s.tunnels[t] = struct{}{}
-	s.tunnelWG.Add(1)
-	return true
-}
+// aborted reports whether Shutdown aborted the tunnel when its time ran out.
+func (t *tunnel) aborted() bool { return t.s.inflight.Aborted(t.item) }
 
-func (s *Server) untrack(t *tunnel) {
-	s.mu.Lock()
-	delete(s.tunnels, t)
-	s.mu.Unlock()
-	s.tunnelWG.Done()
-}
+func (t *tunnel) done() { t.s.inflight.Done(t.item) }

@@ -20,6 +20,7 @@ import (
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+	"github.com/swarm-proxy/swarm-proxy/internal/serve"
 )
 
 // Authenticator turns proxy credentials into a session. It returns an error for missing or wrong
@@ -97,6 +98,10 @@ type Server struct {
 	// (after the proxy removed hop-by-hop and X-Swarm-Proxy-* headers): it may change its headers or
 	// wrap its body. An error answers 502 with kind upstream instead.
 	ModifyResponse func(resp *http.Response, req *Request) error
+	// Redact, when set, removes secrets from text that comes from a target (a Transport error can
+	// quote what the target sent, such as a malformed status line) before the client or the log
+	// gets it.
+	Redact func(string) string
 	// Inspector, when set, terminates the TLS of CONNECT tunnels whose rule inspects, so that each
 	// request inside is decided by the rule's http entries; without it such tunnels are refused.
 	Inspector Inspector
@@ -105,17 +110,16 @@ type Server struct {
 	// is never skipped.
 	UpstreamTLS *tls.Config
 
+	// Health, when set, records a listener that failed for good, for /readyz.
+	Health *serve.Health
+
 	initOnce   sync.Once
 	srv        *http.Server
 	forwarders *forwarders
 	conns      connTracker
 	handed     *handoffListener // the connections ServeConn hands to srv
 	handedOnce sync.Once
-
-	mu       sync.Mutex
-	tunnels  map[*tunnel]struct{}
-	tunnelWG sync.WaitGroup
-	closing  bool
+	inflight   serve.Tracker // tunnels and upgraded connections: http.Server no longer sees them
 }
 
 func (s *Server) init() {
@@ -126,7 +130,6 @@ func (s *Server) init() {
 		if s.AllowClients == nil {
 			s.AllowClients = DefaultAllowClients
 		}
-		s.tunnels = map[*tunnel]struct{}{}
 		s.forwarders = newForwarders(s)
 		s.conns.init()
 		s.handed = newHandoffListener()
@@ -155,7 +158,7 @@ func orDefault(d, def time.Duration) time.Duration {
 // Serve accepts proxy clients on ln until Shutdown. It returns nil after a Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.init()
-	err := s.srv.Serve(observingListener{ln, s})
+	err := s.srv.Serve(observingListener{serve.Listen(ln, "proxy", s.Health, s.Logger), s})
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -166,26 +169,14 @@ func (s *Server) Serve(ln net.Listener) error {
 // what is left. It returns ctx's error when it had to abort.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.init()
-	s.mu.Lock()
-	s.closing = true
-	s.mu.Unlock()
+	s.inflight.Refuse()
 	s.handed.Close()
 	// A client that connected and has sent no request yet would hold http.Server.Shutdown for five
 	// seconds: it has nothing in flight, so it is closed at once.
 	s.conns.shutdown()
 	err := s.srv.Shutdown(ctx)
-	done := make(chan struct{})
-	go func() { s.tunnelWG.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.mu.Lock()
-		for t := range s.tunnels {
-			t.abort()
-		}
-		s.mu.Unlock()
-		<-done
-		err = ctx.Err()
+	if werr := s.inflight.Wait(ctx); werr != nil {
+		err = werr
 	}
 	s.forwarders.closeIdle()
 	return err
@@ -339,9 +330,15 @@ func (s *Server) finish(req *Request, rec *accesslog.Record) {
 	}
 }
 
-// LogFailure writes the record of a request that got no upstream: refused by the client check,
-// authentication or policy, or a failed dial.
+// LogFailure writes the record of a request that got no upstream (refused by the client check,
+// authentication or policy, or a failed dial) and an operational line: debug for a refusal, info
+// for a failure. Every front end reports its refusals with it.
 func (s *Server) LogFailure(req *Request, f *Failure) {
+	level := s.Logger.Debug
+	if !f.Denied && f.Status != http.StatusBadRequest {
+		level = s.Logger.Info
+	}
+	level("request failed", "id", req.ID, "method", req.Method, "client", req.Client.Addr(), "target", req.Target, "status", f.Status, "kind", f.Kind, "reason", f.Reason)
 	rec := s.record(req)
 	rec.Status = f.Status
 	rec.Error = f.Kind

@@ -16,9 +16,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/proxy"
 	"github.com/swarm-proxy/swarm-proxy/internal/relay"
+	"github.com/swarm-proxy/swarm-proxy/internal/serve"
 )
 
 // Method is the access-log method of SOCKS5 tunnels.
@@ -39,24 +41,17 @@ type Server struct {
 	// HandshakeTimeout bounds the handshake and the writing of the reply; zero means
 	// DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// Health, when set, records a listener that failed for good, for /readyz.
+	Health *serve.Health
 
-	initOnce  sync.Once
-	ctx       context.Context // dials; cancelled when Shutdown gives up waiting
-	cancel    context.CancelFunc
-	mu        sync.Mutex
-	closing   bool
-	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]phase
-	wg        sync.WaitGroup
+	initOnce sync.Once
+	ctx      context.Context // dials; cancelled when Shutdown gives up waiting
+	cancel   context.CancelFunc
+	mu       sync.Mutex
+	closing  bool
+	lns      map[net.Listener]struct{}
+	conns    serve.Tracker // in their handshake (idle: closed at once by Shutdown), dialing or relaying
 }
-
-// phase is where a client connection is in its life.
-type phase int
-
-const (
-	phaseHandshake phase = iota // reading the greeting, login and request
-	phaseActive                 // dialing or relaying
-)
 
 func (s *Server) init() {
 	s.initOnce.Do(func() {
@@ -64,54 +59,33 @@ func (s *Server) init() {
 			s.Logger = slog.Default()
 		}
 		s.ctx, s.cancel = context.WithCancel(context.Background())
-		s.listeners = map[net.Listener]struct{}{}
-		s.conns = map[net.Conn]phase{}
+		s.lns = map[net.Listener]struct{}{}
 	})
 }
 
 // Serve accepts SOCKS5 clients on ln until Shutdown, after which it returns nil.
 func (s *Server) Serve(ln net.Listener) error {
 	s.init()
+	l := serve.Listen(ln, "socks", s.Health, s.Logger)
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		ln.Close()
+		l.Close()
 		return nil
 	}
-	s.listeners[ln] = struct{}{}
+	s.lns[l] = struct{}{}
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-	}()
-
-	var backoff time.Duration
 	for {
-		c, err := ln.Accept()
+		c, err := l.Accept()
 		if err != nil {
 			if s.isClosing() {
 				return nil
 			}
-			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("socks accept: %w", err)
-			}
-			// Out of file descriptors and the like: wait a little instead of spinning.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.Logger.Warn("socks accept failed; retrying", "err", err, "in", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-s.ctx.Done():
-				return nil
-			}
-			continue
+			return fmt.Errorf("socks accept: %w", err)
 		}
-		backoff = 0
-		if !s.track(c) {
+		if !s.conns.Go(func() { c.Close() }, func(it *serve.Item) { s.serveConn(c, it) }) {
 			c.Close()
-			continue
 		}
-		go s.serveConn(c)
 	}
 }
 
@@ -122,66 +96,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.init()
 	s.mu.Lock()
 	s.closing = true
-	for ln := range s.listeners {
+	for ln := range s.lns {
 		ln.Close()
 	}
-	for c, p := range s.conns {
-		if p == phaseHandshake {
-			c.Close()
-		}
-	}
 	s.mu.Unlock()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		s.cancel()
-		return nil
-	case <-ctx.Done():
-	}
+	s.conns.Refuse()
+	err := s.conns.Wait(ctx)
 	s.cancel()
-	s.mu.Lock()
-	for c := range s.conns {
-		relay.Abort(c)
-	}
-	s.mu.Unlock()
-	<-done
-	return ctx.Err()
+	return err
 }
 
 func (s *Server) isClosing() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.closing
-}
-
-func (s *Server) track(c net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return false
-	}
-	s.conns[c] = phaseHandshake
-	s.wg.Add(1)
-	return true
-}
-
-// activate marks c as past its handshake; it refuses once shutdown has begun.
-func (s *Server) activate(c net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return false
-	}
-	s.conns[c] = phaseActive
-	return true
-}
-
-func (s *Server) untrack(c net.Conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-	s.wg.Done()
 }
 
 func (s *Server) handshakeTimeout() time.Duration {
@@ -193,11 +121,15 @@ func (s *Server) handshakeTimeout() time.Duration {
 
 // serveConn runs one client: handshake, then the proxy pipeline. Once the proxy has taken the
 // connection (Relay), it owns closing it.
-func (s *Server) serveConn(c net.Conn) {
-	defer s.untrack(c)
+func (s *Server) serveConn(c net.Conn, it *serve.Item) {
+	s.conns.SetAbort(it, func() { relay.Abort(c) })
+	if !s.conns.SetIdle(it, true) {
+		c.Close()
+		return
+	}
 	client := addrPortOf(c.RemoteAddr())
 	req := s.Proxy.NewRequest(client, Method)
-	up, ok := s.handshake(c, req)
+	up, ok := s.handshake(c, req, it)
 	if !ok {
 		c.Close()
 		return
@@ -208,100 +140,116 @@ func (s *Server) serveConn(c net.Conn) {
 // handshake negotiates with the client and dials its target. It returns the upstream connection
 // and true once the client has been told the tunnel is open; otherwise it has answered (or given
 // up on) the client, logged why, and the caller closes the connection.
-func (s *Server) handshake(c net.Conn, req *proxy.Request) (net.Conn, bool) {
-	timeout := s.handshakeTimeout()
-	c.SetDeadline(time.Now().Add(timeout))
+func (s *Server) handshake(c net.Conn, req *proxy.Request, it *serve.Item) (net.Conn, bool) {
+	c.SetDeadline(time.Now().Add(s.handshakeTimeout()))
 	allowed := s.Proxy.ClientAllowed(req.Client.Addr())
-	auth := s.Proxy.Auth != nil && allowed
+	if !s.login(c, req, s.Proxy.Auth != nil && allowed) {
+		return nil, false
+	}
+	if !s.readTarget(c, req, allowed) {
+		return nil, false
+	}
+	if !s.conns.SetIdle(it, false) {
+		s.reply(c, req, ReplyGeneralFailure, netip.AddrPort{})
+		s.Proxy.LogFailure(req, proxy.ShuttingDown())
+		return nil, false
+	}
+	c.SetDeadline(time.Time{})
+	return s.dial(c, req)
+}
 
+// login runs the greeting and, when the client picks it, the username/password login (RFC 1929).
+// With auth, the login is required and authenticates the session.
+func (s *Server) login(c net.Conn, req *proxy.Request, auth bool) bool {
 	methods, err := readGreeting(c)
 	if err != nil {
 		s.Logger.Debug("socks handshake failed", "client", req.Client, "err", err)
-		return nil, false
+		return false
 	}
 	method := chooseMethod(methods, auth)
 	if _, err := c.Write([]byte{version5, method}); err != nil {
 		s.Logger.Debug("socks handshake failed", "client", req.Client, "err", err)
-		return nil, false
+		return false
 	}
-	if method == methodNoAcceptable {
+	switch method {
+	case methodNoAcceptable:
 		if auth {
-			s.fail(req, authFailure(proxy.ErrNoCredentials))
+			s.Proxy.LogFailure(req, authFailure(proxy.ErrNoCredentials))
 		} else {
 			s.Logger.Debug("socks handshake failed: client offers neither no-auth nor username/password", "client", req.Client, "methods", methods)
 		}
-		return nil, false
+		return false
+	case methodNoAuth:
+		return true
 	}
-	if method == methodUserPass {
-		user, pass, err := readUserPass(c)
-		if err != nil {
-			s.Logger.Debug("socks handshake failed", "client", req.Client, "err", err)
-			return nil, false
-		}
-		// Without an authenticator (or for a client about to be refused) any login is accepted
-		// and ignored, so ALL_PROXY URLs with credentials also work against a plain proxy.
-		if auth {
-			req.Session, err = s.Proxy.Auth.Authenticate(user, pass)
-			if err != nil {
-				c.Write([]byte{userPassVersion, userPassFail})
-				s.fail(req, authFailure(err))
-				return nil, false
-			}
-		}
-		if _, err := c.Write([]byte{userPassVersion, userPassOK}); err != nil {
-			s.Logger.Debug("socks handshake failed", "client", req.Client, "err", err)
-			return nil, false
+	user, pass, err := readUserPass(c)
+	if err != nil {
+		s.Logger.Debug("socks handshake failed", "client", req.Client, "err", err)
+		return false
+	}
+	// Without an authenticator (or for a client about to be refused) any login is accepted and
+	// ignored, so ALL_PROXY URLs with credentials also work against a plain proxy.
+	if auth {
+		if req.Session, err = s.Proxy.Auth.Authenticate(user, pass); err != nil {
+			c.Write([]byte{userPassVersion, userPassFail})
+			s.Proxy.LogFailure(req, authFailure(err))
+			return false
 		}
 	}
+	if _, err := c.Write([]byte{userPassVersion, userPassOK}); err != nil {
+		s.Logger.Debug("socks handshake failed", "client", req.Client, "err", err)
+		return false
+	}
+	return true
+}
 
+// readTarget reads the client's request and sets req's target, or refuses it.
+func (s *Server) readTarget(c net.Conn, req *proxy.Request, allowed bool) bool {
 	r, err := readRequest(c)
 	switch {
 	case errors.Is(err, ErrAddrType):
 		s.reply(c, req, ReplyAddrNotSupported, netip.AddrPort{})
-		s.fail(req, badRequest("address type not supported: use IPv4, IPv6 or a domain name"))
-		return nil, false
+		s.Proxy.LogFailure(req, proxy.BadRequest("address type not supported: use IPv4, IPv6 or a domain name"))
+		return false
 	case err != nil:
 		s.Logger.Debug("socks handshake failed", "client", req.Client, "err", err)
-		return nil, false
+		return false
 	}
 	t, terr := r.target()
 	req.Target = t
 	switch {
 	case !allowed:
 		s.reply(c, req, ReplyNotAllowed, netip.AddrPort{})
-		s.fail(req, &proxy.Failure{Status: http.StatusForbidden, Kind: "client_not_allowed", Denied: true,
-			Reason: fmt.Sprintf("client %s is not in --allow-clients", req.Client.Addr()),
-			Fix:    "start the proxy with --allow-clients including this client's address"})
-		return nil, false
+		s.Proxy.LogFailure(req, proxy.ClientNotAllowed(req.Client.Addr().String()))
+		return false
 	case r.cmd != cmdConnect:
 		s.reply(c, req, ReplyCommandNotSupported, netip.AddrPort{})
-		s.fail(req, &proxy.Failure{Status: http.StatusBadRequest, Kind: "command_not_supported",
+		s.Proxy.LogFailure(req, &proxy.Failure{Status: http.StatusBadRequest, Kind: accesslog.ErrorCommandNotSupport,
 			Reason: fmt.Sprintf("SOCKS5 command %s is not supported: only CONNECT is", commandName(r.cmd))})
-		return nil, false
+		return false
 	case terr != nil:
 		s.reply(c, req, ReplyGeneralFailure, netip.AddrPort{})
-		s.fail(req, badRequest(terr.Error()))
-		return nil, false
+		s.Proxy.LogFailure(req, proxy.BadRequest(terr.Error()))
+		return false
 	}
+	return true
+}
 
-	if !s.activate(c) {
-		s.reply(c, req, ReplyGeneralFailure, netip.AddrPort{})
-		s.fail(req, &proxy.Failure{Status: http.StatusServiceUnavailable, Kind: "shutting_down", Reason: "the proxy is shutting down"})
-		return nil, false
-	}
-	c.SetDeadline(time.Time{})
+// dial decides and dials req's target through the pipeline and tells the client the outcome.
+func (s *Server) dial(c net.Conn, req *proxy.Request) (net.Conn, bool) {
+	timeout := s.handshakeTimeout()
 	up, err := s.Proxy.Dial(s.ctx, req)
 	if err != nil {
 		f := proxy.FailureOf(err)
 		c.SetWriteDeadline(time.Now().Add(timeout))
 		s.reply(c, req, replyFor(f, err), netip.AddrPort{})
-		s.fail(req, f)
+		s.Proxy.LogFailure(req, f)
 		return nil, false
 	}
 	c.SetWriteDeadline(time.Now().Add(timeout))
 	if err := s.reply(c, req, ReplySucceeded, boundAddr(up)); err != nil {
 		up.Close()
-		s.Proxy.LogFailure(req, &proxy.Failure{Status: 499, Kind: "client_closed", Reason: "the client went away before the tunnel opened"})
+		s.Proxy.LogFailure(req, proxy.ClientClosed("the client went away before the tunnel opened"))
 		return nil, false
 	}
 	c.SetWriteDeadline(time.Time{})
@@ -314,17 +262,6 @@ func (s *Server) reply(c net.Conn, req *proxy.Request, code Reply, bound netip.A
 		s.Logger.Debug("socks reply failed", "id", req.ID, "client", req.Client, "err", err)
 	}
 	return err
-}
-
-// fail logs a refused or failed request: the access-log record, and an operational line at the
-// level the HTTP front end uses for the same outcome.
-func (s *Server) fail(req *proxy.Request, f *proxy.Failure) {
-	s.Proxy.LogFailure(req, f)
-	level := s.Logger.Debug
-	if !f.Denied && f.Status != http.StatusBadRequest {
-		level = s.Logger.Info
-	}
-	level("socks request failed", "id", req.ID, "client", req.Client.Addr(), "target", req.Target, "status", f.Status, "kind", f.Kind, "reason", f.Reason)
 }
 
 // chooseMethod picks the authentication method: username/password when login is required, else
@@ -377,12 +314,7 @@ func replyFor(f *proxy.Failure, err error) Reply {
 }
 
 func authFailure(err error) *proxy.Failure {
-	return &proxy.Failure{Status: http.StatusProxyAuthRequired, Kind: "auth", Denied: true, Reason: err.Error(),
-		Fix: "send the session ticket as the SOCKS5 username and password: socks5h://SESSION_ID:TOKEN@broker:port in ALL_PROXY"}
-}
-
-func badRequest(reason string) *proxy.Failure {
-	return &proxy.Failure{Status: http.StatusBadRequest, Kind: "bad_request", Reason: reason}
+	return proxy.AuthRequired(err, "send the session ticket as the SOCKS5 username and password: socks5h://SESSION_ID:TOKEN@broker:port in ALL_PROXY")
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {

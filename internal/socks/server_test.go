@@ -348,10 +348,7 @@ func TestShutdownClosesHandshakes(t *testing.T) {
 	// Wait until the server tracks the connection, then shut down: it must not wait a minute.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		f.srv.mu.Lock()
-		n := len(f.srv.conns)
-		f.srv.mu.Unlock()
-		if n == 1 {
+		if f.srv.conns.Len() == 1 {
 			break
 		}
 		if time.Now().After(deadline) {

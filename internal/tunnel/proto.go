@@ -290,11 +290,10 @@ func validID(id string) bool {
 
 // Stream status codes the provider answers an OPEN with; they follow HTTP's meaning.
 const (
-	StatusOK          = 200
-	StatusDenied      = 403
-	StatusBadGateway  = 502
-	StatusUnavailable = 503
-	StatusTimeout     = 504
+	StatusOK         = 200
+	StatusDenied     = 403
+	StatusBadGateway = 502
+	StatusTimeout    = 504
 )
 
 // kindBrokerDenied is the kind of a 403 for an address the broker's check refused; the reason is

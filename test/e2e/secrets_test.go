@@ -548,3 +548,59 @@ func TestSecretsBroker(t *testing.T) {
 		noValue(t, what, s, gh)
 	}
 }
+
+// echoingUpstream is a hostile upstream of a bound rule: it answers each request with a malformed
+// response whose first line is the Authorization header it received, so the Transport's error quotes
+// the secret's value.
+func echoingUpstream(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(waitTimeout))
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "%s\r\n\r\n", req.Header.Get("Authorization"))
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestSecretsNotInTransportErrors: an upstream that sends the value back as a malformed response gets
+// a 502 whose reason, header and log line hold [redacted], not the value.
+func TestSecretsNotInTransportErrors(t *testing.T) {
+	gh := secretValue(t, "ghp_")
+	port := echoingUpstream(t)
+	secretsFile := filepath.Join(t.TempDir(), "secrets.yaml")
+	writePrivate(t, secretsFile, fmt.Sprintf("github:\n  value: %q\n", gh))
+	pol := WriteFile(t, "policy.yaml", LoopbackPolicy("enforce", fmt.Sprintf(`  - host: localhost
+    ports: [%d]
+    inject: [{header: Authorization, value: "{{secret:github}}"}]
+    secrets: [github]
+`, port)))
+	p := StartProxy(t, append(inspectionCA(t), "--policy", pol, "--secrets", secretsFile, "--log-level", "debug")...)
+	r := Curl(t, "-D", "-", "-x", "http://"+p.Addr, fmt.Sprintf("http://localhost:%d/x", port))
+	if !strings.Contains(r.Stdout, "502") {
+		t.Fatalf("want a 502 for a malformed response, got %+v", r)
+	}
+	noValue(t, "the 502 the agent received", r.Stdout+r.Stderr, gh)
+	rec := p.WaitRecord(func(r accesslog.Record) bool { return r.Path == "/x" })
+	if !strings.Contains(rec.Reason, "[redacted]") {
+		t.Errorf("record reason %q: want the value replaced with [redacted]", rec.Reason)
+	}
+	noValue(t, "the access log", p.Stdout(), gh)
+	noValue(t, "stderr", p.Stderr(), gh)
+}

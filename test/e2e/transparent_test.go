@@ -472,3 +472,114 @@ sys.stdout.write(data.decode(errors="replace"))
 		t.Logf("access log:\n%s", raw)
 	})
 }
+
+// TestTransparentCaptureBroker is broker mode: the worker's sidecar has a session ticket instead of
+// a route out, so its captured connections and its DNS guard's queries (over TCP) go through the
+// broker and the session's provider. The broker and the provider run in the target namespace.
+func TestTransparentCaptureBroker(t *testing.T) {
+	requireCaptureTools(t)
+	const brokerIP = "10.213.2.4"
+	id := fmt.Sprintf("%x%x", os.Getpid()&0xfffff, nsCounter.Add(1))
+	agent, tgt := "spca-"+id, "spct-"+id
+	for _, ns := range []string{agent, tgt} {
+		ipCmd(t, "ip", "netns", "add", ns)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		etc := filepath.Join("/etc/netns", ns)
+		if err := os.MkdirAll(etc, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(etc) })
+		if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver "+tpDNSIP+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	va, vt := "va"+id, "vt"+id
+	for _, s := range [][]string{
+		{"ip", "link", "add", va, "netns", agent, "type", "veth", "peer", "name", vt, "netns", tgt},
+		{"ip", "-n", agent, "addr", "add", tpAgentIP + "/24", "dev", va},
+		{"ip", "-n", tgt, "addr", "add", tpAllowedIP + "/24", "dev", vt},
+		{"ip", "-n", tgt, "addr", "add", tpOtherIP + "/24", "dev", vt},
+		{"ip", "-n", tgt, "addr", "add", tpDNSIP + "/24", "dev", vt},
+		{"ip", "-n", tgt, "addr", "add", brokerIP + "/24", "dev", vt},
+		{"ip", "-n", agent, "link", "set", va, "up"}, {"ip", "-n", agent, "link", "set", "lo", "up"},
+		{"ip", "-n", tgt, "link", "set", vt, "up"}, {"ip", "-n", tgt, "link", "set", "lo", "up"},
+		{"ip", "-n", agent, "route", "add", "default", "via", tpAllowedIP},
+	} {
+		ipCmd(t, s...)
+	}
+	cert, certPEM := certFor(t, "allowed.test")
+	tpServe(t, tgt, tpAllowedIP, "allowed", cert)
+	tpDNS(t, tgt)
+
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	caFile := write("ca.pem", string(certPEM), 0o644)
+	secret := write("secret", "e2e-secret-0123456789-0123456789-0123456789\n", 0o600)
+	brokerPolicy := write("broker-policy.yaml", "mode: enforce\nallow:\n  - host: allowed.test\n  - cidr: 10.213.2.0/24\n    ports: [53, 443]\n", 0o644)
+	sidecarPolicy := write("sidecar-policy.yaml", "mode: enforce\nallow:\n  - host: allowed.test\n  - cidr: 10.213.2.0/24\n    ports: [443]\n", 0o644)
+	brokerLog, sidecarLog := filepath.Join(dir, "broker.log"), filepath.Join(dir, "sidecar.log")
+
+	startProxyAs(t, tgt, 0, "proxy listening", "broker", "--listen", brokerIP+":8081", "--provider-listen", "127.0.0.1:7000",
+		"--admin-listen", "", "--secret-file", secret, "--insecure-plaintext", "--policy", brokerPolicy, "--log-file", brokerLog)
+	providerTicket := filepath.Join(dir, "provider.json")
+	if r := Run(t, nil, binary, "ticket", "--role", "provider", "--session", "w1", "--secret-file", secret, "--out", providerTicket); r.Code != 0 {
+		t.Fatalf("provider ticket: %s%s", r.Stdout, r.Stderr)
+	}
+	startProxyAs(t, tgt, 0, "connected to broker", "provider", "--ticket", providerTicket, "--broker", "127.0.0.1:7000",
+		"--insecure-plaintext", "--allow-targets", "any")
+	r := Run(t, nil, binary, "ticket", "--session", "w1", "--broker", brokerIP+":8081", "--secret-file", secret, "--json")
+	if r.Code != 0 {
+		t.Fatalf("worker ticket: %s", r.Stderr)
+	}
+	workerTicket := write("worker.json", r.Stdout, 0o644)
+
+	startProxyAs(t, agent, tpProxyUID, "proxy listening", "proxy", "--listen", "127.0.0.1:8080", "--admin-listen", "",
+		"--transparent-listen", "[::]:15001", "--dns-listen", "[::]:15053", "--dns-upstream", tpDNSIP+":53",
+		"--ticket", workerTicket, "--policy", sidecarPolicy, "--log-file", sidecarLog)
+	run := func(argv ...string) Result {
+		return Run(t, []string{"HOME=" + dir}, "ip", append([]string{"netns", "exec", agent}, argv...)...)
+	}
+	if fw := run(binary, "firewall", "--transparent", "--proxy-port", "15001", "--dns-port", "15053",
+		"--allow-uid", fmt.Sprint(tpProxyUID), "--format", "nftables", "--apply"); fw.Code != 0 {
+		t.Fatalf("firewall --apply: exit %d\n%s%s", fw.Code, fw.Stdout, fw.Stderr)
+	}
+
+	r = run("curl", "-sS", "--max-time", "20", "--noproxy", "*", "--cacert", caFile, "https://allowed.test/hello")
+	if r.Code != 0 || r.Stdout != "allowed answers allowed.test/hello\n" {
+		t.Fatalf("exit %d\nstdout: %q\nstderr: %s", r.Code, r.Stdout, r.Stderr)
+	}
+	dnsRec := tpWaitLog(t, sidecarLog, "the sidecar's lookup", func(r tpRecord) bool { return r.Method == "DNS" && r.Host == "allowed.test" && r.DNSType == "A" })
+	if !slices.Equal(dnsRec.Answers, []string{tpAllowedIP}) {
+		t.Errorf("DNS record %+v", dnsRec)
+	}
+	rec := tpWaitLog(t, sidecarLog, "the sidecar's tunnel", func(r tpRecord) bool { return r.Host == "allowed.test" && r.Transparent })
+	if rec.Decision != "allow" || rec.OriginalDst != tpAllowedIP+":443" {
+		t.Errorf("sidecar record %+v", rec)
+	}
+	// The broker saw both in session w1: the DNS guard's query over TCP and the captured tunnel.
+	var session struct {
+		Session string `json:"session"`
+	}
+	for what, match := range map[string]func(tpRecord) bool{
+		"the guard's DNS over TCP": func(r tpRecord) bool { return r.Host == tpDNSIP && r.Port == 53 && r.Decision == "allow" },
+		"the captured tunnel":      func(r tpRecord) bool { return r.Host == "allowed.test" && r.Port == 443 && r.Decision == "allow" },
+	} {
+		tpWaitLog(t, brokerLog, what, match)
+	}
+	data, _ := os.ReadFile(brokerLog)
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		if json.Unmarshal([]byte(line), &session) != nil || session.Session != "w1" {
+			t.Errorf("broker record outside session w1: %s", line)
+		}
+	}
+	t.Logf("broker log:\n%s", data)
+}

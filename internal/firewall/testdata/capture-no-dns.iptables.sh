@@ -8,9 +8,9 @@ iptables-restore --noflush <<'EOF'
 *filter
 :SWARM-PROXY-EGRESS - [0:0]
 -A SWARM-PROXY-EGRESS -m conntrack --ctstate ESTABLISHED,RELATED -m comment --comment "replies to connections already allowed" -j ACCEPT
--A SWARM-PROXY-EGRESS -o lo -m comment --comment "loopback: the agent's own local services" -j ACCEPT
 -A SWARM-PROXY-EGRESS -p tcp --dport 15001 -m conntrack --ctstate DNAT -m comment --comment "TCP redirected to the transparent listener on port 15001" -j ACCEPT
 -A SWARM-PROXY-EGRESS -m owner --uid-owner 65532 -m comment --comment "processes of uid 65532 (--allow-uid: the proxy in this namespace)" -j ACCEPT
+-A SWARM-PROXY-EGRESS -o lo -m comment --comment "loopback: the agent's own local services" -j ACCEPT
 -A SWARM-PROXY-EGRESS -p tcp -m comment --comment "any other TCP: refused at once so tools fail fast, not hang" -j REJECT --reject-with tcp-reset
 -A SWARM-PROXY-EGRESS -m comment --comment "anything else: the agent goes out only through the proxy" -j REJECT --reject-with icmp-admin-prohibited
 COMMIT
@@ -27,11 +27,13 @@ ip6tables-restore --noflush <<'EOF'
 *filter
 :SWARM-PROXY-EGRESS - [0:0]
 -A SWARM-PROXY-EGRESS -m conntrack --ctstate ESTABLISHED,RELATED -m comment --comment "replies to connections already allowed" -j ACCEPT
--A SWARM-PROXY-EGRESS -o lo -m comment --comment "loopback: the agent's own local services" -j ACCEPT
--A SWARM-PROXY-EGRESS -p ipv6-icmp --icmpv6-type neighbour-solicitation -m comment --comment "IPv6 neighbour solicitation, to reach any neighbour" -j ACCEPT
--A SWARM-PROXY-EGRESS -p ipv6-icmp --icmpv6-type neighbour-advertisement -m comment --comment "IPv6 neighbour advertisement, to answer neighbours" -j ACCEPT
+-A SWARM-PROXY-EGRESS -d ff02::1:ff00:0/104 -p ipv6-icmp --icmpv6-type neighbour-solicitation -m hl --hl-eq 255 -m comment --comment "IPv6 neighbour solicitation to ff02::1:ff00:0/104, hop limit 255 (neighbour discovery only)" -j ACCEPT
+-A SWARM-PROXY-EGRESS -d fe80::/10 -p ipv6-icmp --icmpv6-type neighbour-solicitation -m hl --hl-eq 255 -m comment --comment "IPv6 neighbour solicitation to fe80::/10, hop limit 255 (neighbour discovery only)" -j ACCEPT
+-A SWARM-PROXY-EGRESS -d ff02::1/128 -p ipv6-icmp --icmpv6-type neighbour-advertisement -m hl --hl-eq 255 -m comment --comment "IPv6 neighbour advertisement to ff02::1/128, hop limit 255 (neighbour discovery only)" -j ACCEPT
+-A SWARM-PROXY-EGRESS -d fe80::/10 -p ipv6-icmp --icmpv6-type neighbour-advertisement -m hl --hl-eq 255 -m comment --comment "IPv6 neighbour advertisement to fe80::/10, hop limit 255 (neighbour discovery only)" -j ACCEPT
 -A SWARM-PROXY-EGRESS -p tcp --dport 15001 -m conntrack --ctstate DNAT -m comment --comment "TCP redirected to the transparent listener on port 15001" -j ACCEPT
 -A SWARM-PROXY-EGRESS -m owner --uid-owner 65532 -m comment --comment "processes of uid 65532 (--allow-uid: the proxy in this namespace)" -j ACCEPT
+-A SWARM-PROXY-EGRESS -o lo -m comment --comment "loopback: the agent's own local services" -j ACCEPT
 -A SWARM-PROXY-EGRESS -p tcp -m comment --comment "any other TCP: refused at once so tools fail fast, not hang" -j REJECT --reject-with tcp-reset
 -A SWARM-PROXY-EGRESS -m comment --comment "anything else: the agent goes out only through the proxy" -j REJECT --reject-with icmp6-adm-prohibited
 COMMIT
