@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/libp2p/go-yamux/v5"
@@ -128,7 +127,8 @@ func sourceOf(c net.Conn) string {
 	return a.String()
 }
 
-// Serve accepts providers on ln until Close. It returns ErrClosed after Close.
+// Serve accepts providers on ln until Close. It returns ErrClosed after Close, and the error of an
+// Accept that fails otherwise: give it a listener that rides out temporary failures (serve.Listen).
 func (b *Broker) Serve(ln net.Listener) error {
 	b.init()
 	b.mu.Lock()
@@ -144,7 +144,6 @@ func (b *Broker) Serve(ln net.Listener) error {
 		delete(b.listeners, ln)
 		b.mu.Unlock()
 	}()
-	var delay time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -154,18 +153,8 @@ func (b *Broker) Serve(ln net.Listener) error {
 			if closed {
 				return ErrClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
-				// Out of descriptors or similar: back off like net/http instead of spinning.
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				b.Logger.Warn("provider accept failed; retrying", "err", err, "in", delay)
-				t := time.NewTimer(delay)
-				<-t.C
-				continue
-			}
 			return fmt.Errorf("tunnel accept: %w", err)
 		}
-		delay = 0
 		src := sourceOf(c)
 		b.mu.Lock()
 		if b.closed {
