@@ -58,6 +58,7 @@ type Broker struct {
 
 	initOnce sync.Once
 	cfg      Config
+	tlsCfg   *tls.Config // TLS, requiring 1.3
 	rr       atomic.Uint64
 
 	mu        sync.Mutex
@@ -91,7 +92,7 @@ type provider struct {
 func (b *Broker) init() {
 	b.initOnce.Do(func() {
 		b.cfg = b.Config.withDefaults()
-		b.TLS = tls13(b.TLS)
+		b.tlsCfg = tls13(b.TLS)
 		if b.Logger == nil {
 			b.Logger = slog.Default()
 		}
@@ -289,9 +290,9 @@ func (b *Broker) handshake(c net.Conn) (net.Conn, login, error) {
 		return refuse(RefuseVersion, fmt.Sprintf("this broker speaks tunnel protocol version %d, not %d", Version, v))
 	}
 	switch {
-	case b.TLS != nil && !provTLS:
+	case b.tlsCfg != nil && !provTLS:
 		return refuse(RefuseTransport, "this broker's provider port requires TLS: drop --insecure-plaintext from the provider (and give it --ca or --broker-fingerprint if the broker's certificate is not from a public CA)")
-	case b.TLS == nil && provTLS:
+	case b.tlsCfg == nil && provTLS:
 		return refuse(RefuseTransport, "this broker's provider port is plaintext (broker --insecure-plaintext): give the provider --insecure-plaintext too, or the broker --tls-cert and --tls-key")
 	}
 	nonce := make([]byte, nonceLen)
@@ -299,8 +300,8 @@ func (b *Broker) handshake(c net.Conn) (net.Conn, login, error) {
 	if err := writeFrame(c, hello{Version: Version, TLS: provTLS, Nonce: nonce}.String()); err != nil {
 		return c, li, fmt.Errorf("send hello: %w", err)
 	}
-	if b.TLS != nil {
-		tc := tls.Server(c, b.TLS)
+	if b.tlsCfg != nil {
+		tc := tls.Server(c, b.tlsCfg)
 		if err := tc.Handshake(); err != nil {
 			return c, li, fmt.Errorf("tls handshake: %w", err)
 		}
