@@ -410,13 +410,13 @@ func (s *Server) forwardFailure(r *http.Request, err error) *Failure {
 		return me.f
 	case isTLSError(err):
 		return &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorUpstreamTLS,
-			Reason: "the target's TLS could not be verified, so nothing was sent to it: " + rootCause(err).Error(),
+			Reason: "the target's TLS could not be verified, so nothing was sent to it: " + dial.RootCause(err).Error(),
 			Fix:    "if the target is meant to be trusted, give its CA to the proxy with --upstream-ca"}
-	case isTimeout(err):
+	case dial.IsTimeout(err):
 		return &Failure{Status: http.StatusGatewayTimeout, Kind: accesslog.ErrorTimeout,
 			Reason: fmt.Sprintf("the target did not send response headers within %s", orDefault(s.UpstreamTimeout, DefaultUpstreamTimeout))}
 	default:
-		return &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorUpstream, Reason: "upstream error: " + rootCause(err).Error()}
+		return &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorUpstream, Reason: "upstream error: " + dial.RootCause(err).Error()}
 	}
 }
 
@@ -430,11 +430,6 @@ func isTLSError(err error) bool {
 	var he x509.HostnameError
 	var cie x509.CertificateInvalidError
 	return errors.As(err, &cve) || errors.As(err, &rhe) || errors.As(err, &ae) || errors.As(err, &uae) || errors.As(err, &he) || errors.As(err, &cie)
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // requestBody is the outgoing request's body: it counts the client's body and times the client
