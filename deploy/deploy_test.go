@@ -40,6 +40,9 @@ type compose struct {
 		DependsOn map[string]struct {
 			Condition string `yaml:"condition"`
 		} `yaml:"depends_on"`
+		CapDrop     []string `yaml:"cap_drop"`
+		CapAdd      []string `yaml:"cap_add"`
+		SecurityOpt []string `yaml:"security_opt"`
 	} `yaml:"services"`
 	Networks map[string]struct {
 		Internal bool `yaml:"internal"`
@@ -261,6 +264,21 @@ func TestComposeInvariants(t *testing.T) {
 	}
 	if !slices.ContainsFunc(proxy.Networks, func(n string) bool { return !c.Networks[n].Internal }) {
 		t.Error("the proxy has no network with a route out")
+	}
+	// An agent with CAP_NET_RAW writes raw frames past any firewall, and with CAP_NET_ADMIN it
+	// rewrites the firewall: neither service may keep them (Docker grants NET_RAW by default).
+	for name, svc := range map[string]struct{ drop, add []string }{"proxy": {proxy.CapDrop, proxy.CapAdd}, "agent": {agent.CapDrop, agent.CapAdd}} {
+		if !slices.Contains(svc.drop, "ALL") {
+			t.Errorf("%s: cap_drop %q, want [ALL]", name, svc.drop)
+		}
+		for _, c := range svc.add {
+			if c == "NET_RAW" || c == "NET_ADMIN" || c == "ALL" {
+				t.Errorf("%s: cap_add %s", name, c)
+			}
+		}
+	}
+	if !slices.Contains(agent.SecurityOpt, "no-new-privileges:true") {
+		t.Errorf("agent security_opt %q: want no-new-privileges:true, so a setuid binary cannot gain capabilities back", agent.SecurityOpt)
 	}
 	if agent.DependsOn["proxy"].Condition != "service_healthy" {
 		t.Error("agent does not wait for a healthy proxy")

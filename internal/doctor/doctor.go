@@ -1,8 +1,9 @@
 // Package doctor checks, from inside an agent's environment, what the agent will actually do with
 // its proxy settings: whether the proxy variables are present and well-formed, whether the proxy
 // answers and is healthy, whether requests through it are allowed or blocked as the policy says, and
-// which installed tools will honour the variables, and whether a tool that ignores them is captured
-// by swarm-proxy's transparent listener. Each check yields one Result with a fix.
+// which installed tools will honour the variables, whether a tool that ignores them is captured
+// by swarm-proxy's transparent listener, and whether the agent holds the capabilities that get
+// around the firewall (CAP_NET_RAW, CAP_NET_ADMIN). Each check yields one Result with a fix.
 package doctor
 
 import (
@@ -93,6 +94,8 @@ type Config struct {
 	CaptureProbe string
 	// DialDirect makes the capture check's direct connection; nil means a net.Dialer.
 	DialDirect func(ctx context.Context, network, addr string) (net.Conn, error)
+	// ReadProcStatus returns the text of /proc/self/status, for the capability check; nil reads it.
+	ReadProcStatus func() ([]byte, error)
 }
 
 func (c *Config) defaults() {
@@ -110,6 +113,9 @@ func (c *Config) defaults() {
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = DefaultTimeout
+	}
+	if c.ReadProcStatus == nil {
+		c.ReadProcStatus = func() ([]byte, error) { return os.ReadFile("/proc/self/status") }
 	}
 }
 
@@ -146,6 +152,7 @@ func Run(ctx context.Context, c Config, emit func(Result)) []Result {
 	checkTools(ctx, c, env, add)
 	checkTrust(ctx, c, env, add)
 	checkCapture(ctx, c, add)
+	checkCapabilities(c, add)
 	return out
 }
 

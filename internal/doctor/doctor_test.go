@@ -205,6 +205,7 @@ func TestRun(t *testing.T) {
 			}
 			cfg.Output = func(_ context.Context, name string, _ ...string) (string, error) { return tt.tools[name], nil }
 			cfg.DialDirect = refuseDirect // the capture check: nothing leaves the machine
+			cfg.ReadProcStatus = procStatus("0000000000000000")
 			var lines []string
 			results := Run(context.Background(), cfg, func(r Result) { lines = append(lines, r.String()) })
 			out := strings.Join(lines, "\n")

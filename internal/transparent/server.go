@@ -245,7 +245,9 @@ func (s *Server) handle(c net.Conn) {
 		req.OnRecord(func(rec *accesslog.Record) { rec.BytesOut += int64(len(peeked)) })
 	}
 	s.handedOver(c)
-	s.Proxy.Relay(req, http.StatusOK, c, up)
+	// On a goroutine of its own: this one's stack grew while parsing the ClientHello or request
+	// head, and an idle tunnel would keep it.
+	go s.Proxy.Relay(req, http.StatusOK, c, up)
 }
 
 // refuse answers a refused connection in its own protocol and logs it: a TLS client gets a

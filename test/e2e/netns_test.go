@@ -641,24 +641,35 @@ func TestNetnsSidecar(t *testing.T) {
 	}
 
 	t.Run("doctor", func(t *testing.T) {
-		ok := agentShellEnv(t, n, home, proxyURL, []string{"SSL_CERT_FILE=" + target.caFile}, binary, "doctor", "--timeout", "5s",
-			"--url", "http://"+nsTargetIP+"/hello", "--url", "https://"+nsTargetIP+"/hello", "--expect", "allow")
+		// The agent runs without CAP_NET_RAW and CAP_NET_ADMIN, as deploy/compose.yaml starts it:
+		// setpriv drops them from the bounding set, so root's doctor holds neither.
+		doctor := []string{"setpriv", "--bounding-set", "-net_raw,-net_admin", binary, "doctor"}
+		ok := agentShellEnv(t, n, home, proxyURL, []string{"SSL_CERT_FILE=" + target.caFile}, append(doctor, "--timeout", "5s",
+			"--url", "http://"+nsTargetIP+"/hello", "--url", "https://"+nsTargetIP+"/hello", "--expect", "allow")...)
 		if ok.Code != 0 || !strings.Contains(ok.Stdout, "ok    request http://"+nsTargetIP+"/hello: allowed (200)") ||
 			!strings.Contains(ok.Stdout, "ok    request https://"+nsTargetIP+"/hello: allowed (200)") {
 			t.Errorf("doctor --expect allow: exit %d\n%s%s", ok.Code, ok.Stdout, ok.Stderr)
 		}
 		t.Logf("doctor inside the agent namespace:\n%s", ok.Stdout)
-		deny := agentShell(t, n, home, proxyURL, binary, "doctor", "--timeout", "5s", "--url", "http://"+nsOutsideIP+"/", "--expect", "deny")
+		if !strings.Contains(ok.Stdout, "ok    capabilities: neither CAP_NET_RAW nor CAP_NET_ADMIN") {
+			t.Errorf("doctor without the capabilities does not say so:\n%s", ok.Stdout)
+		}
+		deny := agentShell(t, n, home, proxyURL, append(doctor, "--timeout", "5s", "--url", "http://"+nsOutsideIP+"/", "--expect", "deny")...)
 		if deny.Code != 0 || !strings.Contains(deny.Stdout, "blocked by policy: deny") {
 			t.Errorf("doctor --expect deny: exit %d\n%s%s", deny.Code, deny.Stdout, deny.Stderr)
 		}
-		wrong := agentShell(t, n, home, proxyURL, binary, "doctor", "--timeout", "5s", "--url", "http://"+nsOutsideIP+"/", "--expect", "allow")
+		wrong := agentShell(t, n, home, proxyURL, append(doctor, "--timeout", "5s", "--url", "http://"+nsOutsideIP+"/", "--expect", "allow")...)
 		if wrong.Code != 1 || !strings.Contains(wrong.Stdout, "fail  request http://"+nsOutsideIP+"/") {
 			t.Errorf("doctor --expect allow on a blocked host: exit %d, want 1\n%s%s", wrong.Code, wrong.Stdout, wrong.Stderr)
 		}
-		bare := agentShell(t, n, home, "", binary, "doctor", "--timeout", "5s")
+		bare := agentShell(t, n, home, "", append(doctor, "--timeout", "5s")...)
 		if bare.Code != 1 || !strings.Contains(bare.Stdout, "fail  HTTP_PROXY/http_proxy: not set") {
 			t.Errorf("doctor without the variables: exit %d, want 1\n%s", bare.Code, bare.Stdout)
+		}
+		// An agent that kept CAP_NET_RAW (root with Docker's defaults) is a failed check with the fix.
+		raw := agentShell(t, n, home, proxyURL, binary, "doctor", "--timeout", "5s")
+		if raw.Code != 1 || !strings.Contains(raw.Stdout, "fail  capabilities: the agent holds CAP_NET_RAW") || !strings.Contains(raw.Stdout, "cap_drop: [ALL]") {
+			t.Errorf("doctor as root with CAP_NET_RAW: exit %d, want 1 and a failed capabilities check\n%s", raw.Code, raw.Stdout)
 		}
 	})
 }
