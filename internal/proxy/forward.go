@@ -284,19 +284,9 @@ func (s *Server) dialForTransport(ctx context.Context, network, addr string) (ne
 // forward relays a plain-HTTP request (and, after a 101, the upgraded connection).
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 	pol := s.Policy.Load()
-	if d := s.decide(req, pol); !d.Allow {
-		s.fail(w, r, req, FailureOf(dial.Denied(req.Target, d)))
-		return
-	}
-	if f := requestFailure(pol, req); f != nil {
+	if f := s.decideForward(r, req, pol); f != nil {
 		s.fail(w, r, req, f)
 		return
-	}
-	if s.CheckRequest != nil {
-		if f := s.CheckRequest(r, req); f != nil {
-			s.fail(w, r, req, f)
-			return
-		}
 	}
 	if r.ContentLength != 0 {
 		// The target may answer before it has read the whole body (an early 401 or 413, a
@@ -317,8 +307,33 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 	}}
 	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), forwardKey{}, st), trace)
 	aborted := s.serveForward(cw, r.WithContext(ctx), s.forwarders.get(req.Session, pol))
+	s.finish(req, s.forwardRecord(r, st, aborted))
+	if aborted {
+		// Abort the client connection as net/http does for this panic: ending the response normally
+		// would make a truncated body look complete.
+		panic(http.ErrAbortHandler)
+	}
+}
 
-	rec := s.record(req)
+// decideForward decides a request to forward: its target under pol, then the per-request rules.
+func (s *Server) decideForward(r *http.Request, req *Request, pol *policy.Policy) *Failure {
+	if d := s.decide(req, pol); !d.Allow {
+		return FailureOf(dial.Denied(req.Target, d))
+	}
+	if f := requestFailure(pol, req); f != nil {
+		return f
+	}
+	if s.CheckRequest != nil {
+		return s.CheckRequest(r, req)
+	}
+	return nil
+}
+
+// forwardRecord is the access record of a forwarded request: its outcome, bytes, the decision
+// under which its upstream connection was dialed, and who ended it when it was aborted.
+func (s *Server) forwardRecord(r *http.Request, st *forwardState, aborted bool) *accesslog.Record {
+	cw := st.w
+	rec := s.record(st.req)
 	rec.Status = cw.status
 	if rec.Status == 0 {
 		rec.Status = http.StatusOK
@@ -348,17 +363,14 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 			rec.Rule = f.Rule
 		}
 	}
-	if aborted {
+	switch {
+	case !aborted:
+	case cw.err == nil && r.Context().Err() == nil && st.bodyErr != nil:
+		rec.Error, rec.Reason = accesslog.ErrorUpstream, "the response body from the target broke off: "+s.redact(st.bodyErr.Error())
+	default:
 		rec.Error, rec.Reason = accesslog.ErrorClientClosed, "the client went away before the response was complete"
-		if cw.err == nil && r.Context().Err() == nil && st.bodyErr != nil {
-			rec.Error, rec.Reason = accesslog.ErrorUpstream, "the response body from the target broke off: "+s.redact(st.bodyErr.Error())
-		}
-		s.finish(req, rec)
-		// Abort the client connection as net/http does for this panic: ending the response normally
-		// would make a truncated body look complete.
-		panic(http.ErrAbortHandler)
 	}
-	s.finish(req, rec)
+	return rec
 }
 
 // serveForward runs the ReverseProxy for r. It reports whether the proxy aborted the response in the
