@@ -274,11 +274,14 @@ func (s *Server) dialForTransport(ctx context.Context, network, addr string) (ne
 	if addr != st.req.Target.String() {
 		return nil, fmt.Errorf("forward: dial of %s for a request decided for %s", addr, st.req.Target)
 	}
-	c, err := s.Dialer.Dial(ctx, st.req.dial)
+	// A copy: the Transport dials on a goroutine of its own, which may outlive the request (the
+	// connection then serves another), and the dialer writes its address-stage decision in it.
+	dreq := *st.req.dial
+	c, err := s.Dialer.Dial(ctx, &dreq)
 	if err != nil {
 		return nil, err
 	}
-	return &decidedConn{Conn: c, decision: st.req.dial.Decision}, nil
+	return &decidedConn{Conn: c, decision: dreq.Decision}, nil
 }
 
 // forward relays a plain-HTTP request (and, after a 101, the upgraded connection).
