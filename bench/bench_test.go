@@ -105,3 +105,27 @@ func readFile(t *testing.T, name string) string {
 	}
 	return string(data)
 }
+
+// TestShortInspectRun runs the -inspect measurement in its short mode: the passthrough and inspected
+// paths (and mitmproxy, when installed) produce every figure.
+func TestShortInspectRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts proxies and moves data; skipped with -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	if err := run(ctx, []string{"-short", "-inspect"}, &stdout, &stderr); err != nil {
+		t.Fatalf("run: %v\nprogress:\n%s", err, stderr.String())
+	}
+	table := stdout.String()
+	t.Logf("table:\n%s", table)
+	for _, want := range []string{"| https GET/s (1 KiB) | req/s | ", "| connect p50 (CONNECT+TLS, cold cache) | µs | – | ", "leaf cache: "} {
+		if !strings.Contains(table, want) {
+			t.Errorf("table lacks %q", want)
+		}
+	}
+	if strings.Contains(table, "| – | –") {
+		t.Errorf("a path has no figures:\n%s", table)
+	}
+}

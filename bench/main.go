@@ -7,6 +7,7 @@
 //	go run ./bench            # the full run, a few minutes
 //	go run ./bench -short     # small sizes, seconds; what the test suite runs
 //	go run ./bench -json out.json -benchfmt out.txt   # for benchstat across runs
+//	go run ./bench -inspect   # HTTPS inspection against passthrough and mitmproxy
 //
 // See docs/performance.md for the method and the figures.
 package main
@@ -64,6 +65,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	timeout := fs.Duration("timeout", 10*time.Minute, "bound on the whole measurement")
 	binary := fs.String("binary", "", "swarm-proxy binary (default: build ./cmd/swarm-proxy without -race)")
 	bareBinary := fs.String("bare-binary", "", "bareproxy binary (default: build ./bench/bareproxy without -race)")
+	inspectRun := fs.Bool("inspect", false, "measure HTTPS inspection instead: an inspected rule against passthrough and mitmproxy (mitmdump, when installed)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -95,6 +97,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o755) // proxies that drop privileges must reach their directories
 	e := env{dir: dir, binary: *binary, bareBinary: *bareBinary}
+	if *inspectRun {
+		if e.binary == "" {
+			e.binary = filepath.Join(dir, "swarm-proxy")
+			logf("building swarm-proxy")
+			if err := goBuild(ctx, e.binary, "github.com/swarm-proxy/swarm-proxy/cmd/swarm-proxy"); err != nil {
+				return err
+			}
+		}
+		return runInspect(ctx, e, *short, stdout, logf)
+	}
 	if e.binary == "" && slices.ContainsFunc(names, func(n string) bool { return n == "proxy" || n == "tunnel" || strings.HasPrefix(n, "ns-") }) {
 		e.binary = filepath.Join(dir, "swarm-proxy")
 		logf("building swarm-proxy")

@@ -80,7 +80,7 @@ carries it). The ticket must be a provider ticket (swarm-proxy ticket --role pro
 			if err := cfg.Validate(); err != nil {
 				errs = append(errs, err)
 			}
-			if pin == "" && ticketFile != "" && caFile == "" {
+			if pin == "" && ticketFile != "" && caFile == "" && !insecurePlaintext {
 				// A ticket issued with the broker's certificate pins it.
 				if tk, err := readTicket(ticketFile); err == nil {
 					pin = tk.BrokerFingerprint
@@ -151,7 +151,7 @@ carries it). The ticket must be a provider ticket (swarm-proxy ticket --role pro
 func providerTLS(plaintext bool, caFile, pin string) (*tls.Config, error) {
 	switch {
 	case plaintext && (caFile != "" || pin != ""):
-		return nil, errors.New("--insecure-plaintext goes with neither --ca nor --broker-fingerprint (nor a ticket with broker_fingerprint)")
+		return nil, errors.New("--insecure-plaintext goes with neither --ca nor --broker-fingerprint")
 	case plaintext:
 		return nil, nil
 	case pin != "" && caFile != "":

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -110,6 +111,22 @@ var addrRanges = func() []addrRange {
 	return out
 }()
 
+// ranges4 and ranges6 are addrRanges by family, longest prefix first, so that the first range
+// that contains an address is the most specific (two ranges of one length never overlap).
+var ranges4, ranges6 = func() (v4, v6 []addrRange) {
+	for _, r := range addrRanges {
+		if r.prefix.Addr().Is4() {
+			v4 = append(v4, r)
+		} else {
+			v6 = append(v6, r)
+		}
+	}
+	longestFirst := func(a, b addrRange) int { return b.prefix.Bits() - a.prefix.Bits() }
+	slices.SortStableFunc(v4, longestFirst)
+	slices.SortStableFunc(v6, longestFirst)
+	return v4, v6
+}()
+
 // metadataAddrs are the cloud instance-metadata endpoints, named in reasons because they are the
 // classic SSRF target.
 var metadataAddrs = map[netip.Addr]bool{
@@ -185,14 +202,16 @@ func SpecialKind(addr netip.Addr) string {
 }
 
 func longestMatch(addr netip.Addr) *addrRange {
-	var best *addrRange
-	for i := range addrRanges {
-		r := &addrRanges[i]
-		if r.prefix.Contains(addr) && (best == nil || r.prefix.Bits() > best.prefix.Bits()) {
-			best = r
+	table := ranges6
+	if addr.Is4() {
+		table = ranges4
+	}
+	for i := range table {
+		if table[i].prefix.Contains(addr) {
+			return &table[i]
 		}
 	}
-	return best
+	return nil
 }
 
 // embedded extracts the IPv4 address that an IPv6 address carries in the way e says.

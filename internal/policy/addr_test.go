@@ -234,3 +234,13 @@ func FuzzEmbeddedRefused(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkClassify is the classifier's cost per resolved address.
+func BenchmarkClassify(b *testing.B) {
+	addrs := []netip.Addr{netip.MustParseAddr("140.82.112.6"), netip.MustParseAddr("2606:4700::1111"), netip.MustParseAddr("64:ff9b::7f00:1")}
+	for b.Loop() {
+		for _, a := range addrs {
+			Classify(a)
+		}
+	}
+}

@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/libp2p/go-yamux/v5"
@@ -59,6 +58,7 @@ type Broker struct {
 
 	initOnce sync.Once
 	cfg      Config
+	tlsCfg   *tls.Config // TLS, requiring 1.3
 	rr       atomic.Uint64
 
 	mu        sync.Mutex
@@ -92,7 +92,7 @@ type provider struct {
 func (b *Broker) init() {
 	b.initOnce.Do(func() {
 		b.cfg = b.Config.withDefaults()
-		b.TLS = tls13(b.TLS)
+		b.tlsCfg = tls13(b.TLS)
 		if b.Logger == nil {
 			b.Logger = slog.Default()
 		}
@@ -128,7 +128,8 @@ func sourceOf(c net.Conn) string {
 	return a.String()
 }
 
-// Serve accepts providers on ln until Close. It returns ErrClosed after Close.
+// Serve accepts providers on ln until Close. It returns ErrClosed after Close, and the error of an
+// Accept that fails otherwise: give it a listener that rides out temporary failures (serve.Listen).
 func (b *Broker) Serve(ln net.Listener) error {
 	b.init()
 	b.mu.Lock()
@@ -144,7 +145,6 @@ func (b *Broker) Serve(ln net.Listener) error {
 		delete(b.listeners, ln)
 		b.mu.Unlock()
 	}()
-	var delay time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -154,18 +154,8 @@ func (b *Broker) Serve(ln net.Listener) error {
 			if closed {
 				return ErrClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
-				// Out of descriptors or similar: back off like net/http instead of spinning.
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				b.Logger.Warn("provider accept failed; retrying", "err", err, "in", delay)
-				t := time.NewTimer(delay)
-				<-t.C
-				continue
-			}
 			return fmt.Errorf("tunnel accept: %w", err)
 		}
-		delay = 0
 		src := sourceOf(c)
 		b.mu.Lock()
 		if b.closed {
@@ -300,9 +290,9 @@ func (b *Broker) handshake(c net.Conn) (net.Conn, login, error) {
 		return refuse(RefuseVersion, fmt.Sprintf("this broker speaks tunnel protocol version %d, not %d", Version, v))
 	}
 	switch {
-	case b.TLS != nil && !provTLS:
+	case b.tlsCfg != nil && !provTLS:
 		return refuse(RefuseTransport, "this broker's provider port requires TLS: drop --insecure-plaintext from the provider (and give it --ca or --broker-fingerprint if the broker's certificate is not from a public CA)")
-	case b.TLS == nil && provTLS:
+	case b.tlsCfg == nil && provTLS:
 		return refuse(RefuseTransport, "this broker's provider port is plaintext (broker --insecure-plaintext): give the provider --insecure-plaintext too, or the broker --tls-cert and --tls-key")
 	}
 	nonce := make([]byte, nonceLen)
@@ -310,8 +300,8 @@ func (b *Broker) handshake(c net.Conn) (net.Conn, login, error) {
 	if err := writeFrame(c, hello{Version: Version, TLS: provTLS, Nonce: nonce}.String()); err != nil {
 		return c, li, fmt.Errorf("send hello: %w", err)
 	}
-	if b.TLS != nil {
-		tc := tls.Server(c, b.TLS)
+	if b.tlsCfg != nil {
+		tc := tls.Server(c, b.tlsCfg)
 		if err := tc.Handshake(); err != nil {
 			return c, li, fmt.Errorf("tls handshake: %w", err)
 		}

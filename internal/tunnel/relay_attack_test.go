@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,5 +83,27 @@ func TestRelayedLoginFails(t *testing.T) {
 		case !useTLS && !connected:
 			t.Fatalf("relayed plaintext login: %v; the relay was expected to get through", err)
 		}
+	}
+}
+
+// TestPinnedBroker: a provider that pins the broker's certificate by fingerprint connects to that
+// broker and refuses any other certificate, saying which it got.
+func TestPinnedBroker(t *testing.T) {
+	e := newEnv(t, true, Config{})
+	right := Fingerprint(e.broker.TLS.Certificates[0].Certificate[0])
+	other, _ := testTLS(t)
+	wrong := Fingerprint(other.Certificates[0].Certificate[0])
+	for _, pin := range []string{right, wrong} {
+		cfg, err := PinnedTLS(pin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tp := e.provider("s1", "loopback", func(p *Provider) { p.TLS = cfg })
+		if pin == right {
+			tp.waitConnected(t)
+			tp.stop()
+			continue
+		}
+		waitFor(t, "the pin to fail", func() bool { return strings.Contains(tp.logs.String(), "not the pinned "+wrong) })
 	}
 }

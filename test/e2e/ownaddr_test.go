@@ -22,7 +22,8 @@ const (
 // not only on loopback. The proxy (HTTP, CONNECT, SOCKS5) and a provider with --allow-targets public
 // refuse the machine's own non-loopback addresses with "an address of this machine", and a proxy
 // whose policy has an allow cidr rule for the address reaches it (so the refusal is the rule, not a
-// dead address).
+// dead address). IPv6 forms that carry a loopback or metadata IPv4 address (NAT64, 6to4,
+// IPv4-translated) and site-local addresses are refused too, as what they carry.
 func TestOwnAddressesRefused(t *testing.T) {
 	requireNetns(t)
 	ns := fmt.Sprintf("spo-%x%x", os.Getpid()&0xfffff, nsCounter.Add(1))
@@ -77,6 +78,20 @@ func TestOwnAddressesRefused(t *testing.T) {
 			}
 		}
 
+		// IPv6 forms that carry a loopback or metadata IPv4 address are refused as what they carry
+		// (in this namespace nothing routes them anywhere, should the check be wrong).
+		for _, c := range []struct{ url, reason string }{
+			{"http://[64:ff9b::7f00:1]:" + adminPort + "/healthz", "a NAT64 address that carries 127.0.0.1, a loopback address"},
+			{"http://[2002:a9fe:a9fe::1]/latest/meta-data/", "a 6to4 address that carries 169.254.169.254, a cloud metadata address"},
+			{"http://[::ffff:0:7f00:1]:" + adminPort + "/healthz", "an IPv4-translated address that carries 127.0.0.1"},
+			{"http://[fec0::1]/", "a site-local (deprecated) address"},
+		} {
+			r := Curl(t, "-i", "--proxy", "http://"+px.Addr, c.url)
+			if !strings.Contains(r.Stdout, "403") || !strings.Contains(r.Stdout, c.reason) {
+				t.Errorf("%s: want a 403 saying %q:\n%s%s", c.url, c.reason, r.Stdout, r.Stderr)
+			}
+		}
+
 		// A provider with --allow-targets public, in the same namespace, refuses them too.
 		b := startBroker(t)
 		_, tk := b.ticket("own-session", "1h")
@@ -89,6 +104,10 @@ func TestOwnAddressesRefused(t *testing.T) {
 		r := Curl(t, "-i", "--proxy", "http://"+b.Addr, "--proxy-user", proxyUser(tk), "http://"+v4+"/healthz")
 		if !strings.Contains(r.Stdout, "403") || !strings.Contains(r.Stdout, "an address of this machine") {
 			t.Errorf("provider --allow-targets public: exit %d, want a 403 naming an address of this machine:\n%s%s", r.Code, r.Stdout, r.Stderr)
+		}
+		r = Curl(t, "-i", "--proxy", "http://"+b.Addr, "--proxy-user", proxyUser(tk), "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/")
+		if !strings.Contains(r.Stdout, "403") || !strings.Contains(r.Stdout, "carries 169.254.169.254") {
+			t.Errorf("provider --allow-targets public, NAT64 metadata: exit %d, want a 403:\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 	})
 }

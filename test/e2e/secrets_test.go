@@ -38,8 +38,15 @@ type seenReq struct {
 
 func startRecorder(t *testing.T) *recorder { return newRecorder(t, nil) }
 
-// newRecorder starts a recorder, over TLS with cert when it is given.
+// newRecorder starts a recorder on loopback, over TLS with cert when it is given.
 func newRecorder(t *testing.T, cert *tls.Certificate) *recorder {
+	t.Helper()
+	rec := newUnstartedRecorder(t)
+	rec.start(cert)
+	return rec
+}
+
+func newUnstartedRecorder(t *testing.T) *recorder {
 	t.Helper()
 	rec := &recorder{}
 	rec.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -54,14 +61,18 @@ func newRecorder(t *testing.T, cert *tls.Certificate) *recorder {
 		io.WriteString(w, "hello from the upstream\n")
 		w.Header().Set("X-Echo-Trailer", r.Header.Get("Authorization")+r.Header.Get("X-Api-Key"))
 	}))
-	if cert != nil {
-		rec.srv.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
-		rec.srv.StartTLS()
-	} else {
-		rec.srv.Start()
-	}
 	t.Cleanup(rec.srv.Close)
 	return rec
+}
+
+// start serves, over TLS with cert when it is given.
+func (r *recorder) start(cert *tls.Certificate) {
+	if cert != nil {
+		r.srv.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
+		r.srv.StartTLS()
+	} else {
+		r.srv.Start()
+	}
 }
 
 func (r *recorder) requests() []seenReq {

@@ -188,6 +188,13 @@ func tpDNS(t *testing.T, ns string) {
 // namespace's /etc/netns/NS/resolv.conf) and setpriv, and waits for readyMsg on its stderr.
 func startProxyAs(t *testing.T, ns string, uid int, readyMsg string, args ...string) {
 	t.Helper()
+	startProxyAsEnv(t, ns, uid, nil, readyMsg, args...)
+}
+
+// startProxyAsEnv is startProxyAs with env added to the process's environment; it returns a function
+// that gives what the process wrote to stderr so far.
+func startProxyAsEnv(t *testing.T, ns string, uid int, env []string, readyMsg string, args ...string) (stderr func() string) {
+	t.Helper()
 	dir := t.TempDir()
 	for _, d := range []string{dir, filepath.Dir(dir)} {
 		if err := os.Chmod(d, 0o777); err != nil {
@@ -204,8 +211,8 @@ func startProxyAs(t *testing.T, ns string, uid int, readyMsg string, args ...str
 	}
 	id := fmt.Sprint(uid)
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, "setpriv", "--reuid", id, "--regid", id, "--clear-groups", bin}, args...)...)
-	cmd.Env = cleanEnv()
-	stderr, err := cmd.StderrPipe()
+	cmd.Env = cleanEnv(env...)
+	errPipe, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +224,7 @@ func startProxyAs(t *testing.T, ns string, uid int, readyMsg string, args ...str
 	ready, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		sc := bufio.NewScanner(stderr)
+		sc := bufio.NewScanner(errPipe)
 		once := sync.Once{}
 		for sc.Scan() {
 			mu.Lock()
@@ -244,6 +251,11 @@ func startProxyAs(t *testing.T, ns string, uid int, readyMsg string, args ...str
 		t.Fatalf("proxy exited before it was ready:\n%s", out.String())
 	case <-time.After(waitTimeout):
 		t.Fatalf("proxy not ready after %s", waitTimeout)
+	}
+	return func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return out.String()
 	}
 }
 
