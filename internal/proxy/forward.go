@@ -8,7 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -93,7 +93,7 @@ func (f *forwarders) get(session string, pol *policy.Policy) *httputil.ReversePr
 		FlushInterval:  flushDelay,
 		BufferPool:     bufferPool{},
 		ErrorHandler:   f.s.forwardError,
-		ErrorLog:       slog.NewLogLogger(f.s.Logger.Handler(), slog.LevelDebug),
+		ErrorLog:       log.New(targetLog{f.s}, "", 0),
 	}
 	f.by[k] = &forwarder{proxy: rp, transport: t, lastUsed: now}
 	return rp
@@ -406,6 +406,15 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error)
 		return // the response had begun; the connection is closed by the server
 	}
 	s.writeFailure(w, r, st.req, st.failure)
+}
+
+// targetLog is the ReverseProxy's error log: debug lines, with Server.Redact applied, since an
+// error reading a target's body can quote what the target sent.
+type targetLog struct{ s *Server }
+
+func (l targetLog) Write(p []byte) (int, error) {
+	l.s.Logger.Debug(l.s.redact(strings.TrimSuffix(string(p), "\n")))
+	return len(p), nil
 }
 
 // redact applies Server.Redact to text from a target.
