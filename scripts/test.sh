@@ -23,39 +23,8 @@ for pair in requests:python3-requests; do
   python3 -c "import ${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 
-# service_of names the systemd units a package's install may start.
-service_of() {
-  case "$1" in
-    openssh-server) echo ssh.service ssh.socket ;;
-    squid) echo squid.service ;;
-    tinyproxy) echo tinyproxy.service ;;
-  esac
-}
-
 if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-  systemd=false
-  [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1 && systemd=true
-  # Units that were already running before the install are the machine's own: never touched.
-  units=() was_active=()
-  for pkg in "${need[@]}"; do
-    for unit in $(service_of "$pkg"); do
-      units+=("$unit")
-      if $systemd && systemctl is-active --quiet "$unit"; then was_active+=(yes); else was_active+=(no); fi
-    done
-  done
-  echo "installing: ${need[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  if $systemd; then
-    for i in "${!units[@]}"; do
-      unit=${units[$i]}
-      if [ "${was_active[$i]}" = no ] && systemctl is-active --quiet "$unit"; then
-        echo "stopping $unit: this run's apt-get install started it (on its default port); the tests start their own"
-        $SUDO systemctl stop "$unit"
-      fi
-    done
-  fi
+  ./scripts/install-packages.sh "${need[@]}"
 fi
 
 export PATH="$(go env GOPATH)/bin:$PATH"
@@ -65,6 +34,9 @@ unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go')
 if [ -n "$unformatted" ]; then echo "gofmt needed:"; echo "$unformatted"; exit 1; fi
 go vet ./...
 staticcheck ./...
+# A developer's Mac runs everything; Windows at least the commands (connect, forward, env, ticket).
+GOOS=darwin go build ./...
+GOOS=windows go build -o /dev/null ./cmd/...
 
 # go test -json carries every test's outcome, skips included (invisible in go test's own output without
 # -v); testsummary prints each package's line, the output of failed tests, the skip reasons and the counts.

@@ -14,6 +14,7 @@ import (
 	"github.com/swarm-proxy/swarm-proxy/internal/connectclient"
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/dnsguard"
+	"github.com/swarm-proxy/swarm-proxy/internal/hostaddr"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/proxy"
 	"github.com/swarm-proxy/swarm-proxy/internal/transparent"
@@ -88,6 +89,7 @@ type capture struct {
 func startCapture(c *captureFlags, srv *proxy.Server, pol *policy.Holder, logw *accesslog.Writer, logger *slog.Logger) (*capture, error) {
 	cp := &capture{}
 	cache := dnsguard.NewCache(0)
+	cache.Local = hostaddr.Default().Owns
 	if c.dnsListen != "" {
 		upstreams := c.dnsUpstream
 		if len(upstreams) == 0 {

@@ -138,6 +138,9 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Mach
 			if d.Allow && d.Rule.Inspects() {
 				inspectLines(line, d.Rule)
 			}
+			if d.Allow && d.Rule.UsesSecrets() {
+				secretLines(line, d.Rule)
+			}
 		} else {
 			line("rule", "none (%s)", d.Code)
 		}
@@ -182,6 +185,16 @@ func inspectLines(line func(k, format string, a ...any), r *policy.Rule) {
 	line("inspect", "yes: HTTPS is terminated and each request must match one of:")
 	for i := range r.HTTP {
 		line("", "%s", r.HTTP[i].String())
+	}
+}
+
+// secretLines says which secrets the rule puts into its requests.
+func secretLines(line func(k, format string, a ...any), r *policy.Rule) {
+	if len(r.Secrets) > 0 {
+		line("secrets", "%s: their placeholders are replaced in header values and query parameters; any other placeholder is refused", strings.Join(r.Secrets, ", "))
+	}
+	for _, in := range r.Inject {
+		line("inject", "%s: %s", in.Header, in.Value)
 	}
 }
 

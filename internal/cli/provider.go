@@ -18,12 +18,15 @@ import (
 	"github.com/swarm-proxy/swarm-proxy/internal/tunnel"
 )
 
+// providerFlags are the provider command's flags.
+type providerFlags struct {
+	broker, ticketFile, session, token, caFile, allowTargets, policyFile, logLevel, pin string
+	useTLS, insecurePlaintext                                                           bool
+	keepalive, dialTimeout, authRetry, drainTimeout, policyPoll                         time.Duration
+}
+
 func newProviderCmd() *cobra.Command {
-	var (
-		broker, ticketFile, session, token, caFile, allowTargets, policyFile, logLevel, pin string
-		useTLS, insecurePlaintext                                                           bool
-		keepalive, dialTimeout, authRetry, drainTimeout, policyPoll                         time.Duration
-	)
+	var f providerFlags
 	cmd := &cobra.Command{
 		Use:   "provider",
 		Short: "Carry a session's traffic: dial out to a broker and open the connections its workers ask for",
@@ -43,107 +46,128 @@ carries it). The ticket must be a provider ticket (swarm-proxy ticket --role pro
   swarm-proxy provider --ticket provider.json --broker broker.example:7000 --ca ca.crt --policy targets.yaml`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var errs []error
-			var lvl slog.Level
-			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
-				errs = append(errs, fmt.Errorf("--log-level: %q is not debug, info, warn or error", logLevel))
-			}
-			switch {
-			case ticketFile != "" && (session != "" || token != ""):
-				errs = append(errs, errors.New("give --ticket FILE or --session with --token, not both"))
-			case ticketFile == "" && (session == "" || token == ""):
-				errs = append(errs, errors.New("give --ticket FILE, or --session ID and --token T"))
-			}
-			if ticketFile != "" {
-				if _, err := readTicket(ticketFile); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			broker = proxyHostPort(broker) // one address syntax: http://HOST:PORT is HOST:PORT
-			if broker == "" {
-				errs = append(errs, errors.New("--broker is required (the broker's --provider-listen address)"))
-			}
-			if policyFile != "" && cmd.Flags().Changed("allow-targets") {
-				errs = append(errs, errors.New("give --allow-targets or --policy, not both"))
-			}
-			var pol *policy.Policy
-			var err error
-			if policyFile != "" {
-				pol, err = policy.Load(policyFile)
-			} else {
-				pol, err = policy.ForTargets(allowTargets)
-			}
+			p, err := f.provider(cmd)
 			if err != nil {
-				errs = append(errs, err)
-			}
-			cfg := tunnel.Config{KeepAlive: keepalive}
-			if err := cfg.Validate(); err != nil {
-				errs = append(errs, err)
-			}
-			if pin == "" && ticketFile != "" && caFile == "" && !insecurePlaintext {
-				// A ticket issued with the broker's certificate pins it.
-				if tk, err := readTicket(ticketFile); err == nil {
-					pin = tk.BrokerFingerprint
-				}
-			}
-			tlsCfg, err := providerTLS(insecurePlaintext, caFile, pin)
-			if err != nil {
-				errs = append(errs, err)
-			}
-			if err := errors.Join(errs...); err != nil {
 				return err
-			}
-			creds := func() (string, string, error) { return session, token, nil }
-			if ticketFile != "" {
-				// Re-read the file on every attempt so a renewed ticket is picked up.
-				creds = func() (string, string, error) {
-					tk, err := readTicket(ticketFile)
-					return tk.SessionID, tk.Token, err
-				}
-			}
-			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
-			holder := policy.NewHolder(pol)
-			if policyFile != "" {
-				// Streams dial under the policy in force when they open; no cached state to drop.
-				go watchPolicy(cmd.Context(), policyFile, policyPoll, holder, nil, func() {}, logger)
-			}
-			p := &tunnel.Provider{
-				Broker:       broker,
-				TLS:          tlsCfg,
-				Credentials:  creds,
-				Dialer:       dial.Deciding{Policy: holder.Load, Dialer: &dial.Direct{Policy: holder.Load, Timeout: dialTimeout}},
-				RefusalNote:  refusalNote(policyFile, allowTargets),
-				Config:       cfg,
-				Backoff:      tunnel.Backoff{AuthRetry: authRetry},
-				Logger:       logger,
-				DrainTimeout: drainTimeout,
-			}
-			logger.Info("provider starting", "broker", broker, "tls", tlsCfg != nil, "targets", targetsName(policyFile, allowTargets))
-			if tlsCfg == nil {
-				logger.Warn("connecting to the broker in plaintext (--insecure-plaintext): nothing authenticates the broker, which can make this machine dial whatever its policy allows, and whoever sits between can read and forge the traffic")
 			}
 			return p.Run(cmd.Context())
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&broker, "broker", "", "the broker's provider address (its --provider-listen), host:port (required)")
-	fs.StringVar(&ticketFile, "ticket", "", "provider ticket `FILE`, written by swarm-proxy ticket --role provider --out FILE")
-	fs.StringVar(&session, "session", "", "session id (with --token, instead of --ticket)")
-	fs.StringVar(&token, "token", "", "session token (with --session, instead of --ticket)")
-	fs.StringVar(&caFile, "ca", "", "CA certificate `FILE` (PEM) to verify the broker with, instead of the system roots")
-	fs.StringVar(&pin, "broker-fingerprint", "", "pin the broker's certificate: sha256:<hex>, as the broker prints at startup (default: the ticket's broker_fingerprint)")
-	fs.BoolVar(&insecurePlaintext, "insecure-plaintext", false, "connect without TLS (the broker needs --insecure-plaintext too); only on a network you trust")
-	fs.BoolVar(&useTLS, "tls", false, "TLS is the default")
+	fs.StringVar(&f.broker, "broker", "", "the broker's provider address (its --provider-listen), host:port (required)")
+	fs.StringVar(&f.ticketFile, "ticket", "", "provider ticket `FILE`, written by swarm-proxy ticket --role provider --out FILE")
+	fs.StringVar(&f.session, "session", "", "session id (with --token, instead of --ticket)")
+	fs.StringVar(&f.token, "token", "", "session token (with --session, instead of --ticket)")
+	fs.StringVar(&f.caFile, "ca", "", "CA certificate `FILE` (PEM) to verify the broker with, instead of the system roots")
+	fs.StringVar(&f.pin, "broker-fingerprint", "", "pin the broker's certificate: sha256:<hex>, as the broker prints at startup (default: the ticket's broker_fingerprint)")
+	fs.BoolVar(&f.insecurePlaintext, "insecure-plaintext", false, "connect without TLS (the broker needs --insecure-plaintext too); only on a network you trust")
+	fs.BoolVar(&f.useTLS, "tls", false, "TLS is the default")
 	fs.MarkDeprecated("tls", "TLS is the default; drop --tls")
-	fs.StringVar(&allowTargets, "allow-targets", policy.TargetsPublic, "what this machine will dial: public, loopback or any")
-	fs.StringVar(&policyFile, "policy", "", "target policy file (instead of --allow-targets); reloaded on SIGHUP and when it changes")
-	fs.DurationVar(&policyPoll, "policy-poll", 2*time.Second, "how often to check --policy for changes (0: only on SIGHUP)")
-	fs.DurationVar(&keepalive, "keepalive", tunnel.DefaultKeepAlive, "a silent broker connection is declared dead after this long")
-	fs.DurationVar(&dialTimeout, "dial-timeout", dial.DefaultTimeout, "bound on resolving and connecting to a target")
-	fs.DurationVar(&authRetry, "auth-retry", tunnel.DefaultBackoff.AuthRetry, "wait this long before retrying after the broker refused the ticket")
-	fs.DurationVar(&drainTimeout, "drain-timeout", tunnel.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long open streams may finish (the broker sends no new ones)")
-	fs.StringVar(&logLevel, "log-level", "info", "log level on stderr: debug, info, warn, error")
+	fs.StringVar(&f.allowTargets, "allow-targets", policy.TargetsPublic, "what this machine will dial: public, loopback or any")
+	fs.StringVar(&f.policyFile, "policy", "", "target policy file (instead of --allow-targets); reloaded on SIGHUP and when it changes")
+	fs.DurationVar(&f.policyPoll, "policy-poll", 2*time.Second, "how often to check --policy for changes (0: only on SIGHUP)")
+	fs.DurationVar(&f.keepalive, "keepalive", tunnel.DefaultKeepAlive, "a silent broker connection is declared dead after this long")
+	fs.DurationVar(&f.dialTimeout, "dial-timeout", dial.DefaultTimeout, "bound on resolving and connecting to a target")
+	fs.DurationVar(&f.authRetry, "auth-retry", tunnel.DefaultBackoff.AuthRetry, "wait this long before retrying after the broker refused the ticket")
+	fs.DurationVar(&f.drainTimeout, "drain-timeout", tunnel.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long open streams may finish (the broker sends no new ones)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level on stderr: debug, info, warn, error")
 	return cmd
+}
+
+// provider checks the flags, reporting every problem at once, and builds the provider they
+// describe.
+func (f *providerFlags) provider(cmd *cobra.Command) (*tunnel.Provider, error) {
+	var errs []error
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("--log-level: %q is not debug, info, warn or error", f.logLevel))
+	}
+	switch {
+	case f.ticketFile != "" && (f.session != "" || f.token != ""):
+		errs = append(errs, errors.New("give --ticket FILE or --session with --token, not both"))
+	case f.ticketFile == "" && (f.session == "" || f.token == ""):
+		errs = append(errs, errors.New("give --ticket FILE, or --session ID and --token T"))
+	}
+	if f.ticketFile != "" {
+		if _, err := readTicket(f.ticketFile); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	f.broker = proxyHostPort(f.broker) // one address syntax: http://HOST:PORT is HOST:PORT
+	if f.broker == "" {
+		errs = append(errs, errors.New("--broker is required (the broker's --provider-listen address)"))
+	}
+	pol, err := f.targetPolicy(cmd)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	cfg := tunnel.Config{KeepAlive: f.keepalive}
+	if err := cfg.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	tlsCfg, err := f.tls()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
+	holder := policy.NewHolder(pol)
+	if f.policyFile != "" {
+		// Streams dial under the policy in force when they open; no cached state to drop.
+		go watchPolicy(cmd.Context(), f.policyFile, f.policyPoll, holder, nil, func() {}, logger)
+	}
+	logger.Info("provider starting", "broker", f.broker, "tls", tlsCfg != nil, "targets", targetsName(f.policyFile, f.allowTargets))
+	if tlsCfg == nil {
+		logger.Warn("connecting to the broker in plaintext (--insecure-plaintext): nothing authenticates the broker, which can make this machine dial whatever its policy allows, and whoever sits between can read and forge the traffic")
+	}
+	return &tunnel.Provider{
+		Broker:       f.broker,
+		TLS:          tlsCfg,
+		Credentials:  f.credentials(),
+		Dialer:       dial.Deciding{Policy: holder.Load, Dialer: &dial.Direct{Policy: holder.Load, Timeout: f.dialTimeout}},
+		RefusalNote:  refusalNote(f.policyFile, f.allowTargets),
+		Config:       cfg,
+		Backoff:      tunnel.Backoff{AuthRetry: f.authRetry},
+		Logger:       logger,
+		DrainTimeout: f.drainTimeout,
+	}, nil
+}
+
+// targetPolicy is the provider's own target policy: --policy FILE or --allow-targets.
+func (f *providerFlags) targetPolicy(cmd *cobra.Command) (*policy.Policy, error) {
+	if f.policyFile != "" && cmd.Flags().Changed("allow-targets") {
+		return nil, errors.New("give --allow-targets or --policy, not both")
+	}
+	if f.policyFile != "" {
+		return policy.Load(f.policyFile)
+	}
+	return policy.ForTargets(f.allowTargets)
+}
+
+// tls is the TLS configuration towards the broker; a ticket issued with the broker's certificate
+// pins it unless --ca, --broker-fingerprint or --insecure-plaintext says otherwise.
+func (f *providerFlags) tls() (*tls.Config, error) {
+	pin := f.pin
+	if pin == "" && f.ticketFile != "" && f.caFile == "" && !f.insecurePlaintext {
+		if tk, err := readTicket(f.ticketFile); err == nil {
+			pin = tk.BrokerFingerprint
+		}
+	}
+	return providerTLS(f.insecurePlaintext, f.caFile, pin)
+}
+
+// credentials returns the session and token: from the flags, or from the ticket file, re-read on
+// every attempt so that a renewed ticket is picked up.
+func (f *providerFlags) credentials() func() (string, string, error) {
+	if f.ticketFile == "" {
+		return func() (string, string, error) { return f.session, f.token, nil }
+	}
+	return func() (string, string, error) {
+		tk, err := readTicket(f.ticketFile)
+		return tk.SessionID, tk.Token, err
+	}
 }
 
 // providerTLS builds the provider's TLS settings: nil for plaintext, a pinned certificate, a CA file,

@@ -71,3 +71,19 @@ func TestPolicyCheckSecrets(t *testing.T) {
 		t.Errorf("err = %v, want %q", err, want)
 	}
 }
+
+// TestPolicyExplainSecrets: "policy explain" names the secrets a rule lets through and the headers it
+// injects, as written (never a value).
+func TestPolicyExplainSecrets(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	os.WriteFile(pol, []byte("mode: enforce\nallow:\n  - host: api.github.com\n    inject: [{header: authorization, value: \"Bearer {{secret:github}}\"}]\n    secrets: [github]\n"), 0o644)
+	out, err := runAgentCmd(t, "policy", "explain", pol, "api.github.com:443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"secrets   github: their placeholders are replaced", "inject    Authorization: Bearer {{secret:github}}"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain output lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -136,7 +136,7 @@ func Classify(t policy.Target, err error) *Error {
 			reason = "DNS lookup timed out"
 		}
 		return &Error{Kind: KindResolve, Target: t, Reason: reason, Err: err}
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err):
+	case IsTimeout(err):
 		return &Error{Kind: KindTimeout, Target: t, Reason: "the target did not answer in time", Err: err}
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return &Error{Kind: KindRefused, Target: t, Reason: "connection refused by the target", Err: err}
@@ -149,9 +149,23 @@ func Classify(t policy.Target, err error) *Error {
 	}
 }
 
-func isTimeout(err error) bool {
+// IsTimeout reports whether err is a timeout: a deadline of a context or a connection, or a
+// network error that says so.
+func IsTimeout(err error) bool {
 	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// RootCause strips Go's wrapping ("dial tcp 1.2.3.4:80: connect: ...") down to the innermost
+// error, the system's words, for reasons shown to users.
+func RootCause(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
 }
 
 // Resolver looks up the addresses of a name.

@@ -19,6 +19,13 @@ const (
 // its claimed name was answered with. It is bounded: when full, expired pairs are dropped, then
 // pairs at random. A nil *Cache remembers nothing.
 type Cache struct {
+	// Local, when set, reports whether an address is one of this machine's (hostaddr's Owns).
+	// Clients at loopback or local addresses are one client: in a sidecar's shared network
+	// namespace the source address of a query or connection depends on where it was sent
+	// (a query to 127.0.0.11 comes from 127.0.0.1, a connection out from the pod's address), not
+	// on who sent it.
+	Local func(netip.Addr) bool
+
 	mu      sync.Mutex
 	entries map[cacheKey][]cachedAddr
 	max     int
@@ -48,7 +55,7 @@ func (c *Cache) Add(client netip.Addr, name string, addrs []netip.Addr, ttl time
 	if c == nil || len(addrs) == 0 || ttl <= 0 {
 		return
 	}
-	k := cacheKey{client.Unmap(), name}
+	k := cacheKey{c.clientKey(client), name}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.now()
@@ -117,12 +124,21 @@ func (c *Cache) Answered(client netip.Addr, name string, addr netip.Addr) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.now()
-	for _, e := range c.entries[cacheKey{client.Unmap(), name}] {
+	for _, e := range c.entries[cacheKey{c.clientKey(client), name}] {
 		if e.addr == addr.Unmap() && e.expires.After(now) {
 			return true
 		}
 	}
 	return false
+}
+
+// clientKey is the key of a client: its address, or the loopback address for every local one.
+func (c *Cache) clientKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.IsLoopback() || c.Local != nil && c.Local(a) {
+		return netip.IPv6Loopback()
+	}
+	return a
 }
 
 // Len is the number of (client, name) pairs held, expired ones included until they are dropped.

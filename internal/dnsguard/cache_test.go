@@ -68,3 +68,21 @@ func TestCacheBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestCacheLocalClients: in a shared network namespace a query to a loopback resolver comes from
+// 127.0.0.1 and the connection that follows from the pod's address: they are the same client.
+func TestCacheLocalClients(t *testing.T) {
+	pod := netip.MustParseAddr("10.213.2.1")
+	c := NewCache(0)
+	c.Local = func(a netip.Addr) bool { return a == pod }
+	a := netip.MustParseAddr("10.213.2.2")
+	c.Add(netip.MustParseAddr("127.0.0.1"), "allowed.test", []netip.Addr{a}, time.Minute)
+	for _, client := range []string{"10.213.2.1", "::1", "127.0.0.53", "::ffff:10.213.2.1"} {
+		if !c.Answered(netip.MustParseAddr(client), "allowed.test", a) {
+			t.Errorf("a local client %s does not share the answer given to 127.0.0.1", client)
+		}
+	}
+	if c.Answered(netip.MustParseAddr("10.213.2.9"), "allowed.test", a) {
+		t.Error("another machine's client shares a local client's answer")
+	}
+}

@@ -4,6 +4,7 @@ package loopbacktest
 import (
 	"net"
 	"testing"
+	"time"
 )
 
 // Serve accepts connections on ln until the test ends, when ln is closed, and runs handle for each
@@ -33,4 +34,16 @@ func Start(t testing.TB, handle func(net.Conn)) net.Listener {
 	}
 	Serve(t, ln, handle)
 	return ln
+}
+
+// Eventually polls cond every few milliseconds until it holds, and fails the test when it does not
+// within 10 s: what says what was awaited.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after 10s waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

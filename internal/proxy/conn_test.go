@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 )
 
 // TestConnectKeepAlive: after a refused CONNECT, the same connection carries a CONNECT that is
@@ -124,7 +126,7 @@ func TestUnreadableRequests(t *testing.T) {
 			if _, err := io.Copy(io.Discard, br); err != nil {
 				t.Fatalf("the connection was not closed cleanly: %v", err)
 			}
-			waitFor(t, "the record", func() bool { return len(tp.records(t)) > 0 && tp.records(t)[0] != "" })
+			loopbacktest.Eventually(t, "the record", func() bool { return len(tp.records(t)) > 0 && tp.records(t)[0] != "" })
 			rec := lastRecord(t, tp)
 			if strconv.Itoa(rec.Status) != tc.status || rec.Error != "bad_request" || !strings.Contains(rec.Reason, tc.reason) || rec.Client != "127.0.0.1" {
 				t.Fatalf("record %+v", rec)
@@ -161,7 +163,7 @@ func TestOneAnswerWhereverTheRequest(t *testing.T) {
 				if resp.StatusCode != tc.status || !resp.Close || body != tc.answer {
 					t.Fatalf("%s %q close=%v, want %d %q", resp.Status, body, resp.Close, tc.status, tc.answer)
 				}
-				waitFor(t, "the record", func() bool {
+				loopbacktest.Eventually(t, "the record", func() bool {
 					return strings.Contains(strings.Join(tp.records(t), "\n"), `"status":`+strconv.Itoa(resp.StatusCode))
 				})
 				if rec := lastRecord(t, tp); rec.Status != resp.StatusCode || rec.Error != "bad_request" {
@@ -298,7 +300,7 @@ func TestShutdownWaitsForPlainRequest(t *testing.T) {
 		defer cancel()
 		shutdown <- tp.srv.Shutdown(ctx)
 	}()
-	waitFor(t, "the listener to close", func() bool {
+	loopbacktest.Eventually(t, "the listener to close", func() bool {
 		probe, err := net.Dial("tcp", tp.addr)
 		if err == nil {
 			probe.Close()

@@ -56,20 +56,9 @@ func FailureOf(err error) *Failure {
 		f.Status = http.StatusBadGateway
 	}
 	if de.Err != nil && de.Kind != dial.KindDenied {
-		f.Reason = fmt.Sprintf("%s (%v)", de.Reason, rootCause(de.Err))
+		f.Reason = fmt.Sprintf("%s (%v)", de.Reason, dial.RootCause(de.Err))
 	}
 	return f
-}
-
-// rootCause strips Go's "dial tcp 1.2.3.4:80: connect:" prefixes down to the system error text.
-func rootCause(err error) error {
-	for {
-		u := errors.Unwrap(err)
-		if u == nil {
-			return err
-		}
-		err = u
-	}
 }
 
 // ClientNotAllowed is the refusal of a client outside --allow-clients.
@@ -146,18 +135,18 @@ func headerValue(first string, f *Failure) string {
 // Body is the plain-text explanation shown to the user.
 func (f *Failure) Body(req *Request) string {
 	var b strings.Builder
-	verb := "could not reach"
+	what := "could not reach " + req.Target.String()
 	switch {
-	case f.Denied:
-		verb = "blocked"
+	case f.Status == http.StatusBadRequest && req.Target.Host == "":
+		what = "rejected a malformed request"
 	case f.Status == http.StatusBadRequest:
-		verb = "rejected a malformed request for"
+		what = "rejected a malformed request for " + req.Target.String()
+	case req.Target.Host == "":
+		what = "refused the request"
+	case f.Denied:
+		what = "blocked " + req.Target.String()
 	}
-	target := req.Target.String()
-	if req.Target.Host == "" {
-		target = "the request"
-	}
-	fmt.Fprintf(&b, "swarm-proxy %s %s\nreason: %s\n", verb, target, f.Reason)
+	fmt.Fprintf(&b, "swarm-proxy %s\nreason: %s\n", what, f.Reason)
 	if f.Fix != "" {
 		fmt.Fprintf(&b, "fix: %s\n", f.Fix)
 	}

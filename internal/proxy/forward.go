@@ -8,7 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -93,7 +93,7 @@ func (f *forwarders) get(session string, pol *policy.Policy) *httputil.ReversePr
 		FlushInterval:  flushDelay,
 		BufferPool:     bufferPool{},
 		ErrorHandler:   f.s.forwardError,
-		ErrorLog:       slog.NewLogLogger(f.s.Logger.Handler(), slog.LevelDebug),
+		ErrorLog:       log.New(targetLog{f.s}, "", 0),
 	}
 	f.by[k] = &forwarder{proxy: rp, transport: t, lastUsed: now}
 	return rp
@@ -277,29 +277,22 @@ func (s *Server) dialForTransport(ctx context.Context, network, addr string) (ne
 	if addr != st.req.Target.String() {
 		return nil, fmt.Errorf("forward: dial of %s for a request decided for %s", addr, st.req.Target)
 	}
-	c, err := s.Dialer.Dial(ctx, st.req.dial)
+	// A copy: the Transport dials on a goroutine of its own, which may outlive the request (the
+	// connection then serves another), and the dialer writes its address-stage decision in it.
+	dreq := *st.req.dial
+	c, err := s.Dialer.Dial(ctx, &dreq)
 	if err != nil {
 		return nil, err
 	}
-	return &decidedConn{Conn: c, decision: st.req.dial.Decision}, nil
+	return &decidedConn{Conn: c, decision: dreq.Decision}, nil
 }
 
 // forward relays a plain-HTTP request (and, after a 101, the upgraded connection).
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 	pol := s.Policy.Load()
-	if d := s.decide(req, pol); !d.Allow {
-		s.fail(w, r, req, FailureOf(dial.Denied(req.Target, d)))
-		return
-	}
-	if f := requestFailure(pol, req); f != nil {
+	if f := s.decideForward(r, req, pol); f != nil {
 		s.fail(w, r, req, f)
 		return
-	}
-	if s.CheckRequest != nil {
-		if f := s.CheckRequest(r, req); f != nil {
-			s.fail(w, r, req, f)
-			return
-		}
 	}
 	if r.ContentLength != 0 {
 		// The target may answer before it has read the whole body (an early 401 or 413, a
@@ -320,8 +313,33 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 	}}
 	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), forwardKey{}, st), trace)
 	aborted := s.serveForward(cw, r.WithContext(ctx), s.forwarders.get(req.Session, pol))
+	s.finish(req, s.forwardRecord(r, st, aborted))
+	if aborted {
+		// Abort the client connection as net/http does for this panic: ending the response normally
+		// would make a truncated body look complete.
+		panic(http.ErrAbortHandler)
+	}
+}
 
-	rec := s.record(req)
+// decideForward decides a request to forward: its target under pol, then the per-request rules.
+func (s *Server) decideForward(r *http.Request, req *Request, pol *policy.Policy) *Failure {
+	if d := s.decide(req, pol); !d.Allow {
+		return FailureOf(dial.Denied(req.Target, d))
+	}
+	if f := requestFailure(pol, req); f != nil {
+		return f
+	}
+	if s.CheckRequest != nil {
+		return s.CheckRequest(r, req)
+	}
+	return nil
+}
+
+// forwardRecord is the access record of a forwarded request: its outcome, bytes, the decision
+// under which its upstream connection was dialed, and who ended it when it was aborted.
+func (s *Server) forwardRecord(r *http.Request, st *forwardState, aborted bool) *accesslog.Record {
+	cw := st.w
+	rec := s.record(st.req)
 	rec.Status = cw.status
 	if rec.Status == 0 {
 		rec.Status = http.StatusOK
@@ -351,17 +369,14 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 			rec.Rule = f.Rule
 		}
 	}
-	if aborted {
+	switch {
+	case !aborted:
+	case cw.err == nil && r.Context().Err() == nil && st.bodyErr != nil:
+		rec.Error, rec.Reason = accesslog.ErrorUpstream, "the response body from the target broke off: "+s.redact(st.bodyErr.Error())
+	default:
 		rec.Error, rec.Reason = accesslog.ErrorClientClosed, "the client went away before the response was complete"
-		if cw.err == nil && r.Context().Err() == nil && st.bodyErr != nil {
-			rec.Error, rec.Reason = accesslog.ErrorUpstream, "the response body from the target broke off: "+s.redact(st.bodyErr.Error())
-		}
-		s.finish(req, rec)
-		// Abort the client connection as net/http does for this panic: ending the response normally
-		// would make a truncated body look complete.
-		panic(http.ErrAbortHandler)
 	}
-	s.finish(req, rec)
+	return rec
 }
 
 // serveForward runs the ReverseProxy for r. It reports whether the proxy aborted the response in the
@@ -393,6 +408,15 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error)
 	s.writeFailure(w, r, st.req, st.failure)
 }
 
+// targetLog is the ReverseProxy's error log: debug lines, with Server.Redact applied, since an
+// error reading a target's body can quote what the target sent.
+type targetLog struct{ s *Server }
+
+func (l targetLog) Write(p []byte) (int, error) {
+	l.s.Logger.Debug(l.s.redact(strings.TrimSuffix(string(p), "\n")))
+	return len(p), nil
+}
+
 // redact applies Server.Redact to text from a target.
 func (s *Server) redact(text string) string {
 	if s.Redact == nil {
@@ -413,13 +437,13 @@ func (s *Server) forwardFailure(r *http.Request, err error) *Failure {
 		return me.f
 	case isTLSError(err):
 		return &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorUpstreamTLS,
-			Reason: "the target's TLS could not be verified, so nothing was sent to it: " + rootCause(err).Error(),
+			Reason: "the target's TLS could not be verified, so nothing was sent to it: " + dial.RootCause(err).Error(),
 			Fix:    "if the target is meant to be trusted, give its CA to the proxy with --upstream-ca"}
-	case isTimeout(err):
+	case dial.IsTimeout(err):
 		return &Failure{Status: http.StatusGatewayTimeout, Kind: accesslog.ErrorTimeout,
 			Reason: fmt.Sprintf("the target did not send response headers within %s", orDefault(s.UpstreamTimeout, DefaultUpstreamTimeout))}
 	default:
-		return &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorUpstream, Reason: "upstream error: " + rootCause(err).Error()}
+		return &Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorUpstream, Reason: "upstream error: " + dial.RootCause(err).Error()}
 	}
 }
 
@@ -433,11 +457,6 @@ func isTLSError(err error) bool {
 	var he x509.HostnameError
 	var cie x509.CertificateInvalidError
 	return errors.As(err, &cve) || errors.As(err, &rhe) || errors.As(err, &ae) || errors.As(err, &uae) || errors.As(err, &he) || errors.As(err, &cie)
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // requestBody is the outgoing request's body: it counts the client's body and times the client

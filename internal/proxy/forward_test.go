@@ -99,17 +99,6 @@ func TestForwardRetriesClosedKeptAliveConnection(t *testing.T) {
 	}
 }
 
-// waitFor polls cond every few milliseconds for up to 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestForwardStreamsUnknownLength: a response of unknown length (a stream) reaches the client
 // chunk by chunk, not when the target finishes.
 func TestForwardStreamsUnknownLength(t *testing.T) {
@@ -190,7 +179,7 @@ func TestForwardClientGoneStopsWaiting(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the target still waits for the proxy 10 s after the client left")
 	}
-	waitFor(t, "the record", func() bool { return strings.Contains(strings.Join(tp.records(t), "\n"), "client_closed") })
+	loopbacktest.Eventually(t, "the record", func() bool { return strings.Contains(strings.Join(tp.records(t), "\n"), "client_closed") })
 	if rec := lastRecord(t, tp); rec.Status != 499 || rec.Error != "client_closed" {
 		t.Fatalf("record %+v, want 499 client_closed", rec)
 	}

@@ -210,7 +210,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, req *Reque
 		if err != nil {
 			relay.Abort(conn)
 			upstream.Close()
-			rec.Error, rec.Reason = accesslog.ErrorTunnelBroken, "the tunnel broke: "+rootCause(err).Error()
+			rec.Error, rec.Reason = accesslog.ErrorTunnelBroken, "the tunnel broke: "+dial.RootCause(err).Error()
 			s.finish(req, rec)
 			return
 		}
@@ -266,11 +266,11 @@ func (s *Server) relay(t *tunnel, req *Request, rec *accesslog.Record, client, u
 func (s *Server) tunnelFailure(t *tunnel, res relay.Result) (kind, reason string) {
 	switch {
 	case t.aborted():
-		return accesslog.ErrorShuttingDown, "the proxy shut down while the tunnel was open (--shutdown-timeout ran out): " + rootCause(res.Err).Error()
+		return accesslog.ErrorShuttingDown, "the proxy shut down while the tunnel was open (--shutdown-timeout ran out): " + dial.RootCause(res.Err).Error()
 	case errors.Is(res.Err, relay.ErrIdle):
 		return accesslog.ErrorIdleTimeout, fmt.Sprintf("no byte moved for %s (--tunnel-idle-timeout)", s.TunnelIdleTimeout)
 	case res.ErrSide == relay.SideA:
-		return accesslog.ErrorClientClosed, "the client ended the tunnel with an error: " + rootCause(res.Err).Error()
+		return accesslog.ErrorClientClosed, "the client ended the tunnel with an error: " + dial.RootCause(res.Err).Error()
 	}
 	return accesslog.ErrorTunnelBroken, "the tunnel broke on the target's side: " + res.Err.Error()
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/inspect"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/relay"
@@ -91,7 +92,7 @@ func (s *Server) startInspected(tc *tunnelConn, req *Request, rec *accesslog.Rec
 	tc.SetDeadline(time.Now().Add(timeout))
 	first, err := tc.r.Peek(1)
 	if err != nil {
-		rec.Error, rec.Reason = accesslog.ErrorClientClosed, "the client sent nothing in the inspected tunnel: "+rootCause(err).Error()
+		rec.Error, rec.Reason = accesslog.ErrorClientClosed, "the client sent nothing in the inspected tunnel: "+dial.RootCause(err).Error()
 		tc.Close()
 		return
 	}
@@ -139,7 +140,13 @@ type tunnelConn struct {
 }
 
 func (c *tunnelConn) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
+	var n int
+	var err error
+	if c.r.Buffered() > 0 {
+		n, err = c.r.Read(p)
+	} else {
+		n, err = c.Conn.Read(p) // past what was read ahead: the connection itself, without a copy
+	}
 	c.in.Add(int64(n))
 	return n, err
 }

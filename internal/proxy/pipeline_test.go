@@ -171,3 +171,24 @@ func TestRequestHooks(t *testing.T) {
 		t.Fatalf("record %+v", rec)
 	}
 }
+
+// TestFailureBody: the text a client reads names what happened once, with or without a target.
+func TestFailureBody(t *testing.T) {
+	tgt := policy.Target{Host: "a.test", Port: 80}
+	for _, tc := range []struct {
+		f      *Failure
+		target policy.Target
+		first  string
+	}{
+		{BadRequest("no host"), policy.Target{}, "swarm-proxy rejected a malformed request\n"},
+		{BadRequest("bad port"), tgt, "swarm-proxy rejected a malformed request for a.test:80\n"},
+		{ClientNotAllowed("10.0.0.1"), tgt, "swarm-proxy blocked a.test:80\n"},
+		{ShuttingDown(), tgt, "swarm-proxy could not reach a.test:80\n"},
+		{ClientNotAllowed("10.0.0.1"), policy.Target{}, "swarm-proxy refused the request\n"},
+	} {
+		body := tc.f.Body(&Request{ID: "r1", Target: tc.target})
+		if !strings.HasPrefix(body, tc.first) || !strings.Contains(body, "reason: "+tc.f.Reason+"\n") || !strings.HasSuffix(body, "request id: r1\n") {
+			t.Errorf("%+v: body %q, want it to start %q", tc.f, body, tc.first)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 )
 
@@ -274,13 +275,7 @@ func TestUpgradeRelaysBothWays(t *testing.T) {
 		}
 	}
 	c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(strings.Join(tp.records(t), "\n"), `"status":101`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no 101 record in %v", tp.records(t))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	loopbacktest.Eventually(t, "the 101 record", func() bool { return strings.Contains(strings.Join(tp.records(t), "\n"), `"status":101`) })
 	rec := tp.records(t)[0]
 	if !strings.Contains(rec, `"bytes_in":19`) || !strings.Contains(rec, `"bytes_out":19`) {
 		t.Errorf("upgraded bytes not counted: %s", rec)
@@ -528,18 +523,13 @@ func TestShutdownWaitsForUpgradedConnection(t *testing.T) {
 		shutdown <- tp.srv.Shutdown(ctx)
 	}()
 	// The server is shutting down once it refuses new connections; the upgraded one still works.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	loopbacktest.Eventually(t, "the listener to close", func() bool {
 		probe, err := net.Dial("tcp", tp.addr)
-		if err != nil {
-			break
+		if err == nil {
+			probe.Close()
 		}
-		probe.Close()
-		if time.Now().After(deadline) {
-			t.Fatal("the proxy still accepts connections 10s after Shutdown began")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return err != nil
+	})
 	io.WriteString(c, "after shutdown began")
 	got := make([]byte, len("after shutdown began"))
 	if _, err := io.ReadFull(br, got); err != nil {

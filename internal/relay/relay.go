@@ -132,8 +132,7 @@ func spliceable(dst, src net.Conn) bool {
 // Buffer sizes of copyBuffered. A relay waits for data holding only a small buffer, so an idle
 // tunnel costs little memory; once reads fill it, it borrows a large pooled one until the flow
 // drops back to a trickle. The large one is big so that a bulk transfer takes few system calls
-// and, through a tunnel, few multiplexer frames: 512 KiB moves about 10% more per CPU second
-// than 256 KiB there, and 25% more than 64 KiB.
+// and, through a tunnel, few multiplexer frames (docs/performance.md has the measurements).
 const (
 	smallBufSize = 256
 	largeBufSize = 512 << 10

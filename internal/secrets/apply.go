@@ -38,7 +38,8 @@ func (e *Error) Error() string { return e.Code + ": " + e.Reason }
 // CodeUnavailable: the request must not go out with a placeholder or without its header. On an error r
 // is left part-way and must not be sent. used lists the names of the secrets put in r, sorted.
 //
-// Bodies and trailers are not read or rewritten; the path is checked but not rewritten.
+// Bodies and trailer values are not read or rewritten; the path and trailer names are checked but
+// not rewritten.
 func (s *Set) Apply(r *http.Request, bound []string, inject []Injection) (used []string, err error) {
 	if err := checkBound(r, bound); err != nil {
 		return nil, err

@@ -212,6 +212,7 @@ func (b *Broker) handle(raw net.Conn) {
 	}
 	var refused atomic.Int64
 	p.mux, err = clientMux(c, b.cfg, b.Logger, func() {
+		b.Metrics.refusedStream()
 		if n := refused.Add(1); n == maxRefusedStreams {
 			b.Metrics.handshake("provider_opened_streams")
 			b.Logger.Warn("provider keeps opening streams, which providers may not do; disconnecting it", "session", p.session, "provider", p.id, "streams_refused", n)

@@ -8,6 +8,7 @@ type Metrics struct {
 	streams    *prometheus.GaugeVec
 	opens      *prometheus.CounterVec
 	handshakes *prometheus.CounterVec
+	refused    prometheus.Counter
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -29,8 +30,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "swarm_proxy_tunnel_handshakes_total",
 			Help: "Provider handshakes, by result: ok, or the refusal code.",
 		}, []string{"result"}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swarm_proxy_tunnel_provider_streams_refused_total",
+			Help: "Streams providers tried to open towards the broker, which they may not: each was reset unread.",
+		}),
 	}
-	reg.MustRegister(m.providers, m.streams, m.opens, m.handshakes)
+	reg.MustRegister(m.providers, m.streams, m.opens, m.handshakes, m.refused)
 	return m
 }
 
@@ -63,5 +68,11 @@ func (m *Metrics) open(result string) {
 func (m *Metrics) handshake(result string) {
 	if m != nil {
 		m.handshakes.WithLabelValues(result).Inc()
+	}
+}
+
+func (m *Metrics) refusedStream() {
+	if m != nil {
+		m.refused.Inc()
 	}
 }

@@ -352,7 +352,7 @@ func replyFor(err error) reply {
 	}
 	r := reply{Kind: de.Kind.String(), Reason: de.Reason}
 	if de.Err != nil && de.Kind != dial.KindDenied {
-		r.Reason = fmt.Sprintf("%s (%v)", de.Reason, rootCause(de.Err))
+		r.Reason = fmt.Sprintf("%s (%v)", de.Reason, dial.RootCause(de.Err))
 	}
 	switch de.Kind {
 	case dial.KindDenied:
@@ -379,16 +379,6 @@ func kindOf(r reply) dial.Kind {
 		return dial.KindTimeout
 	}
 	return dial.KindUnreachable
-}
-
-func rootCause(err error) error {
-	for {
-		u := errors.Unwrap(err)
-		if u == nil {
-			return err
-		}
-		err = u
-	}
 }
 
 func short(s string) string {

@@ -348,6 +348,23 @@ func TestInspectCurl(t *testing.T) {
 	if n != 2*4+11 {
 		t.Errorf("%d request records, want %d", n, 2*4+11)
 	}
+
+	// policy generate --http turns the inspected records into http entries.
+	log := WriteFile(t, "access.log", p.Stdout())
+	r := Run(t, nil, binary, "policy", "generate", "--http", log)
+	for _, want := range []string{"  - host: localhost\n", "    http:\n", `      - {methods: [GET, POST, PUT, DELETE], paths: ["/repos/myorg/tool"]}`} {
+		if r.Code != 0 || !strings.Contains(r.Stdout, want) {
+			t.Errorf("policy generate --http lacks %q: exit %d\n%s%s", want, r.Code, r.Stdout, r.Stderr)
+		}
+	}
+	// The requests the rule refused are left out with --exclude-blocked.
+	r2 := Run(t, nil, binary, "policy", "generate", "--http", "--exclude-blocked", log)
+	if want := `      - {methods: [GET], paths: ["/repos/myorg/tool"]}`; !strings.Contains(r2.Stdout, want) {
+		t.Errorf("policy generate --http --exclude-blocked lacks %q:\n%s%s", want, r2.Stdout, r2.Stderr)
+	}
+	if !strings.Contains(r.Stderr, "left out 11 inspected requests whose method or path no rule can match") {
+		t.Errorf("policy generate --http: no note about the ambiguous paths: %s", r.Stderr)
+	}
 }
 
 // TestInspectSDKClients: Python requests, Node, git, pip and npm, each trusting the CA only through

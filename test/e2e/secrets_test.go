@@ -336,7 +336,8 @@ missing:
 }
 
 // TestSecretsReload: a secret added to the file takes effect without a restart; a broken file or
-// one that others may read is refused with the reason logged, and the secrets in force stay.
+// one that others may read is refused with the reason logged, and the secrets in force stay; a
+// rotated value file takes effect at the next poll.
 func TestSecretsReload(t *testing.T) {
 	val := secretValue(t, "late-")
 	up := startRecorder(t)
@@ -372,8 +373,26 @@ func TestSecretsReload(t *testing.T) {
 	if r := get(); !strings.Contains(r.Stdout, "200 OK") || len(up.requests()) != 2 || up.requests()[1].Header.Get("X-Api-Key") != val {
 		t.Fatalf("after the rejected reloads the secrets in force must stay: %+v, upstream saw %+v", r, up.requests())
 	}
-	noValue(t, "stderr", p.Stderr(), val)
-	noValue(t, "stdout", p.Stdout(), val)
+
+	// A value file rotated under an unchanged secrets file is read again at the next poll.
+	valueFile := filepath.Join(dir, "late-value")
+	rotated, rotatedAgain := secretValue(t, "rotated-"), secretValue(t, "rotated-again-")
+	writePrivate(t, valueFile, rotated+"\n")
+	writePrivate(t, secretsFile, fmt.Sprintf("late:\n  value_from: {file: %s}\n", valueFile))
+	reloads := func(n int) {
+		t.Helper()
+		Eventually(t, fmt.Sprintf("%d secrets reloads", n), func() bool { return strings.Count(p.Stderr(), "secrets reloaded") >= n })
+	}
+	reloads(2)
+	writePrivate(t, valueFile, rotatedAgain+"\n")
+	reloads(3)
+	if r := get(); !strings.Contains(r.Stdout, "200 OK") || up.requests()[len(up.requests())-1].Header.Get("X-Api-Key") != rotatedAgain {
+		t.Fatalf("after rotating the value file: %+v, upstream saw %+v", r, up.requests())
+	}
+	for _, v := range []string{val, rotated, rotatedAgain} {
+		noValue(t, "stderr", p.Stderr(), v)
+		noValue(t, "stdout", p.Stdout(), v)
+	}
 }
 
 // TestSecretsStartRefused: the proxy does not start with a secrets file that others may read, or

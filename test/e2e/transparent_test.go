@@ -286,14 +286,16 @@ func testTransparentCapture(t *testing.T, format string) {
 		ipCmd(t, "ip", "netns", "add", ns)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	}
-	// `ip netns exec` shows the agent's tools this resolv.conf: any nameserver works, the
-	// firewall sends port 53 to the guard.
+	// `ip netns exec` shows the agent's tools and the proxy this resolv.conf. The tools' queries
+	// go to the guard whatever it names (the firewall redirects port 53, loopback included); the
+	// proxy's own (uid 65532, not redirected) find nothing on 127.0.0.1:53, so every name the
+	// transparent listener accepts was checked against the guard's answers to the client.
 	etc := filepath.Join("/etc/netns", agent)
 	if err := os.MkdirAll(etc, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(etc) })
-	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver "+tpDNSIP+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver 127.0.0.1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	va, vt := "va"+id, "vt"+id
@@ -364,7 +366,7 @@ deny:
 		}
 		dnsRec := tpWaitLog(t, logFile, "the lookup", func(r tpRecord) bool { return r.Method == "DNS" && r.Host == "allowed.test" && r.DNSType == "A" })
 		if string(dnsRec.Status) != `"NOERROR"` || !slices.Equal(dnsRec.Answers, []string{tpAllowedIP}) || dnsRec.Decision != "allow" ||
-			dnsRec.Rule != "allow#1" || dnsRec.Client != tpAgentIP {
+			dnsRec.Rule != "allow#1" || dnsRec.Client != "127.0.0.1" { // the query went to the resolver on loopback
 			t.Errorf("DNS record %+v", dnsRec)
 		}
 		rec := tpWaitLog(t, logFile, "the tunnel", func(r tpRecord) bool { return r.Host == "allowed.test" && r.Port == 443 && r.Transparent })

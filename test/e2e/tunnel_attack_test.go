@@ -202,6 +202,9 @@ func TestTunnelAttackStreamFlood(t *testing.T) {
 	if !strings.Contains(b.Stderr(), "provider keeps opening streams") {
 		t.Fatalf("broker log does not say why it cut the providers:\n%s", b.Stderr())
 	}
+	if n, _ := b.metric("swarm_proxy_tunnel_provider_streams_refused_total"); n < 6*16 {
+		t.Fatalf("the broker counted %v refused streams, want at least %d", n, 6*16)
+	}
 	// The broker still serves a real provider and its workers.
 	target := pingServer(t)
 	_, tk := b.ticket("flood", "1h")
