@@ -60,12 +60,12 @@ func TestInstallStopsOnlyWhatItStarted(t *testing.T) {
 		{
 			name: "container without systemd", uid: "0", systemd: "no",
 			packages: []string{"openssh-server"}, starts: "openssh-server=ssh.service",
-			wantLog:  []string{"apt-get update -qq", "apt-get install -y -qq --no-install-recommends openssh-server"},
+			wantLog: []string{"apt-get update -qq", "apt-get install -y -qq --no-install-recommends openssh-server"},
 		},
 		{
 			name: "service already running", uid: "0", systemd: "yes", active: []string{"squid.service"},
 			packages: []string{"squid"}, starts: "squid=squid.service",
-			wantLog:  []string{"apt-get update -qq", "apt-get install -y -qq --no-install-recommends squid"},
+			wantLog: []string{"apt-get update -qq", "apt-get install -y -qq --no-install-recommends squid"},
 		},
 	}
 	for _, tt := range tests {

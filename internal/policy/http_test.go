@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"net/netip"
 	"net/url"
 	"path"
 	"strings"
@@ -366,5 +367,29 @@ func refMatch(pat []patternSeg, segs []string) bool {
 		return len(segs) > 0 && segs[0] != "" && refMatch(pat[1:], segs[1:])
 	default:
 		return len(segs) > 0 && decodeSegment(segs[0]) == pat[0].lit && refMatch(pat[1:], segs[1:])
+	}
+}
+
+// TestInspectingHostRuleKeepsDecidingWithCIDR: when a cidr rule admits the addresses of a target whose
+// host rule inspects (an IP-literal host rule on a private address needs one), the host rule still
+// decides, so its per-request checks are not lifted.
+func TestInspectingHostRuleKeepsDecidingWithCIDR(t *testing.T) {
+	p := mustParse(t, "mode: enforce\nallow:\n  - host: 10.0.0.5\n    name: api\n    access: read-only\n  - cidr: 10.0.0.0/8\n  - host: db.internal\n")
+	for _, tt := range []struct {
+		host  string
+		addrs []netip.Addr
+		rule  string
+	}{
+		{"10.0.0.5", nil, "api"},
+		{"10.0.0.5", addrs("10.0.0.5"), "api"},
+		{"db.internal", addrs("10.0.0.7"), "allow#2"}, // no inspecting host rule: the cidr rule decides
+	} {
+		d := p.Decide(Target{Host: tt.host, Port: 443}, tt.addrs)
+		if !d.Allow || d.RuleID() != tt.rule {
+			t.Errorf("%s %v: %v %s, want allowed by %s", tt.host, tt.addrs, d.Allow, d.RuleID(), tt.rule)
+		}
+	}
+	if d := p.DecideRequest(p.Decide(Target{Host: "10.0.0.5", Port: 443}, nil), "POST", "/x"); d.Allow {
+		t.Error("POST allowed on a read-only rule reached through a cidr rule")
 	}
 }

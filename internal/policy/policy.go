@@ -216,6 +216,10 @@ func (p *Policy) DecideOn(m Machine, t Target, addrs []netip.Addr) Decision {
 	if len(ok) == 0 {
 		return first
 	}
+	if hostRule.Inspects() {
+		// A cidr rule that admits the addresses does not lift the host rule's per-request checks.
+		rule = hostRule
+	}
 	d := p.allow(rule, ok)
 	return d
 }

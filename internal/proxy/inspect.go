@@ -140,7 +140,13 @@ type tunnelConn struct {
 }
 
 func (c *tunnelConn) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
+	var n int
+	var err error
+	if c.r.Buffered() > 0 {
+		n, err = c.r.Read(p)
+	} else {
+		n, err = c.Conn.Read(p) // past what was read ahead: the connection itself, without a copy
+	}
 	c.in.Add(int64(n))
 	return n, err
 }

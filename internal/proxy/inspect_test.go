@@ -425,3 +425,17 @@ func TestRequestCodesAreErrorKinds(t *testing.T) {
 		t.Fatal("policy codes and accesslog kinds differ")
 	}
 }
+
+// TestInspectedUpload: a request body of several MiB crosses the inspected tunnel byte for byte.
+func TestInspectedUpload(t *testing.T) {
+	fx := newInspectFixture(t)
+	body := make([]byte, 3<<20)
+	for i := range body {
+		body[i] = byte(i*31 + i>>9)
+	}
+	resp, got := do(t, fx.client(false), "POST", fx.url("api.example.com", "/repos/myorg/tool/issues"), string(body))
+	want := fmt.Sprintf("POST /repos/myorg/tool/issues api.example.com:%s body=%q", fx.port, body)
+	if resp.StatusCode != 200 || got != want {
+		t.Fatalf("%d, %d bytes back, want %d", resp.StatusCode, len(got), len(want))
+	}
+}
