@@ -113,7 +113,11 @@ func (p *Provider) Run(ctx context.Context) error {
 		var ae *AuthError
 		if errors.As(err, &ae) {
 			delay = bo.AuthRetry
-			logger.Error("broker refused this provider; check the ticket", "broker", p.Broker, "code", ae.Code, "reason", ae.Reason, "retry_in", delay)
+			msg := "broker refused this provider; check the ticket"
+			if ae.Code == RefuseNotBroker || ae.Code == RefuseTransport {
+				msg = "cannot talk to the broker at this address; check --broker and the TLS flags"
+			}
+			logger.Error(msg, "broker", p.Broker, "code", ae.Code, "reason", ae.Reason, "retry_in", delay)
 		} else {
 			if connected && time.Since(start) >= stableConnection {
 				// Start the schedule over only after a connection that lasted: a broker that
