@@ -87,7 +87,8 @@ func (g *Generator) Add(e *Entry) {
 	case e.Method == accesslog.MethodDNS: // a lookup is not a connection: it needs no rule
 	case e.Blocked() && e.Error == ErrorPrivateAddress:
 		g.private[e.Host]++
-	case e.Blocked() && g.opts.ExcludeBlocked:
+	case e.Blocked() && g.opts.ExcludeBlocked && (e.Error != ErrorDeniedByRule || g.opts.IncludeDenied):
+		// Left out without a word; what a deny rule refused is still listed below.
 	default:
 		h, ok := g.hosts[e.Host]
 		if !ok {

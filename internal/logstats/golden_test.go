@@ -103,7 +103,7 @@ func TestGoldenGenerate(t *testing.T) {
 		{"generate.yaml", GenerateOptions{}, []string{"left out 2 hosts refused as private, loopback or metadata addresses (169.254.169.254, intranet.corp.example)",
 			"left out 1 target (host and port) that a deny rule refused"}},
 		{"generate-include-denied.yaml", GenerateOptions{IncludeDenied: true}, []string{"left out 2 hosts refused as private"}},
-		{"generate-collapse.yaml", GenerateOptions{Collapse: 3, ExcludeBlocked: true}, []string{"left out 2 hosts"}},
+		{"generate-collapse.yaml", GenerateOptions{Collapse: 3, ExcludeBlocked: true}, []string{"left out 2 hosts", "left out 1 target (host and port) that a deny rule refused"}},
 		{"generate-merge.yaml", GenerateOptions{Collapse: 3, Merge: existing, MergeName: "existing-policy.yaml"}, []string{
 			"mode changed from discovery to enforce",
 			"1 host already allowed by existing-policy.yaml: codeload.github.com",

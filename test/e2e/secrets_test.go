@@ -405,7 +405,7 @@ func TestSecretsStartRefused(t *testing.T) {
 	writePrivate(t, crlf, "a:\n  value: \"secret-TESTVALUE\\r\\nX-Injected: 1\"\n")
 	for file, want := range map[string]string{
 		open: "mode 0644: group or others may access the secrets file; run: chmod 600 " + open,
-		crlf: `secret "a": the value from inline value contains CR, LF or NUL`,
+		crlf: `secret "a": the value from inline value contains CR, LF, NUL or another control character`,
 	} {
 		r := Run(t, nil, binary, "proxy", "--listen", "127.0.0.1:0", "--admin-listen", "", "--secrets", file)
 		if r.Code == 0 || !strings.Contains(r.Stderr, want) || strings.Contains(r.Stderr, "TESTVALUE") {
