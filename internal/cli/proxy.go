@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -153,7 +152,6 @@ type runtime struct {
 // runFrontend runs the proxy front end until ctx ends: policy with reload, access log, admin
 // endpoints, graceful shutdown. build supplies the dialer and authenticator.
 func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, build func(*runtime) (dial.Dialer, proxy.Authenticator, error)) error {
-	tuneGC()
 	var lvl slog.Level
 	lvl.UnmarshalText([]byte(f.logLevel))
 	logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
@@ -295,18 +293,6 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 	}
 	logger.Info("stopped")
 	return nil
-}
-
-// frontendGCPercent is the garbage collector's target for the proxy and the broker when GOGC is not
-// set: the heap may grow to five times what is live before a collection, against Go's default of
-// twice. A forwarded request allocates about 15 KiB that dies with it and the live heap is small
-// (a few KiB per open tunnel), so collections were frequent; docs/performance.md has the figures.
-const frontendGCPercent = 400
-
-func tuneGC() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(frontendGCPercent)
-	}
 }
 
 // openAccessLog opens the access log: stdout, or --log-file rotated by size.
