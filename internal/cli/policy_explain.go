@@ -168,7 +168,7 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Mach
 	case loopback != nil && d.Allow:
 		line("note", "the proxy dials only the addresses an allow cidr rule covers: %s", joinAddrs(d.Addrs))
 	case !isIP && d.Allow:
-		line("note", "if %s resolves to a private, loopback, link-local or metadata address, the proxy refuses it unless an allow cidr rule covers that address", t.Host)
+		line("note", "if %s resolves to a private, loopback, link-local or metadata address, or to an address of the machine that dials, the proxy refuses it unless an allow cidr rule covers that address", t.Host)
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("policy explain: %w", err)

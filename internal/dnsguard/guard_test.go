@@ -389,3 +389,38 @@ func listenPair(t *testing.T) (net.PacketConn, net.Listener) {
 	t.Fatal("no loopback port free for both UDP and TCP")
 	return nil, nil
 }
+
+// TestGuardConcurrent: clients querying at once over UDP and TCP each get their answer, and each
+// query is one record (run with -race: the cache and the log are shared).
+func TestGuardConcurrent(t *testing.T) {
+	f := startGuard(t, enforcePolicy)
+	const clients, each = 8, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, clients*each)
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			network := []string{"udp", "tcp"}[i%2]
+			c := &dns.Client{Net: network, Timeout: 5 * time.Second}
+			for j := range each {
+				name := []string{"allowed.test.", "denied.test.", "www.allowed.test."}[j%3]
+				resp, _, err := c.Exchange(new(dns.Msg).SetQuestion(name, dns.TypeA), f.addr)
+				switch {
+				case err != nil:
+					errs <- err
+				case name == "denied.test." && resp.Rcode != dns.RcodeRefused, name != "denied.test." && len(resp.Answer) == 0:
+					errs <- fmt.Errorf("%s over %s: %s with %d answers", name, network, dns.RcodeToString[resp.Rcode], len(resp.Answer))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := len(f.records(t)); n != clients*each {
+		t.Errorf("%d records for %d queries", n, clients*each)
+	}
+}

@@ -266,6 +266,17 @@ func TestGoldenDomainsDNS(t *testing.T) {
 			t.Errorf("policy generate wrote a rule for %s, which was only looked up:\n%s", lookedUpOnly, gen.YAML)
 		}
 	}
+	byClient := NewGrouped(ByClient)
+	if _, err := Read(context.Background(), []Source{FileSource("testdata/dns/access.log")}, byClient.Add); err != nil {
+		t.Fatal(err)
+	}
+	var grouped bytes.Buffer
+	if err := (&DomainReport{Groups: byClient.Groups()}).WriteTable(&grouped); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(grouped.String(), "client 10.213.0.1: 2 requests (0 blocked) to 5 hosts, 5 DNS lookups\n") {
+		t.Errorf("--by client:\n%s", grouped.String())
+	}
 	if res := r.Result(); res.Requests != 2 {
 		t.Errorf("replay counted %d requests, want the 2 connections", res.Requests)
 	}

@@ -57,8 +57,12 @@ func (r *DomainReport) WriteTable(w io.Writer) error {
 			if i > 0 {
 				fmt.Fprintln(tw)
 			}
-			fmt.Fprintf(tw, "%s %s: %d %s (%d blocked) to %d %s\n", g.Kind, printable(g.Key),
+			fmt.Fprintf(tw, "%s %s: %d %s (%d blocked) to %d %s", g.Kind, printable(g.Key),
 				g.Requests, plural(g.Requests, "request"), g.Blocked, len(g.Hosts), plural(int64(len(g.Hosts)), "host"))
+			if g.Lookups > 0 {
+				fmt.Fprintf(tw, ", %d DNS %s", g.Lookups, plural(g.Lookups, "lookup"))
+			}
+			fmt.Fprintln(tw)
 			writeHostRows(tw, g.Hosts)
 		}
 	} else {

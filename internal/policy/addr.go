@@ -129,11 +129,11 @@ var ranges4, ranges6 = func() (v4, v6 []addrRange) {
 
 // metadataAddrs are the cloud instance-metadata endpoints, named in reasons because they are the
 // classic SSRF target.
-var metadataAddrs = map[netip.Addr]bool{
-	netip.MustParseAddr("169.254.169.254"): true,
-	netip.MustParseAddr("fd00:ec2::254"):   true,
-	netip.MustParseAddr("169.254.170.2"):   true,
-	netip.MustParseAddr("100.100.100.200"): true,
+var metadataAddrs = []netip.Addr{
+	netip.MustParseAddr("169.254.169.254"),
+	netip.MustParseAddr("fd00:ec2::254"),
+	netip.MustParseAddr("169.254.170.2"),
+	netip.MustParseAddr("100.100.100.200"),
 }
 
 // ThisMachine is how a reason names an address assigned to the dialing machine's own interfaces.
@@ -172,7 +172,7 @@ func Classify(addr netip.Addr) Class {
 		return Class{Kind: "invalid"}
 	}
 	addr = addr.WithZone("")
-	if metadataAddrs[addr] {
+	if slices.Contains(metadataAddrs, addr) {
 		return Class{Kind: "cloud metadata"}
 	}
 	r := longestMatch(addr)

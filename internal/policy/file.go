@@ -135,6 +135,9 @@ func Parse(name string, data []byte) (*Policy, error) {
 			}
 		}
 	}
+	for _, pr := range p.unboundSecrets() {
+		problem(pr.line, "%s", pr.msg)
+	}
 	if len(problems) > 0 {
 		slices.SortStableFunc(problems, func(a, b problemAt) int { return a.line - b.line })
 		msgs := make([]string, len(problems))

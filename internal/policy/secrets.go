@@ -86,3 +86,34 @@ func (s RuleSpec) secretFields(list string, r Rule) ([]secrets.Injection, []stri
 	}
 	return inject, names, errors.Join(errs...)
 }
+
+// unboundSecrets reports the rules whose secrets could never be bound: a host rule for an IP address
+// that an allow cidr rule also covers is not the rule that decides requests to that address (the cidr
+// rule is), so its requests would carry no secret and their placeholders would be refused.
+func (p *Policy) unboundSecrets() []problemAt {
+	var problems []problemAt
+	for i := range p.Allow {
+		r := &p.Allow[i]
+		addr, isIP := (Target{Host: r.Host}).Addr()
+		if !r.UsesSecrets() || !isIP {
+			continue
+		}
+		for j := range p.Allow {
+			c := &p.Allow[j]
+			if !c.Prefix.IsValid() || !c.Prefix.Contains(addr) || !portsOverlap(r.Ports, c.Ports) {
+				continue
+			}
+			problems = append(problems, problemAt{r.Line, fmt.Sprintf("%s: its inject and secrets would never apply: requests to %s are decided by %s, which covers the address; name the service by its host name, or narrow that cidr rule", r.ID(), addr, c.Describe(p.Source))})
+			break
+		}
+	}
+	return problems
+}
+
+// portsOverlap reports whether two rules' port lists (empty: any port) share a port.
+func portsOverlap(a, b []int) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return true
+	}
+	return slices.ContainsFunc(a, func(port int) bool { return slices.Contains(b, port) })
+}

@@ -81,6 +81,11 @@ func TestSecretFieldsErrors(t *testing.T) {
   - host: a.example
     secrets: [a]
     inspect: false`, "inspect: false contradicts inject and secrets"},
+		{"ip host under an allow cidr", `allow:
+  - cidr: 10.0.0.0/8
+    ports: [443]
+  - host: 10.1.2.3
+    secrets: [a]`, "policy.yaml:5: allow#2: its inject and secrets would never apply: requests to 10.1.2.3 are decided by allow#1 (cidr 10.0.0.0/8, ports [443], policy.yaml line 3)"},
 		{"unknown inject key", `allow:
   - host: a.example
     inject: [{header: X-Key, valeu: "{{secret:a}}"}]`, `unknown key "valeu" (a header injection has: header, value)`},
@@ -92,5 +97,14 @@ func TestSecretFieldsErrors(t *testing.T) {
 				t.Errorf("err = %v\nwant %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestSecretsOnAddressRules: a host rule for a public address binds secrets (no cidr rule decides
+// it); the address is only decided here, never dialed.
+func TestSecretsOnAddressRules(t *testing.T) {
+	p := mustParse(t, "mode: enforce\nallow:\n  - host: 140.82.112.6\n    secrets: [a]\n  - cidr: 10.0.0.0/8\n")
+	if d := p.Decide(Target{Host: "140.82.112.6", Port: 443}, nil); !d.Allow || !d.Rule.UsesSecrets() {
+		t.Errorf("decided %+v, want the rule with the secret", d)
 	}
 }

@@ -55,8 +55,11 @@ func TestReadSettledSlowWriter(t *testing.T) {
 	old := time.Now().Add(-time.Hour)
 	os.Chtimes(path, old, old)
 	full := fullPolicy()
-	const settle = 100 * time.Millisecond
-	done := slowWrite(t, path, full, 20*time.Millisecond) // 22 lines, 440 ms
+	// The writer's pauses must stay shorter than settle for the promise to hold; settle is 40 times
+	// the pause so that a loaded machine (the race detector, parallel packages) that stalls the
+	// writer's goroutine does not look like a writer that stopped.
+	const settle = 400 * time.Millisecond
+	done := slowWrite(t, path, full, 10*time.Millisecond) // 22 lines, 220 ms
 	reads := 0
 	for {
 		data, err := ReadSettled(context.Background(), path, settle)

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/net/http/httpguts"
 	"gopkg.in/yaml.v3"
 )
 
@@ -256,7 +257,8 @@ func parseSource(n *yaml.Node) (Spec, []lineMsg) {
 // Resolve reads the value of each secret of f with lookupEnv and readFile (os.LookupEnv and
 // os.ReadFile outside tests). A value that cannot be read (an unset variable, a missing file, an empty
 // value) leaves its secret unresolved with the reason in Err: requests that need it fail closed. A
-// value with CR, LF or NUL cannot go in a header and fails the whole load. One trailing line break of
+// value with CR, LF, NUL or another control character but tab cannot go in a header and fails the
+// whole load. One trailing line break of
 // a file is not part of the value.
 func Resolve(source string, f *File, lookupEnv func(string) (string, bool), readFile func(string) ([]byte, error)) (*Set, error) {
 	set := &Set{Source: source, secrets: make(map[string]*Secret, len(f.Specs))}
@@ -286,8 +288,8 @@ func Resolve(source string, f *File, lookupEnv func(string) (string, bool), read
 		case sec.Err != nil:
 		case val == "":
 			sec.Err = fmt.Errorf("the value from %s is empty", sec.From)
-		case strings.ContainsAny(val, "\r\n\x00"):
-			problems = append(problems, fmt.Sprintf("%s:%d: secret %q: the value from %s contains CR, LF or NUL, which cannot go in a header", source, spec.Line, spec.Name, sec.From))
+		case !httpguts.ValidHeaderFieldValue(val):
+			problems = append(problems, fmt.Sprintf("%s:%d: secret %q: the value from %s contains CR, LF, NUL or another control character, which cannot go in a header", source, spec.Line, spec.Name, sec.From))
 			continue
 		default:
 			sec.value = val

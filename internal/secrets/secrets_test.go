@@ -124,10 +124,10 @@ func TestResolve(t *testing.T) {
 		t.Errorf("Unresolved = %v", u)
 	}
 
-	for _, bad := range []string{"a\nb", "a\rb", "a\x00b", "a\n\n"} {
+	for _, bad := range []string{"a\nb", "a\rb", "a\x00b", "a\n\n", "a\x1bb", "a\x7f"} {
 		f, _ := Parse("s.yaml", []byte("x:\n  value_from: {file: /f}\n"))
 		_, err := Resolve("s.yaml", f, nil, func(string) ([]byte, error) { return []byte(bad), nil })
-		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "s.yaml:1: secret \"x\": the value from file /f contains CR, LF or NUL") {
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "s.yaml:1: secret \"x\": the value from file /f contains CR, LF, NUL or another control character") {
 			t.Errorf("value %q: err = %v", bad, err)
 		}
 	}

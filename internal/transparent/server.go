@@ -242,7 +242,8 @@ func (s *Server) handle(c net.Conn) {
 			s.refuse(c, hello, peeked, req, proxy.FailureOf(err))
 			return
 		}
-		req.OnRecord(func(rec *accesslog.Record) { rec.BytesOut += int64(len(peeked)) })
+		n := int64(len(peeked)) // not peeked itself: the tunnel would keep the buffer
+		req.OnRecord(func(rec *accesslog.Record) { rec.BytesOut += n })
 	}
 	s.handedOver(c)
 	// On a goroutine of its own: this one's stack grew while parsing the ClientHello or request

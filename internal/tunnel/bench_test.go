@@ -4,8 +4,10 @@ import (
 	"context"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 )
@@ -78,4 +80,37 @@ func BenchmarkPingPong16(b *testing.B) {
 		}()
 	}
 	wg.Wait()
+}
+
+// BenchmarkPingPongUnderBulk measures a small exchange's round trip while another stream of the same
+// provider connection downloads as fast as it can: each op is one 200-byte message echoed back.
+func BenchmarkPingPongUnderBulk(b *testing.B) {
+	e := newEnv(b, true, Config{})
+	e.provider("s1", "loopback", nil).waitConnected(b)
+	bulk, err := e.broker.Dial(context.Background(), req("s1", streamTarget(b)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bulk.(*Conn).Reset()
+	go io.Copy(io.Discard, bulk)
+	c, err := e.broker.Dial(context.Background(), req("s1", echoServer(b)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	msg, buf := make([]byte, 200), make([]byte, 200)
+	var lat []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		c.Write(msg)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 }

@@ -405,7 +405,7 @@ func TestSecretsStartRefused(t *testing.T) {
 	writePrivate(t, crlf, "a:\n  value: \"secret-TESTVALUE\\r\\nX-Injected: 1\"\n")
 	for file, want := range map[string]string{
 		open: "mode 0644: group or others may access the secrets file; run: chmod 600 " + open,
-		crlf: `secret "a": the value from inline value contains CR, LF or NUL`,
+		crlf: `secret "a": the value from inline value contains CR, LF, NUL or another control character`,
 	} {
 		r := Run(t, nil, binary, "proxy", "--listen", "127.0.0.1:0", "--admin-listen", "", "--secrets", file)
 		if r.Code == 0 || !strings.Contains(r.Stderr, want) || strings.Contains(r.Stderr, "TESTVALUE") {
@@ -439,42 +439,45 @@ print(json.dumps({"github": [gh.status_code, dict(gh.headers), gh.text], "llm": 
                   "env": dict(os.environ)}))
 `
 
-// nodeSDK uses fetch where Node routes it through HTTP_PROXY and HTTPS_PROXY (Node 24 and later,
-// with NODE_USE_ENV_PROXY=1, which env sets); older Node's fetch ignores proxies, so there it uses
-// http and https with the proxy (a CONNECT tunnel for https) as SDKs configured for a proxy do.
+// nodeSDK calls fetch as SDKs do. Node 24 and later route fetch through HTTP_PROXY/HTTPS_PROXY with
+// NODE_USE_ENV_PROXY=1 (which env sets). Older Node's fetch ignores them; SDKs there pass a dispatcher
+// (the Anthropic SDK's fetchOptions: {dispatcher: new ProxyAgent(...)}). The test cannot install the
+// undici package, so it builds the dispatcher from the Agent class of Node's own fetch with a connector
+// that opens a CONNECT tunnel through the proxy (TLS inside it for https): fetch itself runs either way.
 const nodeSDK = `
-const http = require("http"), https = require("https"), tls = require("tls");
+const net = require("net"), tls = require("tls");
 const proxy = new URL(process.env.HTTP_PROXY);
-function collect(resolve) {
-  return res => { let text = ""; res.setEncoding("utf8"); res.on("data", d => text += d); res.on("end", () => resolve([res.statusCode, res.headers, text])); };
+function tunnel(opts, cb) {
+  const port = opts.port || (opts.protocol === "https:" ? 443 : 80);
+  const sock = net.connect(Number(proxy.port), proxy.hostname);
+  sock.once("error", cb);
+  sock.write("CONNECT " + opts.hostname + ":" + port + " HTTP/1.1\r\nHost: " + opts.hostname + ":" + port + "\r\n\r\n");
+  let head = "";
+  const onData = d => {
+    head += d.toString("latin1");
+    const end = head.indexOf("\r\n\r\n");
+    if (end < 0) return;
+    sock.removeListener("data", onData);
+    if (!/^HTTP\/1\.[01] 200/.test(head)) { sock.destroy(); cb(new Error("CONNECT answered " + head.split("\r\n")[0])); return; }
+    if (opts.protocol !== "https:") { cb(null, sock); return; }
+    const t = tls.connect({socket: sock, servername: opts.servername || opts.hostname, ALPNProtocols: ["http/1.1"]}, () => cb(null, t));
+    t.once("error", cb);
+  };
+  sock.on("data", onData);
 }
-function viaProxy(method, url, headers, body) {
-  if (Number(process.versions.node.split(".")[0]) >= 24) {
-    return fetch(url, {method, headers, body}).then(async r => [r.status, Object.fromEntries(r.headers), await r.text()]);
-  }
-  const u = new URL(url);
-  return new Promise((resolve, reject) => {
-    if (u.protocol === "http:") {
-      const req = http.request({host: proxy.hostname, port: proxy.port, method, path: url, headers: {...headers, host: u.host}}, collect(resolve));
-      req.on("error", reject); req.end(body);
-      return;
-    }
-    // https: a CONNECT tunnel, then TLS to the target (trusting NODE_EXTRA_CA_CERTS).
-    const c = http.request({host: proxy.hostname, port: proxy.port, method: "CONNECT", path: u.host});
-    c.on("error", reject);
-    c.on("connect", (res, socket) => {
-      if (res.statusCode !== 200) { reject(new Error("CONNECT answered " + res.statusCode)); return; }
-      const req = https.request({host: u.hostname, port: u.port, method, path: u.pathname + u.search, headers,
-        createConnection: () => tls.connect({socket, servername: u.hostname})}, collect(resolve));
-      req.on("error", reject); req.end(body);
-    });
-    c.end();
-  });
+async function fetchOptions() {
+  if (Number(process.versions.node.split(".")[0]) >= 24) return {};
+  const key = Symbol.for("undici.globalDispatcher.1");
+  if (!globalThis[key]) { try { await fetch(proxy.origin + "/"); } catch {} } // makes Node's own Agent
+  const Agent = globalThis[key].constructor;
+  return {dispatcher: new Agent({connect: tunnel})};
 }
 (async () => {
+  const opts = await fetchOptions();
+  const call = (method, url, headers, body) => fetch(url, {method, headers, body, ...opts}).then(async r => [r.status, Object.fromEntries(r.headers), await r.text()]);
   const tok = process.env.GITHUB_TOKEN, key = process.env.ANTHROPIC_API_KEY;
-  const github = await viaProxy("GET", process.env.GITHUB_URL + "/repos/o/r?access_token=" + encodeURIComponent(tok), {authorization: "token " + tok});
-  const llm = await viaProxy("POST", process.env.LLM_URL + "/v1/messages", {"x-api-key": key, "content-type": "application/json"}, "{}");
+  const github = await call("GET", process.env.GITHUB_URL + "/repos/o/r?access_token=" + encodeURIComponent(tok), {authorization: "token " + tok});
+  const llm = await call("POST", process.env.LLM_URL + "/v1/messages", {"x-api-key": key, "content-type": "application/json"}, "{}");
   console.log(JSON.stringify({github, llm, env: process.env}));
 })();
 `
