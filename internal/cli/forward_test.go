@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 )
 
 func TestParseForward(t *testing.T) {
@@ -67,20 +69,10 @@ func TestTunnelFlags(t *testing.T) {
 // TestBridgeHalfClose: the end of stdin half-closes the tunnel, and the answer that follows still
 // reaches stdout.
 func TestBridgeHalfClose(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	ln := loopbacktest.Start(t, func(c net.Conn) {
 		b, _ := io.ReadAll(c)
 		c.Write(append([]byte("got:"), b...))
-	}()
+	})
 	conn, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)

@@ -133,9 +133,16 @@ func (f *forwarders) closeIdle() {
 	}
 }
 
+// bufferPool is the ReverseProxy's pool of copy buffers. A buffer is held by a response while its
+// body is copied. Each read from an HTTP/2 target's body gives the flow-control window back, with a
+// WINDOW_UPDATE write to the target once 4 KiB are due, so the buffer's size sets how often that
+// happens: 128 KiB sends a quarter of the updates of 32 KiB (docs/inspection.md has the measurement).
 type bufferPool struct{}
 
-var forwardBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// forwardBufSize is the size of the ReverseProxy's copy buffers.
+const forwardBufSize = 128 << 10
+
+var forwardBufs = sync.Pool{New: func() any { b := make([]byte, forwardBufSize); return &b }}
 
 func (bufferPool) Get() []byte  { return *forwardBufs.Get().(*[]byte) }
 func (bufferPool) Put(b []byte) { forwardBufs.Put(&b) }
@@ -192,7 +199,8 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 	// Connection: close and reads on, as Go's servers do, which clients such as curl upload to.
 	out.Header.Del("Expect")
 	if out.Body != nil && out.Body != http.NoBody {
-		st.body = &requestBody{r: out.Body, rc: http.NewResponseController(st.w.ResponseWriter), idle: orDefault(s.IdleTimeout, DefaultIdleTimeout)}
+		st.body = &requestBody{r: out.Body, w: st.w.ResponseWriter, rc: http.NewResponseController(st.w.ResponseWriter),
+			idle: orDefault(s.IdleTimeout, DefaultIdleTimeout), closed: make(chan struct{})}
 		out.Body = st.body
 	}
 }
@@ -312,12 +320,49 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		}
 	}}
 	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), forwardKey{}, st), trace)
-	aborted := s.serveForward(cw, r.WithContext(ctx), s.forwarders.get(req.Session, pol))
+	fr := r.WithContext(ctx)
+	if fr.Body != nil && fr.Body != http.NoBody {
+		// ReverseProxy closes the body it was given when it returns; the server's own body stays
+		// open for lingerDrain, and the server closes it after the handler.
+		fr.Body = io.NopCloser(r.Body)
+	}
+	aborted := s.serveForward(cw, fr, s.forwarders.get(req.Session, pol))
 	s.finish(req, s.forwardRecord(r, st, aborted))
 	if aborted {
 		// Abort the client connection as net/http does for this panic: ending the response normally
 		// would make a truncated body look complete.
 		panic(http.ErrAbortHandler)
+	}
+	lingerDrain(r, st.body)
+}
+
+// lingerTime bounds how long the proxy reads and discards the rest of an upload that the target
+// answered without reading (nginx's lingering close).
+const lingerTime = 5 * time.Second
+
+// lingerDrain reads and discards, for up to lingerTime, what is left of a request body that the
+// client had begun to send when the target answered without reading all of it (an early 401 or
+// 413). Closing a socket with unread data in it sends a reset, and a reset makes the client's
+// kernel drop the answer the client had not read yet: the client would see "connection reset"
+// instead of the 413. It waits until the Transport is done with the body, so reads never overlap.
+func lingerDrain(r *http.Request, b *requestBody) {
+	if b == nil {
+		return
+	}
+	t := time.NewTimer(lingerTime)
+	defer t.Stop()
+	select {
+	case <-b.closed:
+	case <-t.C:
+		return
+	}
+	if !b.started.Load() || b.eof.Load() {
+		return // the client was never asked for the body (Expect), or it all went to the target
+	}
+	rc := http.NewResponseController(b.w)
+	rc.SetReadDeadline(time.Now().Add(lingerTime))
+	if _, err := io.Copy(io.Discard, r.Body); err == nil {
+		rc.SetReadDeadline(time.Time{}) // the connection may serve the next request
 	}
 }
 
@@ -462,17 +507,24 @@ func isTLSError(err error) bool {
 // requestBody is the outgoing request's body: it counts the client's body and times the client
 // out when the body stops arriving for idle (each read extends the connection's read deadline).
 type requestBody struct {
-	r    io.ReadCloser
-	n    atomic.Int64
-	rc   *http.ResponseController
-	idle time.Duration
+	r         io.ReadCloser
+	n         atomic.Int64
+	w         http.ResponseWriter
+	rc        *http.ResponseController
+	idle      time.Duration
+	started   atomic.Bool   // the Transport asked for the body (and so the client was told to send it)
+	eof       atomic.Bool   // the whole body went to the target
+	closed    chan struct{} // closed by the Transport's Close: it reads no more
+	closeOnce sync.Once
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
+	b.started.Store(true)
 	b.rc.SetReadDeadline(time.Now().Add(b.idle))
 	n, err := b.r.Read(p)
 	b.n.Add(int64(n))
 	if err == io.EOF {
+		b.eof.Store(true)
 		// Cleared at once: the server's own read of the connection starts at the end of the body.
 		// After a failed read the deadline stays, so that the server's attempt to drain the rest
 		// ends at once and the connection is closed.
@@ -481,7 +533,12 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *requestBody) Close() error { return b.r.Close() }
+// Close tells lingerDrain that the Transport is done with the body. The body underneath is the
+// server's, which the server closes after the handler.
+func (b *requestBody) Close() error {
+	b.closeOnce.Do(func() { close(b.closed) })
+	return nil
+}
 
 // countingWriter records the status and counts response bytes, including those of an upgraded
 // (101) connection, which it tracks as a tunnel so that Shutdown waits for it.

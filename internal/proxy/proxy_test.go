@@ -593,3 +593,37 @@ func TestForwardersDropUnusedSessions(t *testing.T) {
 		t.Fatal("the busy session's transport was dropped")
 	}
 }
+
+// TestEarlyAnswerLingers: a target that answers an upload at once (413) without reading it. The
+// client sends its whole body before it reads the answer, as simple clients do; the proxy reads
+// and discards what the target did not take, so the client's writes do not meet a reset that
+// would also destroy the 413 it has not read yet.
+func TestEarlyAnswerLingers(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+	}))
+	defer up.Close()
+	upAddr := up.Listener.Addr().String()
+	pol := fmt.Sprintf("mode: enforce\nallow:\n  - cidr: 127.0.0.1/32\n    ports: [%d]\n", up.Listener.Addr().(*net.TCPAddr).Port)
+	tp := startProxy(t, pol, nil, []string{upAddr})
+
+	const size = 32 << 20
+	c, br := dialProxy(t, tp.addr)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(c, "PUT http://%s/big HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n", upAddr, upAddr, size)
+	chunk := make([]byte, 1<<20)
+	for sent := 0; sent < size; sent += len(chunk) {
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatalf("after %d of %d body bytes: %v (the proxy closed the connection on an unread upload)", sent, size, err)
+		}
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("read the answer: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(body), "too large") {
+		t.Fatalf("answer %d %q, want the target's 413", resp.StatusCode, body)
+	}
+}

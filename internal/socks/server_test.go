@@ -394,18 +394,7 @@ func TestReplyFor(t *testing.T) {
 // TestShutdownAbortsTunnels: a tunnel still open when the shutdown deadline passes is aborted, and
 // Shutdown reports the deadline.
 func TestShutdownAbortsTunnels(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			defer c.Close()
-			io.Copy(io.Discard, c) // never answers: the tunnel stays open
-		}
-	}()
+	ln := loopbacktest.Start(t, func(c net.Conn) { io.Copy(io.Discard, c) }) // never answers: the tunnel stays open
 	f := start(t, nil, 0)
 	conn, err := net.Dial("tcp", f.addr)
 	if err != nil {
