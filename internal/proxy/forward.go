@@ -151,14 +151,30 @@ type forwardKey struct{}
 
 // forwardState is what one forwarded request shares between the handler, the ReverseProxy hooks
 // and the transport's dial.
+// The writer, the trace and the response body's wrapper live in it, so that a request allocates one
+// struct for them all.
 type forwardState struct {
 	req     *Request
-	w       *countingWriter
-	body    *requestBody // the outgoing request's body; nil when it has none
+	w       *countingWriter // &cw
+	body    *requestBody    // the outgoing request's body; nil when it has none
 	failure *Failure
 	conn    atomic.Pointer[decidedConn] // the upstream connection that served the request
 	bodyErr error                       // why reading the target's response body failed, if it did
+	cw      countingWriter
+	trace   httptrace.ClientTrace
+	watched watchedBody
+}
 
+// gotConn is the ClientTrace's GotConn hook: it keeps the upstream connection that serves the
+// request, with the decision under which it was dialed.
+func (st *forwardState) gotConn(info httptrace.GotConnInfo) {
+	c := info.Conn
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if dc, ok := c.(*decidedConn); ok {
+		st.conn.Store(dc)
+	}
 }
 
 func stateOf(ctx context.Context) *forwardState {
@@ -244,7 +260,8 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 		return nil // the body is the upgraded connection, which ReverseProxy needs writable
 	}
 	if resp.Body != nil {
-		resp.Body = &watchedBody{ReadCloser: resp.Body, st: st}
+		st.watched = watchedBody{ReadCloser: resp.Body, st: st}
+		resp.Body = &st.watched
 	}
 	return nil
 }
@@ -307,19 +324,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		// streaming handler): the body keeps flowing to it while the response comes back.
 		http.NewResponseController(w).EnableFullDuplex()
 	}
-	cw := &countingWriter{ResponseWriter: w, s: s}
+	st := &forwardState{req: req, cw: countingWriter{ResponseWriter: w, s: s}}
+	cw := &st.cw
+	st.w = cw
 	defer cw.untrack() // after the record is written, so Shutdown waits for it
-	st := &forwardState{req: req, w: cw}
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		c := info.Conn
-		if tc, ok := c.(*tls.Conn); ok {
-			c = tc.NetConn()
-		}
-		if dc, ok := c.(*decidedConn); ok {
-			st.conn.Store(dc)
-		}
-	}}
-	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), forwardKey{}, st), trace)
+	st.trace.GotConn = st.gotConn
+	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), forwardKey{}, st), &st.trace)
 	fr := r.WithContext(ctx)
 	if fr.Body != nil && fr.Body != http.NoBody {
 		// ReverseProxy closes the body it was given when it returns; the server's own body stays
