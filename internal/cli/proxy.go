@@ -337,16 +337,8 @@ func orBuiltIn(file string) string {
 // force stays. check may refuse a policy that parses but cannot be served (a rule that inspects
 // without a CA).
 func watchPolicy(ctx context.Context, path string, poll time.Duration, h *policy.Holder, check func(*policy.Policy) error, changed func(), logger *slog.Logger) {
-	hup := notifyHangup()
-	defer stopHangup(hup)
 	last, _ := os.ReadFile(path)
-	var tick <-chan time.Time
-	if poll > 0 {
-		t := time.NewTicker(poll)
-		defer t.Stop()
-		tick = t.C
-	}
-	reload := func(why string) {
+	onReload(ctx, poll, "file changed", func(why string) {
 		// A file being rewritten in place is taken only once it has stopped changing.
 		data, err := policy.ReadSettled(ctx, path, policy.DefaultSettle)
 		if ctx.Err() != nil {
@@ -371,6 +363,19 @@ func watchPolicy(ctx context.Context, path string, poll time.Duration, h *policy
 		h.Store(p)
 		changed()
 		logger.Info("policy reloaded", "file", path, "trigger", why, "mode", p.Mode, "allow", len(p.Allow), "deny", len(p.Deny))
+	})
+}
+
+// onReload calls reload with "SIGHUP" on every SIGHUP and with pollTrigger every poll (never when
+// poll is 0), one call at a time, until ctx ends.
+func onReload(ctx context.Context, poll time.Duration, pollTrigger string, reload func(trigger string)) {
+	hup := notifyHangup()
+	defer stopHangup(hup)
+	var tick <-chan time.Time
+	if poll > 0 {
+		t := time.NewTicker(poll)
+		defer t.Stop()
+		tick = t.C
 	}
 	for {
 		select {
@@ -379,7 +384,7 @@ func watchPolicy(ctx context.Context, path string, poll time.Duration, h *policy
 		case <-hup:
 			reload("SIGHUP")
 		case <-tick:
-			reload("file changed")
+			reload(pollTrigger)
 		}
 	}
 }

@@ -60,16 +60,8 @@ func orNone(s *secrets.Set) string {
 // rotated value file or a file that now resolves takes effect without a restart. A file that does not
 // load is reported once per distinct error and the secrets in force stay. Nothing logged holds a value.
 func watchSecrets(ctx context.Context, path string, poll time.Duration, h *secrets.Holder, pol *policy.Holder, logger *slog.Logger) {
-	hup := notifyHangup()
-	defer stopHangup(hup)
-	var tick <-chan time.Time
-	if poll > 0 {
-		t := time.NewTicker(poll)
-		defer t.Stop()
-		tick = t.C
-	}
 	lastErr := ""
-	reload := func(why string) {
+	onReload(ctx, poll, "poll", func(why string) {
 		s, err := secrets.Load(path)
 		if err != nil {
 			if msg := err.Error(); msg != lastErr || why == "SIGHUP" {
@@ -86,17 +78,7 @@ func watchSecrets(ctx context.Context, path string, poll time.Duration, h *secre
 		logger.Info("secrets reloaded", "file", path, "trigger", why, "secrets", len(s.Secrets()), "unavailable", len(s.Unresolved()))
 		logUnresolved(s, logger)
 		warnUnknownSecrets(pol.Load(), s, logger)
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-			reload("SIGHUP")
-		case <-tick:
-			reload("poll")
-		}
-	}
+	})
 }
 
 // secretsHook puts the secrets into the pipeline: mutate is proxy.Server.Mutate, modifyResponse its

@@ -43,7 +43,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -691,78 +690,6 @@ const (
 	podProxyUID = 65532 // the user of deploy/Dockerfile
 )
 
-// startAsUser runs the swarm-proxy binary as uid:gid in network namespace ns, waits until its stderr
-// has readyMsg, and kills it when the test ends. The binary is copied where that user can run it.
-func startAsUser(t *testing.T, ns string, uid uint32, readyMsg string, args ...string) *bytes.Buffer {
-	t.Helper()
-	dir := t.TempDir()
-	for _, d := range []string{dir, filepath.Dir(dir)} {
-		if err := os.Chmod(d, 0o777); err != nil {
-			t.Fatal(err)
-		}
-	}
-	data, err := os.ReadFile(binary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "swarm-proxy")
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = cleanEnv()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Started from a thread in ns, the process is born there; then it drops to uid.
-	inNetns(t, ns, func() {
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start %v: %v", args, err)
-		}
-	})
-	var mu sync.Mutex
-	var log bytes.Buffer
-	ready := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 4096)
-		once := sync.Once{}
-		for {
-			n, err := stderr.Read(buf)
-			mu.Lock()
-			log.Write(buf[:n])
-			if strings.Contains(log.String(), readyMsg) {
-				once.Do(func() { close(ready) })
-			}
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
-		cmd.Wait()
-		if t.Failed() {
-			mu.Lock()
-			t.Logf("stderr of %v:\n%s", args, log.String())
-			mu.Unlock()
-		}
-	})
-	select {
-	case <-ready:
-	case <-done:
-		t.Fatalf("%v exited before it was ready:\n%s", args, log.String())
-	case <-time.After(waitTimeout):
-		t.Fatalf("%v not ready after %s", args, waitTimeout)
-	}
-	return &log
-}
-
 // TestNetnsSharedNamespaceSidecar is the Kubernetes layout: the proxy shares the agent's network
 // namespace, listens on 127.0.0.1 and runs as its own user, which --allow-uid lets out while the
 // agent's own connections are refused.
@@ -795,7 +722,7 @@ func TestNetnsSharedNamespaceSidecar(t *testing.T) {
 		t.Fatal(err)
 	}
 	logFile := filepath.Join(dir, "access.log")
-	startAsUser(t, pod, podProxyUID, "proxy listening", "proxy", "--listen", "127.0.0.1:8080", "--admin-listen", "127.0.0.1:9090",
+	startProxyAs(t, pod, podProxyUID, "proxy listening", "proxy", "--listen", "127.0.0.1:8080", "--admin-listen", "127.0.0.1:9090",
 		"--policy", policyFile, "--log-file", logFile)
 
 	home := t.TempDir()
