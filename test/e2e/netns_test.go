@@ -306,8 +306,9 @@ func startTargetServer(t *testing.T, ns string) *targetServer {
 	return s
 }
 
-// selfSigned makes a certificate for the given IP addresses and returns it with its PEM.
-func selfSigned(t *testing.T, ips ...string) (tls.Certificate, []byte) {
+// selfSigned makes a self-signed certificate for the given IP addresses and DNS names and returns
+// it with its PEM.
+func selfSigned(t *testing.T, hosts ...string) (tls.Certificate, []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -319,8 +320,12 @@ func selfSigned(t *testing.T, ips ...string) (tls.Certificate, []byte) {
 		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true, IsCA: true,
 	}
-	for _, ip := range ips {
-		tmpl.IPAddresses = append(tmpl.IPAddresses, net.ParseIP(ip))
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {

@@ -19,7 +19,7 @@ import (
 // proxy is given with --upstream-ca.
 func localhostCert(t *testing.T) (tls.Certificate, string) {
 	t.Helper()
-	cert, pemBytes := certFor(t, "localhost")
+	cert, pemBytes := selfSigned(t, "localhost")
 	file := filepath.Join(t.TempDir(), "upstream.pem")
 	if err := os.WriteFile(file, pemBytes, 0o644); err != nil {
 		t.Fatal(err)

@@ -70,7 +70,7 @@ func TestNetnsSecretsSidecar(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(etc, "hosts"), []byte(hosts), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cert, certPEM := certFor(t, "api.github.com", "api.anthropic.com")
+	cert, certPEM := selfSigned(t, "api.github.com", "api.anthropic.com")
 	var ln net.Listener
 	inNetns(t, n.target, func() {
 		var err error

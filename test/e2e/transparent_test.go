@@ -19,18 +19,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -101,26 +94,6 @@ func tpWaitLog(t *testing.T, logFile, what string, match func(tpRecord) bool) tp
 		return false
 	})
 	return found
-}
-
-// certFor makes a self-signed certificate for DNS names.
-func certFor(t *testing.T, names ...string) (tls.Certificate, []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
 // tpServe starts, in namespace ns, HTTP on ip:80 and HTTPS on ip:443 that answer with who they are.
@@ -311,7 +284,7 @@ func testTransparentCapture(t *testing.T, format string) {
 	} {
 		ipCmd(t, s...)
 	}
-	cert, certPEM := certFor(t, "allowed.test", "www.allowed.test", "denied.test")
+	cert, certPEM := selfSigned(t, "allowed.test", "www.allowed.test", "denied.test")
 	tpServe(t, tgt, tpAllowedIP, "allowed", cert)
 	tpServe(t, tgt, tpOtherIP, "other", cert)
 	tpDNS(t, tgt)
@@ -521,7 +494,7 @@ func TestTransparentCaptureBroker(t *testing.T) {
 	} {
 		ipCmd(t, s...)
 	}
-	cert, certPEM := certFor(t, "allowed.test")
+	cert, certPEM := selfSigned(t, "allowed.test")
 	tpServe(t, tgt, tpAllowedIP, "allowed", cert)
 	tpDNS(t, tgt)
 
