@@ -281,8 +281,14 @@ func TestComposeInvariants(t *testing.T) {
 	}
 
 	// The agent's environment is exactly what "swarm-proxy env" prints for this proxy.
+	checkAgentEnv(t, agent.Environment, "--proxy", "http://proxy:8080")
+}
+
+// checkAgentEnv checks that env is exactly what "swarm-proxy env ARGS --format compose" prints.
+func checkAgentEnv(t *testing.T, env map[string]string, args ...string) {
+	t.Helper()
 	var out, errb bytes.Buffer
-	if err := cli.Run(context.Background(), []string{"env", "--proxy", "http://proxy:8080", "--format", "compose"}, nil, &out, &errb); err != nil {
+	if err := cli.Run(context.Background(), append(append([]string{"env"}, args...), "--format", "compose"), nil, &out, &errb); err != nil {
 		t.Fatalf("swarm-proxy env: %v %s", err, errb.String())
 	}
 	var want struct {
@@ -292,12 +298,12 @@ func TestComposeInvariants(t *testing.T) {
 		t.Fatal(err)
 	}
 	for k, v := range want.Environment {
-		if agent.Environment[k] != v {
-			t.Errorf("agent environment %s = %q, swarm-proxy env says %q", k, agent.Environment[k], v)
+		if env[k] != v {
+			t.Errorf("agent environment %s = %q, swarm-proxy env says %q", k, env[k], v)
 		}
 	}
-	if len(agent.Environment) != len(want.Environment) {
-		t.Errorf("agent environment has %d variables, swarm-proxy env prints %d", len(agent.Environment), len(want.Environment))
+	if len(env) != len(want.Environment) {
+		t.Errorf("agent environment has %d variables, swarm-proxy env prints %d", len(env), len(want.Environment))
 	}
 }
 

@@ -13,7 +13,6 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/swarm-proxy/swarm-proxy/internal/cli"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/secrets"
 )
@@ -110,24 +109,7 @@ func TestComposeSecrets(t *testing.T) {
 	if err := os.WriteFile(secretsCopy, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var envOut, errb bytes.Buffer
-	if err := cli.Run(context.Background(), []string{"env", "--proxy", "http://proxy:8080", "--ca", "/etc/swarm-proxy/ca/ca.pem", "--secrets", secretsCopy, "--format", "compose"}, nil, &envOut, &errb); err != nil {
-		t.Fatalf("swarm-proxy env: %v %s", err, errb.String())
-	}
-	var want struct {
-		Environment map[string]string `yaml:"environment"`
-	}
-	if err := yaml.Unmarshal(envOut.Bytes(), &want); err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range want.Environment {
-		if agent.Environment[k] != v {
-			t.Errorf("agent environment %s = %q, swarm-proxy env says %q", k, agent.Environment[k], v)
-		}
-	}
-	if len(agent.Environment) != len(want.Environment) {
-		t.Errorf("agent environment has %d variables, swarm-proxy env prints %d", len(agent.Environment), len(want.Environment))
-	}
+	checkAgentEnv(t, agent.Environment, "--proxy", "http://proxy:8080", "--ca", "/etc/swarm-proxy/ca/ca.pem", "--secrets", secretsCopy)
 	if s := string(out); strings.Count(s, ghValue) != 1 || strings.Count(s, llmValue) != 1 {
 		t.Errorf("a value appears outside the proxy's environment:\n%s", s)
 	}
