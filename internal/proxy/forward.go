@@ -308,6 +308,11 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		http.NewResponseController(w).EnableFullDuplex()
 	}
 	cw := &countingWriter{ResponseWriter: w, s: s}
+	if req.Conn != nil && r.ProtoMajor == 1 {
+		// HTTP/1 writes to the client's TLS connection while Write runs (HTTP/2 on the
+		// connection's own goroutine, which a gather must not hold up).
+		cw.batch = req.Conn.batch
+	}
 	defer cw.untrack() // after the record is written, so Shutdown waits for it
 	st := &forwardState{req: req, w: cw}
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
@@ -550,7 +555,8 @@ type countingWriter struct {
 	n      atomic.Int64
 	upIn   atomic.Int64
 	upOut  atomic.Int64
-	tunnel *tunnel // set once the connection is upgraded
+	tunnel *tunnel     // set once the connection is upgraded
+	batch  *tunnelConn // gathers the TLS records of each write to an inspected HTTP/1 client; nil otherwise
 }
 
 func (c *countingWriter) WriteHeader(code int) {
@@ -567,7 +573,15 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	if c.status == 0 {
 		c.status = http.StatusOK
 	}
+	if c.batch != nil {
+		c.batch.gather()
+	}
 	n, err := c.ResponseWriter.Write(p)
+	if c.batch != nil {
+		if serr := c.batch.send(); err == nil {
+			err = serr
+		}
+	}
 	c.n.Add(int64(n))
 	if err != nil && c.err == nil {
 		c.err = err
@@ -578,7 +592,16 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 func (c *countingWriter) Flush() {
-	if err := http.NewResponseController(c.ResponseWriter).Flush(); err != nil && c.err == nil {
+	if c.batch != nil {
+		c.batch.gather()
+	}
+	err := http.NewResponseController(c.ResponseWriter).Flush()
+	if c.batch != nil {
+		if serr := c.batch.send(); err == nil {
+			err = serr
+		}
+	}
+	if err != nil && c.err == nil {
 		c.err = err
 	}
 }
