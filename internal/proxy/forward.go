@@ -273,6 +273,14 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 type decidedConn struct {
 	net.Conn
 	decision policy.Decision
+	ahead    *readAhead // reads in large reads; nil but for the upstream of an inspected TLS tunnel
+}
+
+func (c *decidedConn) Read(p []byte) (int, error) {
+	if c.ahead != nil {
+		return c.ahead.read(c.Conn, p)
+	}
+	return c.Conn.Read(p)
 }
 
 // dialForTransport is the Transport's DialContext: it dials the request's decided target through
@@ -292,7 +300,11 @@ func (s *Server) dialForTransport(ctx context.Context, network, addr string) (ne
 	if err != nil {
 		return nil, err
 	}
-	return &decidedConn{Conn: c, decision: dreq.Decision}, nil
+	dc := &decidedConn{Conn: c, decision: dreq.Decision}
+	if st.req.Conn != nil && st.req.Conn.TLS != nil {
+		dc.ahead = &readAhead{}
+	}
+	return dc, nil
 }
 
 // forward relays a plain-HTTP request (and, after a 101, the upgraded connection).

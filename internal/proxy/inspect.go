@@ -229,6 +229,54 @@ func (c *tunnelConn) CloseWrite() error {
 	return c.Conn.Close()
 }
 
+// readAhead reads the target's side of an inspected TLS tunnel in large reads while a response
+// streams. crypto/tls reads into the room left in its record buffer, often less than a record, so
+// a streaming body would cost a syscall (and the wake-ups and ACKs around it) for every few KiB.
+// The buffer comes from a pool when the last read brought a record's worth or more, and goes
+// back once drained, so a connection that carries small responses, or none, holds none.
+type readAhead struct {
+	buf       *[]byte // bytes read and not yet returned: (*buf)[r:w]; nil when drained
+	r, w      int
+	err       error // the error of the read that filled buf, returned once it is drained
+	streaming bool  // the last read brought at least readAheadMin bytes
+}
+
+const (
+	readAheadSize = 128 << 10
+	readAheadMin  = 16 << 10 // a TLS record's payload
+)
+
+var readAheadBufs = sync.Pool{New: func() any { b := make([]byte, readAheadSize); return &b }}
+
+// read reads from c into p: what is buffered first, else from c directly, or, while a
+// response streams, into a pooled buffer first.
+func (a *readAhead) read(c net.Conn, p []byte) (int, error) {
+	if a.buf == nil {
+		if !a.streaming || len(p) >= readAheadSize {
+			n, err := c.Read(p)
+			a.streaming = n >= readAheadMin
+			return n, err
+		}
+		b := readAheadBufs.Get().(*[]byte)
+		n, err := c.Read(*b)
+		a.streaming = n >= readAheadMin
+		if n == 0 {
+			readAheadBufs.Put(b)
+			return 0, err
+		}
+		a.buf, a.r, a.w, a.err = b, 0, n, err
+	}
+	n := copy(p, (*a.buf)[a.r:a.w])
+	a.r += n
+	if a.r < a.w {
+		return n, nil
+	}
+	readAheadBufs.Put(a.buf)
+	err := a.err
+	a.buf, a.err = nil, nil
+	return n, err
+}
+
 // requestFailure decides an HTTP request under a rule that inspects by its method and path: nil
 // when allowed (or when the rule does not inspect). It runs right after Decide, before the dial.
 func requestFailure(pol *policy.Policy, req *Request) *Failure {

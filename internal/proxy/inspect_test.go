@@ -558,3 +558,94 @@ func TestTunnelConnGathers(t *testing.T) {
 		t.Errorf("counted %d bytes to the client", n)
 	}
 }
+
+// chunkConn returns its chunks one per Read, as far as the caller's buffer holds them, then err.
+type chunkConn struct {
+	net.Conn
+	chunks [][]byte
+	err    error
+	asked  []int // the size of each Read's buffer
+}
+
+func (c *chunkConn) Read(p []byte) (int, error) {
+	c.asked = append(c.asked, len(p))
+	if len(c.chunks) == 0 {
+		return 0, c.err
+	}
+	n := copy(p, c.chunks[0])
+	c.chunks[0] = c.chunks[0][n:]
+	if len(c.chunks[0]) == 0 {
+		c.chunks = c.chunks[1:]
+	}
+	return n, nil
+}
+
+func TestReadAhead(t *testing.T) {
+	small, record, burst := streamPart(0)[:300], streamPart(1)[:readAheadMin], streamPart(2)[:100<<10]
+	c := &chunkConn{chunks: [][]byte{small, record, burst, small}, err: io.EOF}
+	a := &readAhead{}
+	var got []byte
+	p := make([]byte, 20<<10) // what crypto/tls asks for: the room in its record buffer
+	read := func() (int, error) {
+		n, err := a.read(c, p)
+		got = append(got, p[:n]...)
+		return n, err
+	}
+	// Small reads go straight to the connection, with no buffer held.
+	if n, err := read(); n != len(small) || err != nil || a.buf != nil || c.asked[0] != len(p) {
+		t.Fatalf("first read: %d %v, buffer held %v, asked %v", n, err, a.buf != nil, c.asked)
+	}
+	// A record's worth: the body streams, so the next read is a large one into the pool's buffer.
+	read()
+	read()
+	if c.asked[2] != readAheadSize || a.buf == nil {
+		t.Fatalf("reads asked %v, want the third of %d", c.asked, readAheadSize)
+	}
+	for a.buf != nil {
+		read()
+	}
+	if len(c.asked) != 3 {
+		t.Fatalf("reads from the connection while its buffer held bytes: %v", c.asked)
+	}
+	// The burst filled the buffer's share: streaming goes on until a read brings little.
+	read()
+	if a.buf != nil || len(c.asked) != 4 {
+		t.Fatalf("after a short read: buffer held %v, reads %v", a.buf != nil, c.asked)
+	}
+	if n, err := read(); n != 0 || err != io.EOF {
+		t.Fatalf("end: %d %v", n, err)
+	}
+	if want := slices.Concat(small, record, burst, small); !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes, want %d in order", len(got), len(want))
+	}
+	if a.streaming || a.buf != nil {
+		t.Error("an idle connection holds a buffer or reads ahead")
+	}
+
+	// An error that came with bytes is returned once they are.
+	c = &chunkConn{chunks: [][]byte{record}, err: io.ErrUnexpectedEOF}
+	a = &readAhead{streaming: true}
+	c2 := &errConn{chunkConn: c}
+	got = nil
+	for {
+		n, err := a.read(c2, p)
+		got = append(got, p[:n]...)
+		if err != nil {
+			if err != io.ErrUnexpectedEOF || !bytes.Equal(got, record) {
+				t.Fatalf("%d bytes then %v", len(got), err)
+			}
+			break
+		}
+	}
+}
+
+// errConn returns its last chunk together with the error, as a net.Conn may.
+type errConn struct{ *chunkConn }
+
+func (c *errConn) Read(p []byte) (int, error) {
+	n, _ := c.chunkConn.Read(p)
+	if len(c.chunks) == 0 {
+		return n, c.err
+	}
+	return n, nil
+}
