@@ -52,6 +52,7 @@ type httpsPath struct {
 	host     string // the URL's host:port
 	tls      *tls.Config
 	procs    []*proc
+	pid      int                // the proxy's process, whose CPU time the download reports
 	coldHost func(i int) string // a CONNECT host whose leaf is not cached yet; nil when not measured
 }
 
@@ -124,8 +125,8 @@ allow:
 		admin = m[1]
 	}
 	paths := []*httpsPath{
-		{name: "passthrough", proxy: addr, host: "127.0.0.1:" + upPort, tls: &tls.Config{RootCAs: upPool, ServerName: "localhost"}},
-		{name: "inspected", proxy: addr, host: "localhost:" + upPort, tls: &tls.Config{RootCAs: caPool},
+		{name: "passthrough", proxy: addr, host: "127.0.0.1:" + upPort, tls: &tls.Config{RootCAs: upPool, ServerName: "localhost"}, pid: pr.cmd.Process.Pid},
+		{name: "inspected", proxy: addr, host: "localhost:" + upPort, tls: &tls.Config{RootCAs: caPool}, pid: pr.cmd.Process.Pid,
 			coldHost: func(i int) string { return fmt.Sprintf("n%d.bench.test", i) }},
 	}
 	skipped := ""
@@ -139,7 +140,8 @@ allow:
 
 	type row struct{ metric, unit string }
 	rows := []row{{"https GET/s (1 KiB)", "req/s"}, {"https GET p50", "µs"}, {"1-stream download", "MiB/s"},
-		{"connect p50 (CONNECT+TLS, warm cache)", "µs"}, {"connect p50 (CONNECT+TLS, cold cache)", "µs"}}
+		{"connect p50 (CONNECT+TLS, warm cache)", "µs"}, {"connect p50 (CONNECT+TLS, cold cache)", "µs"},
+		{"1-stream download: proxy CPU", "s/GiB"}}
 	values := map[[2]string]float64{}
 	for _, p := range paths {
 		logf("%s: GET/s", p.name)
@@ -149,11 +151,14 @@ allow:
 		}
 		values[[2]string{p.name, rows[0].metric}], values[[2]string{p.name, rows[1].metric}] = rate, us(p50)
 		logf("%s: download", p.name)
-		mbps, err := streamRate(ctx, p, sz)
+		mbps, cpu, err := streamRate(ctx, p, sz)
 		if err != nil {
 			return fmt.Errorf("%s: download: %w", p.name, err)
 		}
 		values[[2]string{p.name, rows[2].metric}] = mbps
+		if cpu >= 0 {
+			values[[2]string{p.name, rows[5].metric}] = cpu
+		}
 		logf("%s: handshakes", p.name)
 		warm, err := handshakes(ctx, p, sz.Handshake, func(int) string { return p.host })
 		if err != nil {
@@ -175,6 +180,9 @@ allow:
 	}
 	fmt.Fprintf(stdout, "\n|---|---|%s\n", strings.Repeat("---:|", len(paths)))
 	for _, r := range rows {
+		if !slices.ContainsFunc(paths, func(p *httpsPath) bool { _, ok := values[[2]string{p.name, r.metric}]; return ok }) {
+			continue // a figure this system cannot measure
+		}
 		fmt.Fprintf(stdout, "| %s | %s |", r.metric, r.unit)
 		for _, p := range paths {
 			v, ok := values[[2]string{p.name, r.metric}]
@@ -269,7 +277,7 @@ func mitmPath(ctx context.Context, dir, upCAFile, upPort string) (*httpsPath, er
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
-	return &httpsPath{name: "mitmproxy", proxy: addr, host: "localhost:" + upPort, tls: &tls.Config{RootCAs: pool}, procs: []*proc{pr}}, nil
+	return &httpsPath{name: "mitmproxy", proxy: addr, host: "localhost:" + upPort, tls: &tls.Config{RootCAs: pool}, procs: []*proc{pr}, pid: pr.cmd.Process.Pid}, nil
 }
 
 // client is an HTTP/1.1 client of p with kept-alive connections.
@@ -355,26 +363,32 @@ func cmpErr(first, err error) error {
 	return err
 }
 
-// streamRate downloads sz.Stream bytes sz.Streams times on one connection and returns the median rate.
-func streamRate(ctx context.Context, p *httpsPath, sz inspectSizes) (float64, error) {
+// streamRate downloads sz.Stream bytes sz.Streams times on one connection and returns the median
+// rate and the CPU time the proxy's process used per GiB over all of them (-1 when unknown).
+func streamRate(ctx context.Context, p *httpsPath, sz inspectSizes) (float64, float64, error) {
 	c := p.client(1)
 	defer c.CloseIdleConnections()
+	cpu0, cpuOK := procCPU(p.pid)
 	var rates []float64
 	for range sz.Streams {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("https://%s/big?n=%d", p.host, sz.Stream), nil)
 		start := time.Now()
 		resp, err := c.Do(req)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		n, err := io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		if err != nil || n != sz.Stream {
-			return 0, fmt.Errorf("got %d of %d bytes: %v", n, sz.Stream, err)
+			return 0, 0, fmt.Errorf("got %d of %d bytes: %v", n, sz.Stream, err)
 		}
 		rates = append(rates, mibps(n, time.Since(start)))
 	}
-	return median(rates), nil
+	perGiB := -1.0
+	if cpu1, ok := procCPU(p.pid); ok && cpuOK {
+		perGiB = (cpu1 - cpu0).Seconds() / (float64(sz.Stream) * float64(sz.Streams) / (1 << 30))
+	}
+	return median(rates), perGiB, nil
 }
 
 // handshakes opens n connections through p (CONNECT to host(i), then a TLS handshake whose server

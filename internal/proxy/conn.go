@@ -45,6 +45,8 @@ type ConnInfo struct {
 	// like any refusal: the front end decided that the connection may not go anywhere (a captured
 	// connection whose name is not an address of its destination).
 	Refusal *Failure
+
+	batch *tunnelConn // under the client's TLS of an inspected tunnel: gathers a response write's records
 }
 
 // ErrClosed is returned by ServeConn once the proxy is shutting down.

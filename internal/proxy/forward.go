@@ -273,6 +273,14 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 type decidedConn struct {
 	net.Conn
 	decision policy.Decision
+	ahead    *readAhead // reads in large reads; nil but for the upstream of an inspected TLS tunnel
+}
+
+func (c *decidedConn) Read(p []byte) (int, error) {
+	if c.ahead != nil {
+		return c.ahead.read(c.Conn, p)
+	}
+	return c.Conn.Read(p)
 }
 
 // dialForTransport is the Transport's DialContext: it dials the request's decided target through
@@ -292,7 +300,11 @@ func (s *Server) dialForTransport(ctx context.Context, network, addr string) (ne
 	if err != nil {
 		return nil, err
 	}
-	return &decidedConn{Conn: c, decision: dreq.Decision}, nil
+	dc := &decidedConn{Conn: c, decision: dreq.Decision}
+	if st.req.Conn != nil && st.req.Conn.TLS != nil {
+		dc.ahead = &readAhead{}
+	}
+	return dc, nil
 }
 
 // forward relays a plain-HTTP request (and, after a 101, the upgraded connection).
@@ -308,6 +320,11 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		http.NewResponseController(w).EnableFullDuplex()
 	}
 	cw := &countingWriter{ResponseWriter: w, s: s}
+	if req.Conn != nil && r.ProtoMajor == 1 {
+		// HTTP/1 writes to the client's TLS connection while Write runs (HTTP/2 on the
+		// connection's own goroutine, which a gather must not hold up).
+		cw.batch = req.Conn.batch
+	}
 	defer cw.untrack() // after the record is written, so Shutdown waits for it
 	st := &forwardState{req: req, w: cw}
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
@@ -550,7 +567,8 @@ type countingWriter struct {
 	n      atomic.Int64
 	upIn   atomic.Int64
 	upOut  atomic.Int64
-	tunnel *tunnel // set once the connection is upgraded
+	tunnel *tunnel     // set once the connection is upgraded
+	batch  *tunnelConn // gathers the TLS records of each write to an inspected HTTP/1 client; nil otherwise
 }
 
 func (c *countingWriter) WriteHeader(code int) {
@@ -567,7 +585,15 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	if c.status == 0 {
 		c.status = http.StatusOK
 	}
+	if c.batch != nil {
+		c.batch.gather()
+	}
 	n, err := c.ResponseWriter.Write(p)
+	if c.batch != nil {
+		if serr := c.batch.send(); err == nil {
+			err = serr
+		}
+	}
 	c.n.Add(int64(n))
 	if err != nil && c.err == nil {
 		c.err = err
@@ -578,7 +604,16 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 func (c *countingWriter) Flush() {
-	if err := http.NewResponseController(c.ResponseWriter).Flush(); err != nil && c.err == nil {
+	if c.batch != nil {
+		c.batch.gather()
+	}
+	err := http.NewResponseController(c.ResponseWriter).Flush()
+	if c.batch != nil {
+		if serr := c.batch.send(); err == nil {
+			err = serr
+		}
+	}
+	if err != nil && c.err == nil {
 		c.err = err
 	}
 }

@@ -120,7 +120,7 @@ func (s *Server) startInspected(tc *tunnelConn, req *Request, rec *accesslog.Rec
 			return
 		}
 		st := t.ConnectionState()
-		info.Scheme, info.TLS, c = "https", &st, t
+		info.Scheme, info.TLS, info.batch, c = "https", &st, tc, t
 	}
 	tc.SetDeadline(time.Time{})
 	if err := s.ServeConn(c, info); err != nil {
@@ -130,14 +130,25 @@ func (s *Server) startInspected(tc *tunnelConn, req *Request, rec *accesslog.Rec
 
 // tunnelConn is the client side of an inspected tunnel: it reads through the buffer that already
 // holds the bytes that followed the CONNECT, counts raw bytes each way, and runs done once when
-// it is closed, which writes the tunnel's record.
+// it is closed, which writes the tunnel's record. Under the client's TLS it also gathers the
+// records of one response write into one write (gather, send).
 type tunnelConn struct {
 	net.Conn
 	r       *bufio.Reader
 	in, out atomic.Int64 // from the client, to the client
 	once    sync.Once
 	done    func(*tunnelConn)
+
+	wmu       sync.Mutex
+	gathering bool
+	pending   *[]byte // the records gathered since gather, from gatherBufs
 }
+
+// gatherBufs holds the buffers of tunnelConn.gather: a 128 KiB response write (the forwarder's
+// copy buffer) makes 8 records of up to 16 KiB and their framing.
+var gatherBufs = sync.Pool{New: func() any { b := make([]byte, 0, gatherSize); return &b }}
+
+const gatherSize = 160 << 10
 
 func (c *tunnelConn) Read(p []byte) (int, error) {
 	var n int
@@ -152,9 +163,56 @@ func (c *tunnelConn) Read(p []byte) (int, error) {
 }
 
 func (c *tunnelConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.gathering {
+		if c.pending != nil && len(*c.pending)+len(p) > gatherSize {
+			if err := c.sendLocked(); err != nil {
+				return 0, err
+			}
+		}
+		if len(p) <= gatherSize {
+			if c.pending == nil {
+				c.pending = gatherBufs.Get().(*[]byte)
+			}
+			*c.pending = append(*c.pending, p...)
+			return len(p), nil
+		}
+	}
 	n, err := c.Conn.Write(p)
 	c.out.Add(int64(n))
 	return n, err
+}
+
+// gather holds what is written to the connection from now until send. crypto/tls writes each
+// record of up to 16 KiB on its own; the response writer calls gather before a write to the
+// client's TLS connection and send when it returns, so that the records of that write leave in
+// one write (fewer syscalls, larger TCP segments) and no byte is held past the write that made it.
+func (c *tunnelConn) gather() {
+	c.wmu.Lock()
+	c.gathering = true
+	c.wmu.Unlock()
+}
+
+// send writes what was gathered since gather and stops gathering.
+func (c *tunnelConn) send() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.gathering = false
+	return c.sendLocked()
+}
+
+func (c *tunnelConn) sendLocked() error {
+	if c.pending == nil {
+		return nil
+	}
+	b := c.pending
+	c.pending = nil
+	n, err := c.Conn.Write(*b)
+	c.out.Add(int64(n))
+	*b = (*b)[:0]
+	gatherBufs.Put(b)
+	return err
 }
 
 func (c *tunnelConn) Close() error {
@@ -169,6 +227,54 @@ func (c *tunnelConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return c.Conn.Close()
+}
+
+// readAhead reads the target's side of an inspected TLS tunnel in large reads while a response
+// streams. crypto/tls reads into the room left in its record buffer, often less than a record, so
+// a streaming body would cost a syscall (and the wake-ups and ACKs around it) for every few KiB.
+// The buffer comes from a pool when the last read brought a record's worth or more, and goes
+// back once drained, so a connection that carries small responses, or none, holds none.
+type readAhead struct {
+	buf       *[]byte // bytes read and not yet returned: (*buf)[r:w]; nil when drained
+	r, w      int
+	err       error // the error of the read that filled buf, returned once it is drained
+	streaming bool  // the last read brought at least readAheadMin bytes
+}
+
+const (
+	readAheadSize = 128 << 10
+	readAheadMin  = 16 << 10 // a TLS record's payload
+)
+
+var readAheadBufs = sync.Pool{New: func() any { b := make([]byte, readAheadSize); return &b }}
+
+// read reads from c into p: what is buffered first, else from c directly, or, while a
+// response streams, into a pooled buffer first.
+func (a *readAhead) read(c net.Conn, p []byte) (int, error) {
+	if a.buf == nil {
+		if !a.streaming || len(p) >= readAheadSize {
+			n, err := c.Read(p)
+			a.streaming = n >= readAheadMin
+			return n, err
+		}
+		b := readAheadBufs.Get().(*[]byte)
+		n, err := c.Read(*b)
+		a.streaming = n >= readAheadMin
+		if n == 0 {
+			readAheadBufs.Put(b)
+			return 0, err
+		}
+		a.buf, a.r, a.w, a.err = b, 0, n, err
+	}
+	n := copy(p, (*a.buf)[a.r:a.w])
+	a.r += n
+	if a.r < a.w {
+		return n, nil
+	}
+	readAheadBufs.Put(a.buf)
+	err := a.err
+	a.buf, a.err = nil, nil
+	return n, err
 }
 
 // requestFailure decides an HTTP request under a rule that inspects by its method and path: nil

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,6 +16,7 @@ import (
 	"net/http/httptrace"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -52,8 +54,9 @@ type inspectFixture struct {
 	tp       *testProxy
 	up       *httptest.Server
 	port     string
-	hits     atomic.Int32 // requests the target served
-	protos   chan int     // the target's request ProtoMajor, per request
+	hits     atomic.Int32  // requests the target served
+	release  chan struct{} // /repos/myorg/stream waits on it between its two parts
+	protos   chan int      // the target's request ProtoMajor, per request
 	caPool   *x509.CertPool
 	upPool   *x509.CertPool
 	proxyURL *url.URL
@@ -61,10 +64,20 @@ type inspectFixture struct {
 
 func newInspectFixture(t *testing.T, configure ...func(*Server)) *inspectFixture {
 	t.Helper()
-	fx := &inspectFixture{protos: make(chan int, 100)}
+	fx := &inspectFixture{protos: make(chan int, 100), release: make(chan struct{})}
 	fx.up = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fx.hits.Add(1)
 		fx.protos <- r.ProtoMajor
+		if r.URL.Path == "/repos/myorg/stream" {
+			w.Write(streamPart(0))
+			http.NewResponseController(w).Flush()
+			select {
+			case <-fx.release:
+				w.Write(streamPart(1))
+			case <-r.Context().Done():
+			}
+			return
+		}
 		if r.Header.Get("Upgrade") == "websocket" {
 			conn, brw, err := http.NewResponseController(w).Hijack()
 			if err != nil {
@@ -438,4 +451,201 @@ func TestInspectedUpload(t *testing.T) {
 	if resp.StatusCode != 200 || got != want {
 		t.Fatalf("%d, %d bytes back, want %d", resp.StatusCode, len(got), len(want))
 	}
+}
+
+// streamPart is part i of /repos/myorg/stream: 200 KiB, more than one write of the forwarder's
+// copy buffer and many TLS records.
+func streamPart(i int) []byte {
+	b := make([]byte, 200<<10)
+	for j := range b {
+		b[j] = byte(j*7 + j>>11 + i*13)
+	}
+	return b
+}
+
+// TestInspectedResponseIsNotHeldBack: the records of a response write are gathered into one
+// write to the client and sent when the write returns, never held until more comes: the client
+// gets the first part of a response whose target waits for the client to have it before it
+// sends the rest.
+func TestInspectedResponseIsNotHeldBack(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("client h2 %v", h2), func(t *testing.T) {
+			fx := newInspectFixture(t)
+			resp, err := fx.client(h2).Get(fx.url("api.example.com", "/repos/myorg/stream"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			got := make(chan error)
+			go func() {
+				b := make([]byte, 200<<10)
+				_, err := io.ReadFull(resp.Body, b)
+				if err == nil && !bytes.Equal(b, streamPart(0)) {
+					err = errors.New("the first part differs")
+				}
+				got <- err
+			}()
+			select {
+			case err := <-got:
+				if err != nil {
+					t.Fatalf("the first part, while the target waits for the client to have it: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the first part did not reach the client while the target waited")
+			}
+			close(fx.release)
+			rest, err := io.ReadAll(resp.Body)
+			if err != nil || !bytes.Equal(rest, streamPart(1)) {
+				t.Fatalf("the second part: %d bytes, %v", len(rest), err)
+			}
+		})
+	}
+}
+
+// recordingConn records each write made to it.
+type recordingConn struct {
+	net.Conn
+	writes [][]byte
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	c.writes = append(c.writes, bytes.Clone(p))
+	return len(p), nil
+}
+
+func TestTunnelConnGathers(t *testing.T) {
+	rc := &recordingConn{}
+	tc := &tunnelConn{Conn: rc}
+	tc.Write([]byte("alert"))
+	if len(rc.writes) != 1 {
+		t.Fatalf("a write outside gather was held: %q", rc.writes)
+	}
+	tc.gather()
+	tc.Write([]byte("one"))
+	tc.Write([]byte("two"))
+	if len(rc.writes) != 1 {
+		t.Fatalf("gathered writes were sent before send: %q", rc.writes)
+	}
+	if err := tc.send(); err != nil {
+		t.Fatal(err)
+	}
+	if len(rc.writes) != 2 || string(rc.writes[1]) != "onetwo" {
+		t.Fatalf("writes %q, want the gathered ones in one", rc.writes)
+	}
+	tc.send() // nothing gathered: no write
+	tc.Write([]byte("three"))
+	if len(rc.writes) != 3 || string(rc.writes[2]) != "three" {
+		t.Fatalf("after send, a write was held: %q", rc.writes)
+	}
+	// Over the buffer's size, what was gathered goes first, in order, and nothing is lost.
+	big := bytes.Repeat([]byte("b"), 200<<10)
+	rc.writes = nil
+	tc.gather()
+	tc.Write([]byte("head"))
+	tc.Write(big)
+	tc.Write(big[:100<<10])
+	tc.Write(big[:100<<10])
+	tc.send()
+	var all []byte
+	for _, w := range rc.writes {
+		all = append(all, w...)
+	}
+	want := slices.Concat([]byte("head"), big, big[:100<<10], big[:100<<10])
+	if !bytes.Equal(all, want) || len(rc.writes) != 4 {
+		t.Fatalf("%d writes of %d bytes, want 4 of %d", len(rc.writes), len(all), len(want))
+	}
+	if n := tc.out.Load(); n != int64(len(want)+len("alert")+len("onetwo")+len("three")) {
+		t.Errorf("counted %d bytes to the client", n)
+	}
+}
+
+// chunkConn returns its chunks one per Read, as far as the caller's buffer holds them, then err.
+type chunkConn struct {
+	net.Conn
+	chunks [][]byte
+	err    error
+	asked  []int // the size of each Read's buffer
+}
+
+func (c *chunkConn) Read(p []byte) (int, error) {
+	c.asked = append(c.asked, len(p))
+	if len(c.chunks) == 0 {
+		return 0, c.err
+	}
+	n := copy(p, c.chunks[0])
+	c.chunks[0] = c.chunks[0][n:]
+	if len(c.chunks[0]) == 0 {
+		c.chunks = c.chunks[1:]
+	}
+	return n, nil
+}
+
+func TestReadAhead(t *testing.T) {
+	small, record, burst := streamPart(0)[:300], streamPart(1)[:readAheadMin], streamPart(2)[:100<<10]
+	c := &chunkConn{chunks: [][]byte{small, record, burst, small}, err: io.EOF}
+	a := &readAhead{}
+	var got []byte
+	p := make([]byte, 20<<10) // what crypto/tls asks for: the room in its record buffer
+	read := func() (int, error) {
+		n, err := a.read(c, p)
+		got = append(got, p[:n]...)
+		return n, err
+	}
+	// Small reads go straight to the connection, with no buffer held.
+	if n, err := read(); n != len(small) || err != nil || a.buf != nil || c.asked[0] != len(p) {
+		t.Fatalf("first read: %d %v, buffer held %v, asked %v", n, err, a.buf != nil, c.asked)
+	}
+	// A record's worth: the body streams, so the next read is a large one into the pool's buffer.
+	read()
+	read()
+	if c.asked[2] != readAheadSize || a.buf == nil {
+		t.Fatalf("reads asked %v, want the third of %d", c.asked, readAheadSize)
+	}
+	for a.buf != nil {
+		read()
+	}
+	if len(c.asked) != 3 {
+		t.Fatalf("reads from the connection while its buffer held bytes: %v", c.asked)
+	}
+	// The burst filled the buffer's share: streaming goes on until a read brings little.
+	read()
+	if a.buf != nil || len(c.asked) != 4 {
+		t.Fatalf("after a short read: buffer held %v, reads %v", a.buf != nil, c.asked)
+	}
+	if n, err := read(); n != 0 || err != io.EOF {
+		t.Fatalf("end: %d %v", n, err)
+	}
+	if want := slices.Concat(small, record, burst, small); !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes, want %d in order", len(got), len(want))
+	}
+	if a.streaming || a.buf != nil {
+		t.Error("an idle connection holds a buffer or reads ahead")
+	}
+
+	// An error that came with bytes is returned once they are.
+	c = &chunkConn{chunks: [][]byte{record}, err: io.ErrUnexpectedEOF}
+	a = &readAhead{streaming: true}
+	c2 := &errConn{chunkConn: c}
+	got = nil
+	for {
+		n, err := a.read(c2, p)
+		got = append(got, p[:n]...)
+		if err != nil {
+			if err != io.ErrUnexpectedEOF || !bytes.Equal(got, record) {
+				t.Fatalf("%d bytes then %v", len(got), err)
+			}
+			break
+		}
+	}
+}
+
+// errConn returns its last chunk together with the error, as a net.Conn may.
+type errConn struct{ *chunkConn }
+
+func (c *errConn) Read(p []byte) (int, error) {
+	n, _ := c.chunkConn.Read(p)
+	if len(c.chunks) == 0 {
+		return n, c.err
+	}
+	return n, nil
 }
