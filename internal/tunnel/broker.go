@@ -302,7 +302,7 @@ func (b *Broker) handshake(c net.Conn) (net.Conn, login, error) {
 		return c, li, fmt.Errorf("send hello: %w", err)
 	}
 	if b.tlsCfg != nil {
-		tc := tls.Server(c, b.tlsCfg)
+		tc := tls.Server(&batchConn{Conn: c}, b.tlsCfg)
 		if err := tc.Handshake(); err != nil {
 			return c, li, fmt.Errorf("tls handshake: %w", err)
 		}

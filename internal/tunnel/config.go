@@ -194,11 +194,11 @@ func clientMux(c net.Conn, cfg Config, logger *slog.Logger, refused func()) (*ya
 	budget := &memoryBudget{limit: cfg.WindowBudget}
 	y := cfg.yamuxConfig(&logWriter{logger: logger, refused: refused})
 	y.MaxIncomingStreams = 0
-	return yamux.Client(c, y, budget.newSpan)
+	return yamux.Client(forMux(c), y, budget.newSpan)
 }
 
 // serverMux starts the provider's side.
 func serverMux(c net.Conn, cfg Config, logger *slog.Logger) (*yamux.Session, error) {
 	budget := &memoryBudget{limit: cfg.WindowBudget}
-	return yamux.Server(c, cfg.yamuxConfig(&logWriter{logger: logger}), budget.newSpan)
+	return yamux.Server(forMux(c), cfg.yamuxConfig(&logWriter{logger: logger}), budget.newSpan)
 }

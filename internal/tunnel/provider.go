@@ -267,7 +267,7 @@ func (p *Provider) handshake(ctx context.Context, conn net.Conn, session, public
 			host, _, _ := net.SplitHostPort(p.Broker)
 			tc.ServerName = host
 		}
-		tlsConn := tls.Client(conn, tc)
+		tlsConn := tls.Client(&batchConn{Conn: conn}, tc)
 		if err := tlsConn.HandshakeContext(ctx); err != nil {
 			return conn, "", &AuthError{Code: RefuseTransport, Reason: fmt.Sprintf("tls handshake with broker %s: %v", p.Broker, err)}
 		}
