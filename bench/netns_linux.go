@@ -20,6 +20,7 @@ import (
 // firewall --transparent` applied, and the upstream servers run in a target namespace behind a veth
 // pair. ns-connect goes through the proxy's explicit CONNECT, ns-transparent dials the target and is
 // redirected to the transparent listener: the same hop, the same namespaces, only the way in differs.
+// The rules are applied with --capture-route, as docs/agents.md recommends.
 // No packet leaves the two namespaces.
 const (
 	nsAgentIP       = "10.214.0.1"
@@ -75,13 +76,15 @@ func acquireNS(e env) (*nsPair, error) {
 		{"-n", n.target, "addr", "add", nsTargetIP + "/24", "dev", vt},
 		{"-n", n.agent, "link", "set", va, "up"}, {"-n", n.agent, "link", "set", "lo", "up"},
 		{"-n", n.target, "link", "set", vt, "up"}, {"-n", n.target, "link", "set", "lo", "up"},
+		// A pod's way out, as --capture-route reads it: the agent namespace's default route.
+		{"-n", n.agent, "route", "add", "default", "via", nsTargetIP, "dev", va},
 	} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			return fail(fmt.Errorf("ip %v: %w: %s", args, err, out))
 		}
 	}
 	out, err := exec.Command("ip", "netns", "exec", n.agent, e.binary, "firewall", "--transparent",
-		"--proxy-port", strconv.Itoa(nsTransparentAt), "--allow-uid", strconv.Itoa(nsProxyUID), "--format", "nftables", "--apply").CombinedOutput()
+		"--proxy-port", strconv.Itoa(nsTransparentAt), "--allow-uid", strconv.Itoa(nsProxyUID), "--capture-route", "--format", "nftables", "--apply").CombinedOutput()
 	if err != nil {
 		return fail(fmt.Errorf("firewall --transparent --apply: %w: %s", err, out))
 	}

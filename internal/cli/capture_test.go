@@ -19,6 +19,8 @@ func TestCaptureFlagErrors(t *testing.T) {
 		{[]string{"firewall", "--transparent", "--proxy-port", "15001"}, "--transparent needs --allow-uid"},
 		{[]string{"firewall", "--transparent", "--allow-uid", "65532"}, "--transparent needs --proxy-port"},
 		{[]string{"firewall", "--proxy", "127.0.0.1:8080", "--proxy-port", "15001"}, "go with --transparent"},
+		{[]string{"firewall", "--proxy", "127.0.0.1:8080", "--capture-route"}, "--capture-route go with --transparent"},
+		{[]string{"firewall", "--transparent", "--proxy-port", "15001", "--allow-uid", "65532", "--capture-route"}, "use it with --apply"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

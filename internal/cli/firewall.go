@@ -19,6 +19,7 @@ func newFirewallCmd() *cobra.Command {
 		format    string
 		apply     bool
 		capture   bool
+		route     bool
 		proxyPort uint16
 		dnsPort   uint16
 		adminPort uint16
@@ -39,6 +40,9 @@ redirect the agent's TCP to its --transparent-listen port (--proxy-port) and, wi
 DNS (UDP and TCP 53) to its --dns-listen port, IPv4 and IPv6, in a nat chain (` + firewall.CaptureChain + `,
 or the chain capture of the nftables table). Loopback and the users of --allow-uid (the proxy's own
 user, required so that its connections are not redirected back to it) are not redirected.
+A redirected connection keeps the segment size of the route its client dialed (MTU 1500, against
+loopback's 65536 for the explicit proxy); --capture-route (with --apply) gives the agent's users a
+routing table of their own whose default route has loopback's MTU, which nothing of theirs leaves by.
 
 With --allow-uid (the proxy shares the agent's namespace), the proxy's admin port on loopback
 (--admin-port, 9090 by default: its /metrics and /healthz) is refused to everyone but those users.
@@ -52,15 +56,15 @@ them, so run the agent without it (see docs/agents.md; "swarm-proxy doctor" chec
 			if len(proxies) == 0 && !capture {
 				return fmt.Errorf("firewall: --proxy HOST:PORT is required (or --transparent)")
 			}
-			if !capture && (proxyPort != 0 || dnsPort != 0) {
-				return fmt.Errorf("firewall: --proxy-port and --dns-port go with --transparent")
+			if !capture && (proxyPort != 0 || dnsPort != 0 || route) {
+				return fmt.Errorf("firewall: --proxy-port, --dns-port and --capture-route go with --transparent")
 			}
 			cfg := firewall.Config{Names: map[netip.Addr]string{}}
 			if adminPort != 0 {
 				cfg.AdminPorts = []uint16{adminPort}
 			}
 			if capture {
-				cfg.Capture = &firewall.Capture{ProxyPort: proxyPort, DNSPort: dnsPort}
+				cfg.Capture = &firewall.Capture{ProxyPort: proxyPort, DNSPort: dnsPort, Route: route}
 			}
 			for _, p := range proxies {
 				host, port, err := firewall.ParseProxy(proxyHostPort(p))
@@ -112,6 +116,7 @@ them, so run the agent without it (see docs/agents.md; "swarm-proxy doctor" chec
 	f.BoolVar(&capture, "transparent", false, "redirect the agent's TCP (and DNS with --dns-port) to the proxy in this namespace: transparent capture")
 	f.Uint16Var(&proxyPort, "proxy-port", 0, "with --transparent: the port of the proxy's --transparent-listen")
 	f.Uint16Var(&dnsPort, "dns-port", 0, "with --transparent: the port of the proxy's --dns-listen; DNS is redirected there")
+	f.BoolVar(&route, "capture-route", false, "with --transparent --apply: route the agent's users (all but --allow-uid) by a table of their own with loopback's MTU, so captured connections are as fast as explicit ones (ip rule and ip route; see docs/agents.md)")
 	f.StringVar(&format, "format", string(firewall.FormatIPTables), "rule syntax: iptables or nftables")
 	f.BoolVar(&apply, "apply", false, "apply the rules in the current network namespace (needs CAP_NET_ADMIN) and report what was done")
 	return cmd

@@ -76,6 +76,7 @@ func (c Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.validateCapture()...)
+	errs = append(errs, c.validateRoute()...)
 	return errors.Join(errs...)
 }
 
@@ -324,6 +325,9 @@ func Render(w io.Writer, f Format, c Config) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
+	if c.Capture != nil && c.Capture.Route {
+		return errors.New("firewall: --capture-route runs ip(8) rule and route commands, which no rule script holds: use it with --apply, or run the commands docs/agents.md shows")
+	}
 	var s string
 	switch f {
 	case FormatIPTables:
@@ -390,7 +394,7 @@ func Apply(ctx context.Context, f Format, c Config, run Runner) ([]string, error
 	default:
 		return nil, fmt.Errorf("firewall: unknown format %q (want iptables or nftables)", f)
 	}
-	return report, nil
+	return c.applyRoute(ctx, run, report)
 }
 
 // ParseProxy splits HOST:PORT, for the --proxy flag; the host still needs resolving.

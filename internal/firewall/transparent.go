@@ -17,6 +17,9 @@ const CaptureChain = "SWARM-PROXY-CAPTURE"
 type Capture struct {
 	ProxyPort uint16 // port of --transparent-listen
 	DNSPort   uint16 // port of --dns-listen; 0 leaves DNS alone
+	// Route gives the agent's users routes with loopback's MTU (see RouteTable); only Apply
+	// installs them, as they are ip(8) commands, not rules.
+	Route bool
 }
 
 // validateCapture reports the problems of the capture part of c.
