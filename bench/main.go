@@ -107,7 +107,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return runInspect(ctx, e, *short, stdout, logf)
 	}
-	if e.binary == "" && slices.ContainsFunc(names, func(n string) bool { return n == "proxy" || strings.HasPrefix(n, "tunnel") || strings.HasPrefix(n, "ns-") }) {
+	if e.binary == "" && slices.ContainsFunc(names, func(n string) bool {
+		return n == "proxy" || strings.HasPrefix(n, "tunnel") || strings.HasPrefix(n, "ns-")
+	}) {
 		e.binary = filepath.Join(dir, "swarm-proxy")
 		logf("building swarm-proxy")
 		if err := goBuild(ctx, e.binary, "github.com/swarm-proxy/swarm-proxy/cmd/swarm-proxy"); err != nil {
