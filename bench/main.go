@@ -40,7 +40,7 @@ func main() {
 }
 
 // allPaths are the paths a run measures by default, in table order.
-var allPaths = []string{"direct", "proxy", "bare-go", "tunnel", "squid", "tinyproxy", "ssh", "ns-connect", "ns-transparent"}
+var allPaths = []string{"direct", "proxy", "bare-go", "tunnel", "tunnel-socks", "squid", "tinyproxy", "ssh", "ns-connect", "ns-transparent"}
 
 // report is what -json writes.
 type report struct {
@@ -107,7 +107,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return runInspect(ctx, e, *short, stdout, logf)
 	}
-	if e.binary == "" && slices.ContainsFunc(names, func(n string) bool { return n == "proxy" || n == "tunnel" || strings.HasPrefix(n, "ns-") }) {
+	if e.binary == "" && slices.ContainsFunc(names, func(n string) bool {
+		return n == "proxy" || strings.HasPrefix(n, "tunnel") || strings.HasPrefix(n, "ns-")
+	}) {
 		e.binary = filepath.Join(dir, "swarm-proxy")
 		logf("building swarm-proxy")
 		if err := goBuild(ctx, e.binary, "github.com/swarm-proxy/swarm-proxy/cmd/swarm-proxy"); err != nil {
@@ -206,7 +208,9 @@ func goBuild(ctx context.Context, out, pkg string) error {
 	return nil
 }
 
-func own(name string) bool { return name == "direct" || name == "proxy" || name == "tunnel" }
+func own(name string) bool {
+	return name == "direct" || name == "proxy" || name == "tunnel" || name == "tunnel-socks"
+}
 
 func newPath(ctx context.Context, name string, e env) (*path, error) {
 	switch name {
@@ -217,7 +221,9 @@ func newPath(ctx context.Context, name string, e env) (*path, error) {
 	case "bare-go":
 		return barePath(e)
 	case "tunnel":
-		return tunnelPath(e)
+		return tunnelPath(e, false)
+	case "tunnel-socks":
+		return tunnelPath(e, true)
 	case "squid":
 		return squidPath(ctx, e)
 	case "tinyproxy":

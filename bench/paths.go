@@ -130,8 +130,10 @@ type bufferedConn struct {
 
 func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-func socksDialer(addr string) (func(ctx context.Context, addr string) (net.Conn, error), error) {
-	d, err := proxy.SOCKS5("tcp", addr, nil, &net.Dialer{})
+// socksDialer returns a dial function that opens tunnels through the SOCKS5 proxy at addr, logging
+// in with auth when it is not nil.
+func socksDialer(addr string, auth *proxy.Auth) (func(ctx context.Context, addr string) (net.Conn, error), error) {
+	d, err := proxy.SOCKS5("tcp", addr, auth, &net.Dialer{})
 	if err != nil {
 		return nil, fmt.Errorf("socks dialer: %w", err)
 	}
@@ -179,13 +181,20 @@ func barePath(e env) (*path, error) {
 
 var (
 	providerListenRE = regexp.MustCompile(`provider_listen=(\S+)`)
+	socksListenRE    = regexp.MustCompile(`socks=(\S+)`)
 	connectedRE      = regexp.MustCompile(`connected to broker`)
 )
 
 // tunnelPath runs `swarm-proxy broker` and one `swarm-proxy provider` for a fresh ticket: workers'
-// tunnels go client → broker → one multiplexed connection → provider → target.
-func tunnelPath(e env) (*path, error) {
-	dir := filepath.Join(e.dir, "tunnel")
+// tunnels go client → broker → one multiplexed connection → provider → target. With socks, the
+// clients use the broker's SOCKS5 listener (the path named tunnel-socks), as they do OpenSSH's:
+// every phase, plain HTTP included, is then a raw relay that the broker does not parse.
+func tunnelPath(e env, socks bool) (*path, error) {
+	name, args := "tunnel", []string{}
+	if socks {
+		name, args = "tunnel-socks", []string{"--socks-listen", "127.0.0.1:0"}
+	}
+	dir := filepath.Join(e.dir, name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("tunnel dir: %w", err)
 	}
@@ -201,9 +210,10 @@ func tunnelPath(e env) (*path, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, addr, err := startProc(e.binary, listeningRE, "broker", "--listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0",
+	brokerArgs := append([]string{"broker", "--listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0",
 		"--admin-listen", "", "--secret-file", secret, "--policy", pol, "--policy-poll", "0",
-		"--tls-cert", cert, "--tls-key", key, "--log-file", filepath.Join(dir, "broker-access.log"))
+		"--tls-cert", cert, "--tls-key", key, "--log-file", filepath.Join(dir, "broker-access.log")}, args...)
+	b, addr, err := startProc(e.binary, listeningRE, brokerArgs...)
 	if err != nil {
 		return nil, err
 	}
@@ -241,9 +251,22 @@ func tunnelPath(e env) (*path, error) {
 	}
 	_, port, _ := net.SplitHostPort(providerAddr)
 	brokerPort, _ := strconv.Atoi(port)
-	return &path{name: "tunnel", dial: connectDialer(addr, tk.Session+":"+tk.Token),
+	p := &path{name: name, dial: connectDialer(addr, tk.Session+":"+tk.Token),
 		proxyURL: &url.URL{Scheme: "http", Host: addr, User: url.UserPassword(tk.Session, tk.Token)},
-		pids:     []int{b.pid(), pv.pid()}, providerPid: pv.pid(), brokerPort: brokerPort, procs: []*proc{b, pv}}, nil
+		pids:     []int{b.pid(), pv.pid()}, providerPid: pv.pid(), brokerPort: brokerPort, procs: []*proc{b, pv}}
+	if socks {
+		m := socksListenRE.FindStringSubmatch(b.log())
+		if m == nil {
+			p.stop()
+			return nil, fmt.Errorf("broker did not log its SOCKS5 address:\n%s", b.log())
+		}
+		if p.dial, err = socksDialer(m[1], &proxy.Auth{User: tk.Session, Password: tk.Token}); err != nil {
+			p.stop()
+			return nil, err
+		}
+		p.proxyURL = &url.URL{Scheme: "socks5", Host: m[1], User: url.UserPassword(tk.Session, tk.Token)}
+	}
+	return p, nil
 }
 
 // writeSelfSigned writes a self-signed certificate for 127.0.0.1 and its key into dir.
@@ -450,7 +473,7 @@ LogLevel ERROR
 		return nil, err
 	}
 	socksAddr := net.JoinHostPort("127.0.0.1", socksPort)
-	dialFn, err := socksDialer(socksAddr)
+	dialFn, err := socksDialer(socksAddr, nil)
 	if err != nil {
 		c.stop()
 		d.stop()
