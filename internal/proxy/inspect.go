@@ -233,7 +233,8 @@ func (c *tunnelConn) CloseWrite() error {
 // streams. crypto/tls reads into the room left in its record buffer, often less than a record, so
 // a streaming body would cost a syscall (and the wake-ups and ACKs around it) for every few KiB.
 // The buffer comes from a pool when the last read brought a record's worth or more, and goes
-// back once drained, so a connection that carries small responses, or none, holds none.
+// back once drained: a connection that carries small responses, or none, holds none; one that has
+// just streamed may hold one in the read that waits for its next bytes.
 type readAhead struct {
 	buf       *[]byte // bytes read and not yet returned: (*buf)[r:w]; nil when drained
 	r, w      int
