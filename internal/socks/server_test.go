@@ -69,11 +69,11 @@ type fixedAuth struct{ session, token string }
 
 var errBadLogin = errors.New("token is not valid")
 
-func (a fixedAuth) Authenticate(user, pass string) (string, error) {
+func (a fixedAuth) Authenticate(user, pass string) (string, string, error) {
 	if user == a.session && pass == a.token {
-		return user, nil
+		return user, "id-" + pass, nil
 	}
-	return "", errBadLogin
+	return "", "", errBadLogin
 }
 
 type fixture struct {
