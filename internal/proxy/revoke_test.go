@@ -13,25 +13,13 @@ import (
 	"time"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 )
 
 // TestEndRevoked opens two tunnels with two credentials of one session and revokes one: its tunnel
 // is cut at once and logged as ticket_revoked, the other keeps echoing; a second call ends nothing.
 func TestEndRevoked(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	ln := loopbacktest.Start(t, func(c net.Conn) { io.Copy(c, c) })
 	target := ln.Addr().String()
 	pol := fmt.Sprintf("mode: enforce\nallow:\n  - cidr: 127.0.0.1/32\n    ports: [%d]\n", ln.Addr().(*net.TCPAddr).Port)
 	tp := startProxy(t, pol, nil, []string{target}, func(s *Server) { s.Auth = staticAuth{} })
@@ -77,7 +65,7 @@ func TestEndRevoked(t *testing.T) {
 	if err := echo(kept); err != nil {
 		t.Fatalf("the other credential's tunnel was cut too: %v", err)
 	}
-	waitFor(t, "the revoked tunnel's record", func() bool { return strings.Contains(strings.Join(tp.records(t), "\n"), accesslog.ErrorTicketRevoked) })
+	loopbacktest.Eventually(t, "the revoked tunnel's record", func() bool { return strings.Contains(strings.Join(tp.records(t), "\n"), accesslog.ErrorTicketRevoked) })
 	for _, line := range tp.records(t) {
 		var rec accesslog.Record
 		json.Unmarshal([]byte(line), &rec)
@@ -105,16 +93,4 @@ func (c bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
-}
-
-// waitFor polls cond until it holds, failing after 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
