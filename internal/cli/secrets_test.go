@@ -1,17 +1,16 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/secrets"
 )
@@ -114,7 +113,7 @@ func TestWatchSecretsWaitsForTheWholeFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := secrets.NewHolder(set)
-	var logs syncBuffer
+	var logs loopbacktest.LogBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -143,22 +142,4 @@ func TestWatchSecretsWaitsForTheWholeFile(t *testing.T) {
 	if strings.Contains(logs.String(), "secrets=1 ") {
 		t.Errorf("a reload took the half-written file (one secret):\n%s", logs.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
