@@ -61,6 +61,7 @@ const (
 	ErrorTunnelBroken       = "tunnel_broken"         // a tunnel failed on the target's (or provider's) side
 	ErrorIdleTimeout        = "idle_timeout"          // a tunnel moved no byte for --tunnel-idle-timeout
 	ErrorShuttingDown       = "shutting_down"         // refused or cut because the proxy is shutting down
+	ErrorTicketRevoked      = "ticket_revoked"        // a tunnel cut because the credentials that opened it were revoked
 	ErrorSecretNotBound     = "secret_not_bound"      // a secret's placeholder in a request whose rule does not list the secret
 	ErrorSecretUnavailable  = "secret_unavailable"    // a secret the rule needs has no value (unset variable, unreadable file)
 	ErrorHTTPRuleNotMatched = "http_rule_not_matched" // inspected: no http entry of the rule allows the method and path
@@ -81,7 +82,7 @@ var ErrorKinds = []string{
 	ErrorNoRule, ErrorDeniedByRule, ErrorPrivateAddress, ErrorClientNotAllowed, ErrorAuth,
 	ErrorBadRequest, ErrorCommandNotSupport, ErrorResolve, ErrorRefused, ErrorUnreachable,
 	ErrorTimeout, ErrorNoProvider, ErrorInternal, ErrorUpstream, ErrorClientClosed,
-	ErrorTunnelBroken, ErrorIdleTimeout, ErrorShuttingDown, ErrorSecretNotBound, ErrorSecretUnavailable,
+	ErrorTunnelBroken, ErrorIdleTimeout, ErrorShuttingDown, ErrorTicketRevoked, ErrorSecretNotBound, ErrorSecretUnavailable,
 	ErrorHTTPRuleNotMatched, ErrorAmbiguousPath, ErrorUpstreamTLS, ErrorClientTLS,
 	ErrorSNIMismatch, ErrorNotRedirected,
 	ErrorDNSSuspicious, ErrorDNSBadQuery, ErrorDNSInvalidName, ErrorDNSUpstream,

@@ -21,15 +21,15 @@ import (
 // the password the token.
 type ticketAuth struct{ auth *ticket.Authority }
 
-func (a ticketAuth) Authenticate(user, password string) (string, error) {
+func (a ticketAuth) Authenticate(user, password string) (session, credential string, err error) {
 	if ticket.LooksLikeToken(user) {
 		// Two tokens, or the token first: neither may be repeated in the answer or the log.
-		return "", errors.New("the proxy user name is a token: send the session id as the user name and the token as the password")
+		return "", "", errors.New("the proxy user name is a token: send the session id as the user name and the token as the password")
 	}
 	if _, err := a.auth.Verify(user, password, ticket.RoleWorker); err != nil {
-		return "", err
+		return "", "", err
 	}
-	return user, nil
+	return user, ticket.TokenID(password), nil
 }
 
 func newBrokerCmd() *cobra.Command {
@@ -143,12 +143,17 @@ on both sides. Tickets have roles: workers need worker tickets, providers provid
 				}
 				if revokedFile != "" {
 					rt.logger.Info("revocation list in force", "file", revokedFile, "entries", revoked.Len())
-					go revoked.Watch(cmd.Context(), revokedFile, 250*time.Millisecond, func() {
-						n := broker.Revoke(revoked.Revoked)
-						rt.logger.Info("revocation list reloaded", "file", revokedFile, "entries", revoked.Len(), "providers_disconnected", n)
-					}, func(err error) {
-						rt.logger.Error("revocation list not reloaded; the previous one stays in force", "err", err)
-					})
+					rt.onServer = func(srv *proxy.Server) {
+						go revoked.Watch(cmd.Context(), revokedFile, 250*time.Millisecond, func() {
+							// Workers' open tunnels first, so that their records say why they ended
+							// rather than that a provider left.
+							tunnels := srv.EndRevoked(revoked.Revoked)
+							n := broker.Revoke(revoked.Revoked)
+							rt.logger.Info("revocation list reloaded", "file", revokedFile, "entries", revoked.Len(), "providers_disconnected", n, "worker_tunnels_ended", tunnels)
+						}, func(err error) {
+							rt.logger.Error("revocation list not reloaded; the previous one stays in force", "err", err)
+						})
+					}
 				}
 				rt.onShutdown = func(context.Context) { broker.Close() }
 				return broker, ticketAuth{auth}, nil

@@ -147,6 +147,8 @@ type runtime struct {
 	health *serve.Health
 	// onShutdown, when set, runs after the proxy listener stopped.
 	onShutdown func(context.Context)
+	// onServer, when set, runs once the proxy server exists, before it serves.
+	onServer func(*proxy.Server)
 }
 
 // runFrontend runs the proxy front end until ctx ends: policy with reload, access log, admin
@@ -197,6 +199,9 @@ func runFrontend(ctx context.Context, cmd *cobra.Command, f *frontendFlags, buil
 	}
 	if err := f.inspect.setup(srv, rt.registry); err != nil {
 		return err
+	}
+	if rt.onServer != nil {
+		rt.onServer(srv)
 	}
 
 	ln, err := net.Listen("tcp", f.listen)

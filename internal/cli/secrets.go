@@ -57,12 +57,22 @@ func orNone(s *secrets.Set) string {
 }
 
 // watchSecrets reloads the secrets on SIGHUP and at every poll, so that a changed secrets file, a
-// rotated value file or a file that now resolves takes effect without a restart. A file that does not
-// load is reported once per distinct error and the secrets in force stay. Nothing logged holds a value.
+// rotated value file or a file that now resolves takes effect without a restart. The file is read once
+// it has stopped changing (policy.ReadSettled); one that does not load is reported once per distinct
+// error and the secrets in force stay. Nothing logged holds a value.
 func watchSecrets(ctx context.Context, path string, poll time.Duration, h *secrets.Holder, pol *policy.Holder, logger *slog.Logger) {
 	lastErr := ""
 	onReload(ctx, poll, "poll", func(why string) {
-		s, err := secrets.Load(path)
+		// A file being rewritten in place is taken only once it has stopped changing: half of it
+		// may parse, with secrets missing.
+		data, err := policy.ReadSettled(ctx, path, policy.DefaultSettle)
+		if ctx.Err() != nil {
+			return
+		}
+		var s *secrets.Set
+		if err == nil {
+			s, err = secrets.LoadData(path, data)
+		}
 		if err != nil {
 			if msg := err.Error(); msg != lastErr || why == "SIGHUP" {
 				lastErr = msg

@@ -1,11 +1,18 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
+	"github.com/swarm-proxy/swarm-proxy/internal/policy"
+	"github.com/swarm-proxy/swarm-proxy/internal/secrets"
 )
 
 // TestEnvSecrets checks that "env --secrets" gives the agent each placeholder_env set to its
@@ -85,5 +92,54 @@ func TestPolicyExplainSecrets(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("explain output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestWatchSecretsWaitsForTheWholeFile rewrites the secrets file in place in two steps, as an editor
+// or a shell redirect does: the first half parses on its own but lacks a secret. The reload must take
+// only the finished file, never the half (before ReadSettled it was taken at the next poll).
+func TestWatchSecretsWaitsForTheWholeFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "secrets.yaml")
+	first := "one:\n  value: \"v1\"\n"
+	whole := first + "two:\n  value: \"v2\"\n"
+	if err := os.WriteFile(file, []byte(first), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	os.Chtimes(file, old, old)
+	set, err := secrets.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := secrets.NewHolder(set)
+	var logs loopbacktest.LogBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		watchSecrets(ctx, file, 10*time.Millisecond, h, policy.NewHolder(&policy.Policy{}), logger)
+	}()
+	defer func() { cancel(); <-done }()
+
+	// The rewrite: truncate and write a first part with no "two" (it parses, with one secret), then
+	// the rest 100 ms later, well within the 250 ms a file must stay unchanged.
+	if err := os.WriteFile(file, []byte("three:\n  value: \"v3\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the writer's pause, which the reload must not fall into
+	if err := os.WriteFile(file, []byte(whole), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for h.Load().Lookup("two") == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the finished file was not loaded within 10 s; log:\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if strings.Contains(logs.String(), "secrets=1 ") {
+		t.Errorf("a reload took the half-written file (one secret):\n%s", logs.String())
 	}
 }

@@ -23,11 +23,11 @@ import (
 
 type fixedAuth struct{}
 
-func (fixedAuth) Authenticate(user, pass string) (string, error) {
+func (fixedAuth) Authenticate(user, pass string) (string, string, error) {
 	if user == "s1" && pass == "tok" {
-		return user, nil
+		return user, "id-tok", nil
 	}
-	return "", errors.New("token is not valid")
+	return "", "", errors.New("token is not valid")
 }
 
 // startProxy runs swarm-proxy's own front end on loopback, so the errors parsed are the real ones.

@@ -319,7 +319,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, req *Request) {
 		// streaming handler): the body keeps flowing to it while the response comes back.
 		http.NewResponseController(w).EnableFullDuplex()
 	}
-	cw := &countingWriter{ResponseWriter: w, s: s}
+	cw := &countingWriter{ResponseWriter: w, s: s, req: req}
 	if req.Conn != nil && r.ProtoMajor == 1 {
 		// HTTP/1 writes to the client's TLS connection while Write runs (HTTP/2 on the
 		// connection's own goroutine, which a gather must not hold up).
@@ -432,6 +432,8 @@ func (s *Server) forwardRecord(r *http.Request, st *forwardState, aborted bool) 
 		}
 	}
 	switch {
+	case cw.tunnel != nil && cw.tunnel.cred.wasRevoked():
+		rec.Error, rec.Reason = accesslog.ErrorTicketRevoked, "the proxy credentials that opened the upgraded connection were revoked while it was open (--revoked)"
 	case !aborted:
 	case cw.err == nil && r.Context().Err() == nil && st.bodyErr != nil:
 		rec.Error, rec.Reason = accesslog.ErrorUpstream, "the response body from the target broke off: "+s.redact(st.bodyErr.Error())
@@ -567,6 +569,7 @@ type countingWriter struct {
 	n      atomic.Int64
 	upIn   atomic.Int64
 	upOut  atomic.Int64
+	req    *Request
 	tunnel *tunnel     // set once the connection is upgraded
 	batch  *tunnelConn // gathers the TLS records of each write to an inspected HTTP/1 client; nil otherwise
 }
@@ -630,6 +633,7 @@ func (c *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	t.set(conn, nil)
+	t.cred = c.s.creds.add(c.req, t.abort)
 	c.tunnel = t
 	// ReverseProxy hijacks only to relay an upgraded connection, after writing the 101 itself.
 	c.status = http.StatusSwitchingProtocols
@@ -641,6 +645,7 @@ var errShuttingDown = errors.New("the proxy is shutting down")
 
 func (c *countingWriter) untrack() {
 	if c.tunnel != nil {
+		c.s.creds.remove(c.tunnel.cred)
 		c.tunnel.done()
 	}
 }

@@ -54,7 +54,7 @@ func (s *Server) admit(r *http.Request, req *Request) *Failure {
 	if s.Auth != nil && req.Conn == nil {
 		user, pass, err := proxyCredentials(r.Header.Get("Proxy-Authorization"))
 		if err == nil {
-			req.Session, err = s.Auth.Authenticate(user, pass)
+			req.Session, req.Credential, err = s.Auth.Authenticate(user, pass)
 		}
 		if err != nil {
 			return AuthRequired(err, "send the session ticket as proxy credentials (user SESSION_ID, password TOKEN): http://SESSION_ID:TOKEN@broker:port in HTTP_PROXY, curl --proxy-user SESSION_ID:TOKEN, or swarm-proxy connect --ticket FILE")
@@ -249,6 +249,8 @@ func (s *Server) relay(t *tunnel, req *Request, rec *accesslog.Record, client, u
 		rec.Provider = pc.Provider()
 	}
 	t.set(client, upstream)
+	t.cred = s.creds.add(req, t.abort)
+	defer s.creds.remove(t.cred)
 	s.Metrics.tunnelDelta(1)
 	defer s.Metrics.tunnelDelta(-1)
 	res := relay.Pipe(client, upstream, s.TunnelIdleTimeout)
@@ -265,6 +267,8 @@ func (s *Server) relay(t *tunnel, req *Request, rec *accesslog.Record, client, u
 // resets a finished HTTP/2 connection) is the client's doing, not a broken tunnel.
 func (s *Server) tunnelFailure(t *tunnel, res relay.Result) (kind, reason string) {
 	switch {
+	case t.cred.wasRevoked():
+		return accesslog.ErrorTicketRevoked, "the proxy credentials that opened the tunnel were revoked while it was open (--revoked)"
 	case t.aborted():
 		return accesslog.ErrorShuttingDown, "the proxy shut down while the tunnel was open (--shutdown-timeout ran out): " + dial.RootCause(res.Err).Error()
 	case errors.Is(res.Err, relay.ErrIdle):
@@ -293,6 +297,7 @@ type tunnel struct {
 	item             *serve.Item
 	mu               sync.Mutex
 	client, upstream net.Conn
+	cred             *credConn // set by relay when the tunnel was opened with proxy credentials
 }
 
 // track starts tracking a tunnel; it returns nil once shutdown has begun.

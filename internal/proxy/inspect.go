@@ -79,10 +79,16 @@ func (s *Server) ServeInspected(client net.Conn, br *bufio.Reader, req *Request)
 	}
 	rec := s.record(req)
 	rec.Status, rec.Inspected, rec.TunnelID = http.StatusOK, true, req.ID
+	var cred *credConn
 	tc := &tunnelConn{Conn: client, r: br, done: func(c *tunnelConn) {
+		s.creds.remove(cred)
+		if cred.wasRevoked() {
+			rec.Error, rec.Reason = accesslog.ErrorTicketRevoked, "the proxy credentials that opened the inspected tunnel were revoked while it was open (--revoked)"
+		}
 		rec.BytesOut, rec.BytesIn = c.in.Load(), c.out.Load()
 		s.finish(req, rec)
 	}}
+	cred = s.creds.add(req, func() { relay.Abort(client) })
 	s.startInspected(tc, req, rec)
 }
 

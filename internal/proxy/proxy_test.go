@@ -341,11 +341,11 @@ func TestClientNotAllowed(t *testing.T) {
 
 type staticAuth struct{}
 
-func (staticAuth) Authenticate(user, pass string) (string, error) {
-	if user == "s1" && pass == "good" {
-		return "s1", nil
+func (staticAuth) Authenticate(user, pass string) (string, string, error) {
+	if user == "s1" && (pass == "good" || pass == "other") {
+		return "s1", "id-" + pass, nil
 	}
-	return "", errors.New("wrong token for session " + user)
+	return "", "", errors.New("wrong token for session " + user)
 }
 
 func TestProxyAuthentication(t *testing.T) {

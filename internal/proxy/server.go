@@ -23,10 +23,12 @@ import (
 	"github.com/swarm-proxy/swarm-proxy/internal/serve"
 )
 
-// Authenticator turns proxy credentials into a session. It returns an error for missing or wrong
-// credentials; the front end answers 407 (HTTP) or refuses the login (SOCKS5) naming that error.
+// Authenticator turns proxy credentials into a session and a credential id: a name of the
+// credential that is not secret (a ticket's token id), by which Server.EndRevoked finds the
+// connections it opened. It returns an error for missing or wrong credentials; the front end
+// answers 407 (HTTP) or refuses the login (SOCKS5) naming that error.
 type Authenticator interface {
-	Authenticate(user, password string) (session string, err error)
+	Authenticate(user, password string) (session, credential string, err error)
 }
 
 // ErrNoCredentials is returned by front ends when an Authenticator is set and the client sent none.
@@ -120,6 +122,7 @@ type Server struct {
 	handed     *handoffListener // the connections ServeConn hands to srv
 	handedOnce sync.Once
 	inflight   serve.Tracker // tunnels and upgraded connections: http.Server no longer sees them
+	creds      credentialConns
 }
 
 func (s *Server) init() {
@@ -195,8 +198,11 @@ type Request struct {
 	Start   time.Time
 	Client  netip.AddrPort
 	Session string
-	Method  string // HTTP method, "CONNECT" or "SOCKS5"
-	Target  policy.Target
+	// Credential is the id of the proxy credential that admitted the request (Authenticator);
+	// "" without one.
+	Credential string
+	Method     string // HTTP method, "CONNECT" or "SOCKS5"
+	Target     policy.Target
 	// Path is the request target's path as the client sent it (not decoded, no query), for plain
 	// HTTP only: what is checked, logged and sent on are the same bytes.
 	Path string

@@ -67,7 +67,20 @@ func ValidName(name string) error {
 // Load reads a secrets file, refusing one that group or others may read or write, and resolves its
 // values. The error of a broken file names every problem with its line and never contains a value.
 func Load(path string) (*Set, error) {
-	f, err := ReadFile(path)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load secrets: %w", err)
+	}
+	return LoadData(path, data)
+}
+
+// LoadData is Load for a file's content read by the caller (a reload reads it once it has stopped
+// changing): it checks path's permissions, parses data and resolves its values.
+func LoadData(path string, data []byte) (*Set, error) {
+	if err := checkPermissions(path); err != nil {
+		return nil, err
+	}
+	f, err := Parse(path, data)
 	if err != nil {
 		return nil, err
 	}

@@ -190,7 +190,7 @@ func (s *Server) login(c net.Conn, req *proxy.Request, auth bool) bool {
 	// Without an authenticator (or for a client about to be refused) any login is accepted and
 	// ignored, so ALL_PROXY URLs with credentials also work against a plain proxy.
 	if auth {
-		if req.Session, err = s.Proxy.Auth.Authenticate(user, pass); err != nil {
+		if req.Session, req.Credential, err = s.Proxy.Auth.Authenticate(user, pass); err != nil {
 			c.Write([]byte{userPassVersion, userPassFail})
 			s.Proxy.LogFailure(req, authFailure(err))
 			return false

@@ -1,18 +1,14 @@
 package socks
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -35,50 +31,20 @@ deny:
     name: no-blocked
 `
 
-// syncBuffer collects access-log lines from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) records(t *testing.T) []accesslog.Record {
-	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []accesslog.Record
-	for _, line := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
-		if line == "" {
-			continue
-		}
-		var r accesslog.Record
-		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			t.Fatalf("bad log line %q: %v", line, err)
-		}
-		out = append(out, r)
-	}
-	return out
-}
-
 type fixedAuth struct{ session, token string }
 
 var errBadLogin = errors.New("token is not valid")
 
-func (a fixedAuth) Authenticate(user, pass string) (string, error) {
+func (a fixedAuth) Authenticate(user, pass string) (string, string, error) {
 	if user == a.session && pass == a.token {
-		return user, nil
+		return user, "id-" + pass, nil
 	}
-	return "", errBadLogin
+	return "", "", errBadLogin
 }
 
 type fixture struct {
 	addr string
-	log  *syncBuffer
+	log  *loopbacktest.LogBuffer
 	srv  *Server
 }
 
@@ -89,7 +55,7 @@ func start(t *testing.T, auth proxy.Authenticator, handshake time.Duration) *fix
 		t.Fatal(err)
 	}
 	h := policy.NewHolder(pol)
-	logs := &syncBuffer{}
+	logs := &loopbacktest.LogBuffer{}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ps := &proxy.Server{Policy: h, Dialer: &dial.Direct{Policy: h.Load, Timeout: 5 * time.Second},
 		Auth: auth, Log: accesslog.NewWriter(logs), Logger: quiet}
@@ -275,11 +241,11 @@ func TestHandshake(t *testing.T) {
 	}
 }
 
-func waitRecord(t *testing.T, log *syncBuffer) accesslog.Record {
+func waitRecord(t *testing.T, log *loopbacktest.LogBuffer) accesslog.Record {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if recs := log.records(t); len(recs) > 0 {
+		if recs := log.Records(t); len(recs) > 0 {
 			if len(recs) != 1 {
 				t.Fatalf("want one record, got %+v", recs)
 			}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +19,7 @@ import (
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
 	"github.com/swarm-proxy/swarm-proxy/internal/dial"
 	"github.com/swarm-proxy/swarm-proxy/internal/inspect"
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 	"github.com/swarm-proxy/swarm-proxy/internal/policy"
 	"github.com/swarm-proxy/swarm-proxy/internal/proxy"
 )
@@ -45,38 +45,10 @@ deny:
   - host: denied.test
 `
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) records(t *testing.T) []accesslog.Record {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []accesslog.Record
-	for _, line := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
-		if line == "" {
-			continue
-		}
-		var r accesslog.Record
-		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			t.Fatalf("%q: %v", line, err)
-		}
-		out = append(out, r)
-	}
-	return out
-}
-
 type fixture struct {
 	addr   string // the transparent listener
 	caPool *x509.CertPool
-	log    *syncBuf
+	log    *loopbacktest.LogBuffer
 	mu     sync.Mutex
 	dialed []string
 	dsts   sync.Map // client IP -> original destination
@@ -88,7 +60,7 @@ type fixture struct {
 // server that speaks first.
 func startServer(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{log: &syncBuf{}, cert: testCert(t, "allowed.test")}
+	f := &fixture{log: &loopbacktest.LogBuffer{}, cert: testCert(t, "allowed.test")}
 	backends := map[string]string{}
 	tlsLn, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{f.cert}})
 	if err != nil {
@@ -232,13 +204,13 @@ func (f *fixture) waitRecord(t *testing.T, what string, match func(accesslog.Rec
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		for _, r := range f.log.records(t) {
+		for _, r := range f.log.Records(t) {
 			if match(r) {
 				return r
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no record for %s in:\n%+v", what, f.log.records(t))
+			t.Fatalf("no record for %s in:\n%+v", what, f.log.Records(t))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -13,9 +13,19 @@ import (
 )
 
 // BenchmarkBulkDownload measures one stream's throughput from a loopback target through provider
-// and broker (plain TCP between them).
+// and broker, over plain TCP and over TLS between them.
 func BenchmarkBulkDownload(b *testing.B) {
-	e := newEnv(b, false, Config{})
+	for _, useTLS := range []bool{false, true} {
+		name := "tcp"
+		if useTLS {
+			name = "tls"
+		}
+		b.Run(name, func(b *testing.B) { benchmarkBulkDownload(b, useTLS) })
+	}
+}
+
+func benchmarkBulkDownload(b *testing.B, useTLS bool) {
+	e := newEnv(b, useTLS, Config{})
 	e.provider("s1", "loopback", nil).waitConnected(b)
 	const size = 64 << 20
 	buf := make([]byte, 256<<10)

@@ -456,6 +456,10 @@ sys.stdout.write(data.decode(errors="replace"))
 		if !strings.HasPrefix(line, "ok    capture: captured") {
 			t.Fatalf("doctor in the captured namespace without variables:\n%s%s", r.Stdout, r.Stderr)
 		}
+		// Without the capture route doctor says what it would change; with it, it says nothing.
+		if hint := "its segments are 1448 bytes, sized by the route it dialed: `swarm-proxy firewall --transparent --capture-route`"; strings.Contains(line, hint) != (format == "iptables") {
+			t.Errorf("doctor's capture line, format %s (capture route: %v): %s", format, format == "nftables", line)
+		}
 		t.Logf("doctor: %s", line)
 	})
 	t.Run("logs domains", func(t *testing.T) {

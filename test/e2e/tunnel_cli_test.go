@@ -1,8 +1,14 @@
 package e2e
 
 import (
+	"bufio"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -151,7 +157,44 @@ func TestTunnelRevocation(t *testing.T) {
 	if get(proxyUser(tk)) != 0 {
 		t.Fatal("request before revocation failed")
 	}
-	// Revoke one worker token by its id: that token is refused, the session's others are not.
+	// A tunnel of each token, open before the revocation: a kept-alive HTTP exchange inside.
+	host := strings.TrimPrefix(target.URL, "http://")
+	tunnel := func(tk map[string]string) (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", b.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(c)
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n", host, host,
+			base64.StdEncoding.EncodeToString([]byte(proxyUser(tk))))
+		if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: %v %v", resp, err)
+		}
+		return c, br
+	}
+	ping := func(c net.Conn, br *bufio.Reader) error {
+		fmt.Fprintf(c, "GET /ping.txt HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		return err
+	}
+	revokedC, revokedBR := tunnel(tk)
+	keptC, keptBR := tunnel(other)
+	for _, c := range []struct {
+		c  net.Conn
+		br *bufio.Reader
+	}{{revokedC, revokedBR}, {keptC, keptBR}} {
+		if err := ping(c.c, c.br); err != nil {
+			t.Fatalf("a tunnel before revocation: %v", err)
+		}
+	}
+	// Revoke one worker token by its id: that token is refused, the session's others are not, and
+	// the tunnel it opened is cut.
 	if err := os.WriteFile(revoked, []byte(tk["token_id"]+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -163,6 +206,14 @@ func TestTunnelRevocation(t *testing.T) {
 	if get(proxyUser(other)) != 0 {
 		t.Fatal("another token of the session was refused")
 	}
+	revokedC.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := revokedBR.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the revoked token's open tunnel was not cut: %v", err)
+	}
+	if err := ping(keptC, keptBR); err != nil {
+		t.Fatalf("another token's open tunnel was cut: %v", err)
+	}
+	b.WaitStderr("worker_tunnels_ended=1")
 	// Revoke the session: its provider is cut and its workers refused.
 	if err := os.WriteFile(revoked, []byte("rev\n"), 0o644); err != nil {
 		t.Fatal(err)
