@@ -108,15 +108,6 @@ func (c Config) Validate() error {
 // also bounded by the peer's window, which starts at 256 KiB.
 const maxMessageSize = 1 << 20
 
-// measureRTTInterval is how often the multiplexer measures the connection's round trip with a ping.
-// yamux doubles a stream's receive window only when its reader used half of it within four round
-// trips, so the round trip decides how far windows grow (within Config.WindowBudget). Measured only
-// when the connection starts (the yamux default is every 30 s), it is the idle round trip, a
-// fraction of what a window update takes while data flows, and a fast stream's window stopped at
-// 512 KiB–1 MiB; measured every 250 ms, busy connections get windows that keep up
-// (docs/performance.md has the figures). An idle connection pays four pings a second.
-const measureRTTInterval = 250 * time.Millisecond
-
 // yamuxConfig builds the multiplexer settings. A keepalive ping is sent after KeepAlive/2 without
 // traffic and must be answered within KeepAlive/2, so a dead peer is noticed within KeepAlive.
 func (c Config) yamuxConfig(lw *logWriter) *yamux.Config {
@@ -125,7 +116,6 @@ func (c Config) yamuxConfig(lw *logWriter) *yamux.Config {
 	y.KeepAliveInterval = c.KeepAlive / 2
 	y.ConnectionWriteTimeout = c.KeepAlive / 2
 	y.MaxStreamWindowSize = c.MaxStreamWindow
-	y.MeasureRTTInterval = measureRTTInterval
 	y.MaxMessageSize = maxMessageSize
 	y.MaxIncomingStreams = uint32(c.MaxStreams)
 	y.AcceptBacklog = max(256, c.MaxStreams)
