@@ -72,7 +72,7 @@ type env struct {
 	ln        *countingListener
 	clientTLS *tls.Config
 	reg       *prometheus.Registry
-	logs      *syncBuffer
+	logs      *loopbacktest.LogBuffer
 }
 
 func (e *env) hasProvider(id string) bool {
@@ -84,30 +84,13 @@ func (e *env) hasProvider(id string) bool {
 	return false
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func newEnv(t testing.TB, useTLS bool, cfg Config) *env {
 	t.Helper()
 	auth, err := ticket.New(testSecret)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, auth: auth, reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e := &env{t: t, auth: auth, reg: prometheus.NewRegistry(), logs: &loopbacktest.LogBuffer{}}
 	e.broker = &Broker{Auth: auth, Config: cfg, Metrics: NewMetrics(e.reg),
 		Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	if useTLS {
@@ -157,7 +140,7 @@ type testProvider struct {
 	done      chan struct{}
 	connected chan string
 	conns     chan net.Conn
-	logs      *syncBuffer
+	logs      *loopbacktest.LogBuffer
 	env       *env
 }
 
@@ -171,7 +154,7 @@ func (e *env) provider(session string, targets string, mod func(*Provider)) *tes
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	tp := &testProvider{done: make(chan struct{}), connected: make(chan string, 16), conns: make(chan net.Conn, 16), logs: &syncBuffer{}, env: e}
+	tp := &testProvider{done: make(chan struct{}), connected: make(chan string, 16), conns: make(chan net.Conn, 16), logs: &loopbacktest.LogBuffer{}, env: e}
 	p := &Provider{
 		Broker:       e.addr,
 		TLS:          e.clientTLS,
@@ -879,7 +862,7 @@ func TestProviderStopsAtOnce(t *testing.T) {
 	closedAddr := closed.Addr().String()
 	closed.Close()
 	for _, addr := range []string{silent.Addr().String(), closedAddr} {
-		logs := &syncBuffer{}
+		logs := &loopbacktest.LogBuffer{}
 		p := &Provider{Broker: addr, Credentials: func() (string, string, error) { return "s1", "v2.p.1.AAAAAAAA." + strings.Repeat("A", 43), nil },
 			Dialer: &dial.Direct{Policy: policy.Default}, Config: Config{HandshakeTimeout: time.Minute}, Logger: slog.New(slog.NewTextHandler(logs, nil))}
 		ctx, cancel := context.WithCancel(context.Background())
