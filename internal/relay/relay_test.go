@@ -8,29 +8,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (client, server *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := <-accepted
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
+)
 
 func runPipe(a, b net.Conn, idle time.Duration) <-chan Result {
 	done := make(chan Result, 1)
@@ -53,8 +33,8 @@ func wait(t *testing.T, done <-chan Result) Result {
 // the answer must still reach the client.
 func TestHalfClose(t *testing.T) {
 	for _, idle := range []time.Duration{0, time.Minute} {
-		client, proxyA := tcpPair(t)
-		proxyB, server := tcpPair(t)
+		client, proxyA := loopbacktest.TCPPair(t)
+		proxyB, server := loopbacktest.TCPPair(t)
 		done := runPipe(proxyA, proxyB, idle)
 
 		client.Write([]byte("question"))
@@ -85,8 +65,8 @@ func TestFailureResetsPeer(t *testing.T) {
 }
 
 func testFailureResetsPeer(t *testing.T, idle time.Duration) {
-	client, proxyA := tcpPair(t)
-	proxyB, server := tcpPair(t)
+	client, proxyA := loopbacktest.TCPPair(t)
+	proxyB, server := loopbacktest.TCPPair(t)
 	done := runPipe(proxyA, proxyB, idle)
 
 	server.Write([]byte("partial"))
@@ -112,8 +92,8 @@ func testFailureResetsPeer(t *testing.T, idle time.Duration) {
 // (no idle timeout) or a user-space copy.
 func TestClientResetIsBlamedOnA(t *testing.T) {
 	for _, idle := range []time.Duration{0, time.Minute} {
-		client, proxyA := tcpPair(t)
-		proxyB, server := tcpPair(t)
+		client, proxyA := loopbacktest.TCPPair(t)
+		proxyB, server := loopbacktest.TCPPair(t)
 		done := runPipe(proxyA, proxyB, idle)
 		go func() {
 			chunk := make([]byte, 64<<10)
@@ -135,8 +115,8 @@ func TestClientResetIsBlamedOnA(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
-	_, proxyA := tcpPair(t)
-	proxyB, _ := tcpPair(t)
+	_, proxyA := loopbacktest.TCPPair(t)
+	proxyB, _ := loopbacktest.TCPPair(t)
 	r := wait(t, runPipe(proxyA, proxyB, 50*time.Millisecond))
 	if !errors.Is(r.Err, ErrIdle) {
 		t.Fatalf("err = %v, want ErrIdle", r.Err)
@@ -147,8 +127,8 @@ func TestIdleTimeout(t *testing.T) {
 // after it. When a write to the connection takes it, a read there sees a clean end; the relay must
 // still pass the reset on, not a FIN that would make an aborted request look finished.
 func TestResetSeenAfterWriteIsPassedOn(t *testing.T) {
-	client, proxyA := tcpPair(t)
-	proxyB, server := tcpPair(t)
+	client, proxyA := loopbacktest.TCPPair(t)
+	proxyB, server := loopbacktest.TCPPair(t)
 	proxyA.Write([]byte("never read by the client"))
 	client.SetLinger(0)
 	client.Close() // a reset, since data is unread
@@ -174,8 +154,8 @@ func TestResetSeenAfterWriteIsPassedOn(t *testing.T) {
 	}
 
 	// A clean end stays one.
-	client, proxyA = tcpPair(t)
-	proxyB, server = tcpPair(t)
+	client, proxyA = loopbacktest.TCPPair(t)
+	proxyB, server = loopbacktest.TCPPair(t)
 	client.Close()
 	aborted = nil
 	copyHalf(half{proxyB, SideB, &bShut}, half{proxyA, SideA, &aShut}, nil, func(err error, _ Side) { aborted = err })

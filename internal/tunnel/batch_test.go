@@ -8,6 +8,8 @@ import (
 	"net"
 	"sync/atomic"
 	"testing"
+
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 )
 
 // writeCounter counts the writes that reach the TCP connection.
@@ -26,32 +28,11 @@ func (c *writeCounter) Write(p []byte) (int, error) {
 func tlsPair(t *testing.T) (server net.Conn, counted *writeCounter, client *tls.Conn) {
 	t.Helper()
 	srvCfg, cliCfg := testTLS(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	raw, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw, sraw := loopbacktest.TCPPair(t)
 	cliCfg = cliCfg.Clone()
 	cliCfg.ServerName = "127.0.0.1"
 	client = tls.Client(raw, cliCfg)
 	t.Cleanup(func() { client.Close() })
-	sraw, ok := <-accepted
-	if !ok {
-		t.Fatal("accept failed")
-	}
 	counted = &writeCounter{Conn: sraw}
 	tc := tls.Server(&batchConn{Conn: counted}, srvCfg)
 	t.Cleanup(func() { tc.Close() })
