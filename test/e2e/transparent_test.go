@@ -252,38 +252,53 @@ func TestTransparentCapture(t *testing.T) {
 	}
 }
 
-func testTransparentCapture(t *testing.T, format string) {
+// tpNamespaces makes the agent and target namespaces of a capture test, joined by a veth pair: the
+// agent at tpAgentIP with a default route to the target, the target at tpAllowedIP, tpOtherIP,
+// tpDNSIP and extra. A resolver given for a namespace becomes its /etc/netns resolv.conf, which
+// `ip netns exec` shows the processes run there.
+func tpNamespaces(t *testing.T, agentResolver, targetResolver string, extra ...string) (agent, tgt string) {
+	t.Helper()
 	id := fmt.Sprintf("%x%x", os.Getpid()&0xfffff, nsCounter.Add(1))
-	agent, tgt := "spca-"+id, "spct-"+id
-	for _, ns := range []string{agent, tgt} {
+	agent, tgt = "spca-"+id, "spct-"+id
+	for ns, resolver := range map[string]string{agent: agentResolver, tgt: targetResolver} {
 		ipCmd(t, "ip", "netns", "add", ns)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		if resolver == "" {
+			continue
+		}
+		etc := filepath.Join("/etc/netns", ns)
+		if err := os.MkdirAll(etc, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(etc) })
+		if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver "+resolver+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
+	va, vt := "va"+id, "vt"+id
+	cmds := [][]string{
+		{"ip", "link", "add", va, "netns", agent, "type", "veth", "peer", "name", vt, "netns", tgt},
+		{"ip", "-n", agent, "addr", "add", tpAgentIP + "/24", "dev", va},
+	}
+	for _, ip := range append([]string{tpAllowedIP, tpOtherIP, tpDNSIP}, extra...) {
+		cmds = append(cmds, []string{"ip", "-n", tgt, "addr", "add", ip + "/24", "dev", vt})
+	}
+	cmds = append(cmds,
+		[]string{"ip", "-n", agent, "link", "set", va, "up"}, []string{"ip", "-n", agent, "link", "set", "lo", "up"},
+		[]string{"ip", "-n", tgt, "link", "set", vt, "up"}, []string{"ip", "-n", tgt, "link", "set", "lo", "up"},
+		[]string{"ip", "-n", agent, "route", "add", "default", "via", tpAllowedIP})
+	for _, c := range cmds {
+		ipCmd(t, c...)
+	}
+	return agent, tgt
+}
+
+func testTransparentCapture(t *testing.T, format string) {
 	// `ip netns exec` shows the agent's tools and the proxy this resolv.conf. The tools' queries
 	// go to the guard whatever it names (the firewall redirects port 53, loopback included); the
 	// proxy's own (uid 65532, not redirected) find nothing on 127.0.0.1:53, so every name the
 	// transparent listener accepts was checked against the guard's answers to the client.
-	etc := filepath.Join("/etc/netns", agent)
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(etc) })
-	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver 127.0.0.1\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	va, vt := "va"+id, "vt"+id
-	for _, s := range [][]string{
-		{"ip", "link", "add", va, "netns", agent, "type", "veth", "peer", "name", vt, "netns", tgt},
-		{"ip", "-n", agent, "addr", "add", tpAgentIP + "/24", "dev", va},
-		{"ip", "-n", tgt, "addr", "add", tpAllowedIP + "/24", "dev", vt},
-		{"ip", "-n", tgt, "addr", "add", tpOtherIP + "/24", "dev", vt},
-		{"ip", "-n", tgt, "addr", "add", tpDNSIP + "/24", "dev", vt},
-		{"ip", "-n", agent, "link", "set", va, "up"}, {"ip", "-n", agent, "link", "set", "lo", "up"},
-		{"ip", "-n", tgt, "link", "set", vt, "up"}, {"ip", "-n", tgt, "link", "set", "lo", "up"},
-		{"ip", "-n", agent, "route", "add", "default", "via", tpAllowedIP},
-	} {
-		ipCmd(t, s...)
-	}
+	agent, tgt := tpNamespaces(t, "127.0.0.1", "")
 	cert, certPEM := selfSigned(t, "allowed.test", "www.allowed.test", "denied.test")
 	tpServe(t, tgt, tpAllowedIP, "allowed", cert)
 	tpServe(t, tgt, tpOtherIP, "other", cert)
@@ -479,34 +494,7 @@ sys.stdout.write(data.decode(errors="replace"))
 func TestTransparentCaptureBroker(t *testing.T) {
 	requireCaptureTools(t)
 	const brokerIP = "10.213.2.4"
-	id := fmt.Sprintf("%x%x", os.Getpid()&0xfffff, nsCounter.Add(1))
-	agent, tgt := "spca-"+id, "spct-"+id
-	for _, ns := range []string{agent, tgt} {
-		ipCmd(t, "ip", "netns", "add", ns)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-		etc := filepath.Join("/etc/netns", ns)
-		if err := os.MkdirAll(etc, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(etc) })
-		if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver "+tpDNSIP+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	va, vt := "va"+id, "vt"+id
-	for _, s := range [][]string{
-		{"ip", "link", "add", va, "netns", agent, "type", "veth", "peer", "name", vt, "netns", tgt},
-		{"ip", "-n", agent, "addr", "add", tpAgentIP + "/24", "dev", va},
-		{"ip", "-n", tgt, "addr", "add", tpAllowedIP + "/24", "dev", vt},
-		{"ip", "-n", tgt, "addr", "add", tpOtherIP + "/24", "dev", vt},
-		{"ip", "-n", tgt, "addr", "add", tpDNSIP + "/24", "dev", vt},
-		{"ip", "-n", tgt, "addr", "add", brokerIP + "/24", "dev", vt},
-		{"ip", "-n", agent, "link", "set", va, "up"}, {"ip", "-n", agent, "link", "set", "lo", "up"},
-		{"ip", "-n", tgt, "link", "set", vt, "up"}, {"ip", "-n", tgt, "link", "set", "lo", "up"},
-		{"ip", "-n", agent, "route", "add", "default", "via", tpAllowedIP},
-	} {
-		ipCmd(t, s...)
-	}
+	agent, tgt := tpNamespaces(t, tpDNSIP, tpDNSIP, brokerIP)
 	cert, certPEM := selfSigned(t, "allowed.test")
 	tpServe(t, tgt, tpAllowedIP, "allowed", cert)
 	tpDNS(t, tgt)
