@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -93,4 +94,22 @@ func (c bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
+}
+
+// TestEndRevokedInspected: an inspected tunnel opened with a credential that is then revoked is
+// ended too, and its tunnel record says so.
+func TestEndRevokedInspected(t *testing.T) {
+	fx := newInspectFixture(t, func(s *Server) { s.Auth = staticAuth{} })
+	fx.proxyURL.User = url.UserPassword("s1", "good")
+	c := fx.client(false)
+	if resp, body := do(t, c, "GET", fx.url("api.example.com", "/repos/myorg/x"), ""); resp.StatusCode != 200 {
+		t.Fatalf("inspected GET before revocation: %d %s", resp.StatusCode, body)
+	}
+	if n := fx.tp.srv.EndRevoked(func(_, credential string) bool { return credential == "id-good" }); n != 1 {
+		t.Fatalf("EndRevoked ended %d connections, want the one inspected tunnel", n)
+	}
+	rec := waitRecord(t, fx.tp, func(r accesslog.Record) bool { return r.Method == "CONNECT" && r.Inspected })
+	if rec.Error != accesslog.ErrorTicketRevoked || rec.Session != "s1" {
+		t.Fatalf("inspected tunnel record %+v: want error %s", rec, accesslog.ErrorTicketRevoked)
+	}
 }
