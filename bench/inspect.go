@@ -260,14 +260,9 @@ func mitmPath(ctx context.Context, dir, upCAFile, upPort string) (*httpsPath, er
 		return nil, err
 	}
 	conf := filepath.Join(dir, "mitm")
-	pr, _, err := startProc(bin, nil, "--listen-host", "127.0.0.1", "--listen-port", strconv.Itoa(port), "-q",
+	pr, addr, err := startListening(ctx, port, bin, "--listen-host", "127.0.0.1", "--listen-port", strconv.Itoa(port), "-q",
 		"--set", "confdir="+conf, "--set", "ssl_verify_upstream_trusted_ca="+upCAFile, "--set", "flow_detail=0", "--set", "stream_large_bodies=1")
 	if err != nil {
-		return nil, err
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	if err := waitListening(ctx, addr, pr); err != nil {
-		pr.stop()
 		return nil, err
 	}
 	caPEM, err := os.ReadFile(filepath.Join(conf, "mitmproxy-ca-cert.pem"))

@@ -328,13 +328,8 @@ shutdown_lifetime 1 seconds
 	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
 		return nil, fmt.Errorf("squid config: %w", err)
 	}
-	pr, _, err := startProc(bin, nil, "-N", "-f", cf)
+	pr, addr, err := startListening(ctx, port, bin, "-N", "-f", cf)
 	if err != nil {
-		return nil, err
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	if err := waitListening(ctx, addr, pr); err != nil {
-		pr.stop()
 		return nil, err
 	}
 	return &path{name: "squid", dial: connectDialer(addr, ""), proxyURL: &url.URL{Scheme: "http", Host: addr},
@@ -373,13 +368,8 @@ Allow 127.0.0.1
 	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
 		return nil, fmt.Errorf("tinyproxy config: %w", err)
 	}
-	pr, _, err := startProc(bin, nil, "-d", "-c", cf)
+	pr, addr, err := startListening(ctx, port, bin, "-d", "-c", cf)
 	if err != nil {
-		return nil, err
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	if err := waitListening(ctx, addr, pr); err != nil {
-		pr.stop()
 		return nil, err
 	}
 	return &path{name: "tinyproxy", dial: connectDialer(addr, ""), proxyURL: &url.URL{Scheme: "http", Host: addr},

@@ -123,6 +123,21 @@ func (p *proc) stop() {
 	syscall.Kill(-p.pid(), syscall.SIGKILL)
 }
 
+// startListening starts name with args, a program that listens on 127.0.0.1:port once it is ready,
+// and waits for that; it returns the process and the address.
+func startListening(ctx context.Context, port int, name string, args ...string) (*proc, string, error) {
+	pr, _, err := startProc(name, nil, args...)
+	if err != nil {
+		return nil, "", err
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	if err := waitListening(ctx, addr, pr); err != nil {
+		pr.stop()
+		return nil, "", err
+	}
+	return pr, addr, nil
+}
+
 // waitListening polls addr until it accepts a TCP connection.
 func waitListening(ctx context.Context, addr string, p *proc) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)

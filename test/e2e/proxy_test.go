@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 )
 
 // pingServer serves ping.txt over plain HTTP on loopback.
@@ -316,20 +317,7 @@ func TestSlowClientIsTimedOut(t *testing.T) {
 }
 
 func TestGracefulShutdownWithTunnelInFlight(t *testing.T) {
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	echo := loopbacktest.Start(t, func(c net.Conn) { io.Copy(c, c) })
 	echoPort := echo.Addr().(*net.TCPAddr).Port
 	p := StartProxy(t, "--policy", WriteFile(t, "policy.yaml", portsPolicy("enforce", echoPort)), "--shutdown-timeout", "20s")
 

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 )
 
 // localhostCert is a self-signed certificate for localhost (certFor), and the PEM file of it that the
@@ -107,11 +108,6 @@ func TestSecretsInspectedHTTPS(t *testing.T) {
 // provider (or anything between the proxy and the upstream) could read.
 func tapRelay(t *testing.T, target string) (addr string, seen func() []byte) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var mu sync.Mutex
 	var buf []byte
 	tap := writerFunc(func(p []byte) (int, error) {
@@ -120,26 +116,17 @@ func tapRelay(t *testing.T, target string) (addr string, seen func() []byte) {
 		mu.Unlock()
 		return len(p), nil
 	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				done := make(chan struct{})
-				go func() { io.Copy(io.MultiWriter(up, tap), c); up.(*net.TCPConn).CloseWrite(); close(done) }()
-				io.Copy(io.MultiWriter(c, tap), up)
-				<-done
-			}()
+	ln := loopbacktest.Start(t, func(c net.Conn) {
+		up, err := net.Dial("tcp", target)
+		if err != nil {
+			return
 		}
-	}()
+		defer up.Close()
+		done := make(chan struct{})
+		go func() { io.Copy(io.MultiWriter(up, tap), c); up.(*net.TCPConn).CloseWrite(); close(done) }()
+		io.Copy(io.MultiWriter(c, tap), up)
+		<-done
+	})
 	return ln.Addr().String(), func() []byte {
 		mu.Lock()
 		defer mu.Unlock()

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/swarm-proxy/swarm-proxy/internal/accesslog"
+	"github.com/swarm-proxy/swarm-proxy/internal/loopbacktest"
 )
 
 // recorder is an upstream on loopback that records every request it receives and echoes the
@@ -587,28 +588,14 @@ func TestSecretsBroker(t *testing.T) {
 // the secret's value.
 func echoingUpstream(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(waitTimeout))
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "%s\r\n\r\n", req.Header.Get("Authorization"))
-			}()
+	ln := loopbacktest.Start(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(waitTimeout))
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
 		}
-	}()
+		fmt.Fprintf(c, "%s\r\n\r\n", req.Header.Get("Authorization"))
+	})
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
