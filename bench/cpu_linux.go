@@ -31,3 +31,19 @@ func procCPU(pid int) (time.Duration, bool) {
 	}
 	return time.Duration(user+sys) * time.Second / 100, true // USER_HZ is 100 on Linux
 }
+
+// treeCPU returns the CPU time that the processes pids and their descendants have used (zero for
+// none; a process that exits meanwhile is left out); false when /proc cannot be listed.
+func treeCPU(pids []int) (time.Duration, bool) {
+	all, err := descendants(pids)
+	if err != nil {
+		return 0, false
+	}
+	var sum time.Duration
+	for _, pid := range all {
+		if t, ok := procCPU(pid); ok {
+			sum += t
+		}
+	}
+	return sum, true
+}

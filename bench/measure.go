@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -63,6 +64,14 @@ const (
 	mHTTPBigP99   = "http 1MiB p99"
 	mIdleRSS      = "idle RSS/tunnel"
 	mFailures     = "failures"
+	// CPU time per unit of work: the path's processes (with their descendants), and the bench
+	// itself (its clients and upstream servers), which shares the machine's cores with them.
+	mDownCPU         = "1 stream down CPU"
+	mDownBenchCPU    = "1 stream down CPU (bench)"
+	mUpCPU           = "1 stream up CPU"
+	mUpBenchCPU      = "1 stream up CPU (bench)"
+	mHTTPSmallCPU    = "http small CPU"
+	mHTTPSmallBenchC = "http small CPU (bench)"
 )
 
 // result is one figure of one path.
@@ -91,6 +100,41 @@ type bench struct {
 	churnT              time.Duration
 	down, upl, parallel []float64 // MiB/s of each round
 	httpRuns            map[string]*httpRun
+	// CPU time used during the single-stream transfers and the small GETs, over all rounds.
+	downCPU, upCPU, smallCPU cpuUse
+}
+
+// cpuUse adds up the CPU time a path's processes and the bench used over some units of work.
+type cpuUse struct {
+	path, self time.Duration
+	work       float64 // MiB or requests
+	bad        bool    // a sample could not be read: no figure
+}
+
+// measureCPU runs fn, which returns how many units of work it did, and adds the CPU time that the
+// path's processes and the bench used meanwhile to u.
+func (b *bench) measureCPU(u *cpuUse, fn func() float64) {
+	path0, ok0 := treeCPU(b.p.pids)
+	self0, ok1 := procCPU(os.Getpid())
+	work := fn()
+	path1, ok2 := treeCPU(b.p.pids)
+	self1, ok3 := procCPU(os.Getpid())
+	if !(ok0 && ok1 && ok2 && ok3) {
+		u.bad = true
+		return
+	}
+	u.path += path1 - path0
+	u.self += self1 - self0
+	u.work += work
+}
+
+// perUnit returns the path's and the bench's CPU time per unit of work in unit (a duration such as
+// time.Millisecond), and false when there is no figure.
+func (u cpuUse) perUnit(unit time.Duration) (path, self float64, ok bool) {
+	if u.bad || u.work == 0 {
+		return 0, 0, false
+	}
+	return float64(u.path) / float64(unit) / u.work, float64(u.self) / float64(unit) / u.work, true
 }
 
 // httpRun accumulates one plain-HTTP workload over rounds.
@@ -194,6 +238,25 @@ func (b *bench) summarize() {
 		b.add(w.rate, "req/s", float64(r.n)/r.wall.Seconds())
 		b.add(w.p50, "µs", us(percentile(r.ds, 0.50)))
 		b.add(w.p99, "µs", us(percentile(r.ds, 0.99)))
+	}
+	for _, c := range []struct {
+		u          cpuUse
+		path, self string
+		unit       time.Duration
+		name       string
+	}{
+		{b.downCPU, mDownCPU, mDownBenchCPU, time.Millisecond, "ms/MiB"},
+		{b.upCPU, mUpCPU, mUpBenchCPU, time.Millisecond, "ms/MiB"},
+		{b.smallCPU, mHTTPSmallCPU, mHTTPSmallBenchC, time.Microsecond, "µs/req"},
+	} {
+		path, self, ok := c.u.perUnit(c.unit)
+		if !ok {
+			continue
+		}
+		if len(b.p.pids) > 0 {
+			b.add(c.path, c.name, path)
+		}
+		b.add(c.self, c.name, self)
 	}
 	b.add(mFailures, "count", float64(b.fail))
 }
@@ -321,16 +384,25 @@ func (b *bench) storm(ctx context.Context) {
 }
 
 func (b *bench) bulk(ctx context.Context) {
-	if d, err := b.transfer(ctx, cmdDown, b.sz.BulkBytes); err != nil {
-		b.failed("bulk down", err)
-	} else {
+	mib := float64(b.sz.BulkBytes) / (1 << 20)
+	b.measureCPU(&b.downCPU, func() float64 {
+		d, err := b.transfer(ctx, cmdDown, b.sz.BulkBytes)
+		if err != nil {
+			b.failed("bulk down", err)
+			return 0
+		}
 		b.down = append(b.down, mibps(b.sz.BulkBytes, d))
-	}
-	if d, err := b.transfer(ctx, cmdUp, b.sz.BulkBytes); err != nil {
-		b.failed("bulk up", err)
-	} else {
+		return mib
+	})
+	b.measureCPU(&b.upCPU, func() float64 {
+		d, err := b.transfer(ctx, cmdUp, b.sz.BulkBytes)
+		if err != nil {
+			b.failed("bulk up", err)
+			return 0
+		}
 		b.upl = append(b.upl, mibps(b.sz.BulkBytes, d))
-	}
+		return mib
+	})
 	var wg sync.WaitGroup
 	errs := make([]error, b.sz.Parallel)
 	start := time.Now()
@@ -407,8 +479,17 @@ func (b *bench) http(ctx context.Context) {
 			r = &httpRun{}
 			b.httpRuns[w.path] = r
 		}
-		if err := b.httpLoad(ctx, "http://"+b.up.http.Addr().String()+w.path, r); err != nil {
-			b.failed("http "+w.path, err)
+		load := func() float64 {
+			n := r.n
+			if err := b.httpLoad(ctx, "http://"+b.up.http.Addr().String()+w.path, r); err != nil {
+				b.failed("http "+w.path, err)
+			}
+			return float64(r.n - n)
+		}
+		if w.rate == mHTTPSmall {
+			b.measureCPU(&b.smallCPU, load)
+		} else {
+			load()
 		}
 	}
 }
