@@ -1,16 +1,19 @@
 // Package ticket issues and verifies session tickets without a database. A token is an HMAC-SHA256,
-// made with the broker's secret, over the role, the session id and the expiry; the role, the expiry
-// and a fingerprint of the session travel in the token, so the broker recomputes the MAC from its
-// secret alone and compares in constant time.
+// made with the broker's secret, over the role, the session id, the expiry and a random nonce; the
+// role, the expiry, the nonce and a fingerprint of the session travel in the token, so the broker
+// recomputes the MAC from its secret alone and compares in constant time.
 //
-// A token looks like "v2.<role>.<expiry-unix>.<session-fingerprint>.<mac>", role "w" (worker: proxy
-// credentials) or "p" (provider: tunnel login); everything before the last dot is public (see Public)
-// and the MAC is the secret part. No error of this package contains a token, a MAC or a session id a
+// A token looks like "v3.<role>.<expiry-unix>.<nonce>.<session-fingerprint>.<mac>", role "w" (worker:
+// proxy credentials) or "p" (provider: tunnel login); everything before the last dot is public (see
+// Public) and the MAC is the secret part. The nonce makes every ticket a token of its own, so that
+// one of several tickets issued together can be revoked. Version 2 tokens (the same without the
+// nonce) are still accepted until they expire, and no longer issued. No error of this package contains a token, a MAC or a session id a
 // client sent: a client may send a token where a session id belongs.
 package ticket
 
 import (
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -31,8 +34,15 @@ const MaxSessionLen = 128
 // EnvSecret is the environment variable that holds the secret when no secret file is given.
 const EnvSecret = "SWARM_PROXY_SECRET"
 
-// tokenVersion is the first field of every token and the prefix of the MAC input.
-const tokenVersion = "v2"
+// Token versions: the first field of a token and the prefix of its MAC input. Issue makes
+// tokenVersion; tokenV2 (no nonce) is still verified.
+const (
+	tokenVersion = "v3"
+	tokenV2      = "v2"
+)
+
+// nonceLen is how many random bytes a token's nonce holds.
+const nonceLen = 8
 
 // Role is what a ticket lets its holder do.
 type Role string
@@ -73,7 +83,8 @@ func roleOf(code string) (Role, bool) {
 
 // Errors returned (wrapped) by Verify and the helpers; match them with errors.Is.
 var (
-	// ErrMalformed: the token is not of the form v2.<role>.<expiry>.<fingerprint>.<mac>.
+	// ErrMalformed: the token is not of the form v3.<role>.<expiry>.<nonce>.<fingerprint>.<mac> (or a
+	// version 2 token, which has no nonce).
 	ErrMalformed = errors.New("malformed token")
 	// ErrWrongSession: the token was issued for another session.
 	ErrWrongSession = errors.New("token was issued for another session")
@@ -191,18 +202,28 @@ func (a *Authority) Issue(session string, role Role, ttl time.Duration) (Ticket,
 		return Ticket{}, fmt.Errorf("issue ticket: ttl %v must be positive", ttl)
 	}
 	exp := a.now().Add(ttl).Truncate(time.Second)
-	tok := a.token(session, role, exp.Unix())
-	return Ticket{SessionID: session, Role: role, Token: tok, TokenID: TokenID(tok), ExpiresAt: exp.UTC()}, nil
+	nonce := make([]byte, nonceLen)
+	if _, err := rand.Read(nonce); err != nil {
+		return Ticket{}, fmt.Errorf("issue ticket: nonce: %w", err)
+	}
+	p := Parsed{Role: role, Expiry: exp.UTC(), version: tokenVersion, expiry: strconv.FormatInt(exp.Unix(), 10),
+		nonce: b64(nonce), fingerprint: fingerprint(session)}
+	tok := a.token(session, p)
+	return Ticket{SessionID: session, Role: role, Token: tok, TokenID: TokenID(tok), ExpiresAt: p.Expiry}, nil
 }
 
-func (a *Authority) token(session string, role Role, exp int64) string {
-	e := strconv.FormatInt(exp, 10)
-	return tokenVersion + "." + role.code() + "." + e + "." + fingerprint(session) + "." + b64(a.mac(session, role, e))
+// token returns the genuine token for session with p's public fields.
+func (a *Authority) token(session string, p Parsed) string {
+	return p.public() + "." + b64(a.mac(session, p))
 }
 
-func (a *Authority) mac(session string, role Role, exp string) []byte {
+func (a *Authority) mac(session string, p Parsed) []byte {
+	in := p.version + "|" + p.Role.code() + "|" + session + "|" + p.expiry
+	if p.version != tokenV2 {
+		in += "|" + p.nonce
+	}
 	m := hmac.New(sha256.New, a.secret)
-	m.Write([]byte(tokenVersion + "|" + role.code() + "|" + session + "|" + exp))
+	m.Write([]byte(in))
 	return m.Sum(nil)
 }
 
@@ -225,9 +246,20 @@ func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 type Parsed struct {
 	Role        Role
 	Expiry      time.Time
+	version     string
 	expiry      string
+	nonce       string // "" in a version 2 token
 	fingerprint string
 	mac         []byte
+}
+
+// public returns the token's public part from its fields.
+func (p Parsed) public() string {
+	f := []string{p.version, p.Role.code(), p.expiry}
+	if p.version != tokenV2 {
+		f = append(f, p.nonce)
+	}
+	return strings.Join(append(f, p.fingerprint), ".")
 }
 
 // Parse splits a token into its fields without checking the MAC. Its errors never quote the token.
@@ -239,8 +271,17 @@ func Parse(token string) (Parsed, error) {
 	if len(f) == 4 && f[0] == "v1" {
 		return Parsed{}, fmt.Errorf("%w: a version 1 token has no role; issue a new ticket (swarm-proxy ticket --role worker|provider)", ErrMalformed)
 	}
-	if len(f) != 5 || f[0] != tokenVersion {
-		return Parsed{}, fmt.Errorf("%w: want v2.<role>.<expiry>.<fingerprint>.<mac>", ErrMalformed)
+	var nonce string
+	switch {
+	case len(f) == 6 && f[0] == tokenVersion:
+		nonce = f[3]
+		if b, err := base64.RawURLEncoding.DecodeString(nonce); err != nil || len(b) != nonceLen || b64(b) != nonce {
+			return Parsed{}, fmt.Errorf("%w: the nonce is not %d bytes of base64url", ErrMalformed, nonceLen)
+		}
+		f = append(f[:3], f[4:]...)
+	case len(f) == 5 && f[0] == tokenV2:
+	default:
+		return Parsed{}, fmt.Errorf("%w: want v3.<role>.<expiry>.<nonce>.<fingerprint>.<mac>", ErrMalformed)
 	}
 	role, ok := roleOf(f[1])
 	if !ok {
@@ -253,11 +294,15 @@ func Parse(token string) (Parsed, error) {
 	if len(f[3]) != 8 {
 		return Parsed{}, fmt.Errorf("%w: the session fingerprint is not 8 characters", ErrMalformed)
 	}
+	// The encoding must be the canonical one: a lenient decoder ignores the last character's low
+	// bits, and four spellings of one MAC would be four token ids, three of them not on a revocation
+	// list that names the fourth.
 	mac, err := base64.RawURLEncoding.DecodeString(f[4])
-	if err != nil || len(mac) != sha256.Size {
+	if err != nil || len(mac) != sha256.Size || b64(mac) != f[4] {
 		return Parsed{}, fmt.Errorf("%w: the MAC is not %d bytes of base64url", ErrMalformed, sha256.Size)
 	}
-	return Parsed{Role: role, Expiry: time.Unix(exp, 0).UTC(), expiry: f[2], fingerprint: f[3], mac: mac}, nil
+	return Parsed{Role: role, Expiry: time.Unix(exp, 0).UTC(), version: f[0], expiry: f[2], nonce: nonce,
+		fingerprint: f[3], mac: mac}, nil
 }
 
 // LooksLikeToken reports whether s parses as a token: a client that sends one as its session id has
@@ -277,7 +322,7 @@ func (a *Authority) Verify(session, token string, role Role) (time.Time, error) 
 	if err != nil {
 		return time.Time{}, fmt.Errorf("verify token: %w", err)
 	}
-	return a.check(session, p, role, token, hmac.Equal(p.mac, a.mac(session, p.Role, p.expiry)))
+	return a.check(session, p, role, token, hmac.Equal(p.mac, a.mac(session, p)))
 }
 
 // check runs the checks common to Verify and VerifyProof once the MAC or proof has been compared.
@@ -328,7 +373,7 @@ func (a *Authority) VerifyProof(session, public string, challenge, proof []byte,
 	if err != nil {
 		return time.Time{}, "", fmt.Errorf("verify proof: %w", err)
 	}
-	token := a.token(session, p.Role, p.Expiry.Unix())
+	token := a.token(session, p)
 	exp, err := a.check(session, p, role, token, hmac.Equal(proof, Proof(token, challenge)))
 	if err != nil {
 		return time.Time{}, "", err

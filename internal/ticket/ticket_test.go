@@ -37,10 +37,25 @@ func TestVerify(t *testing.T) {
 	flip := []byte(tk.Token)
 	flip[len(flip)-2] ^= 1
 	expTk := tk.Token
-	// Tamper with the expiry or the role: neither may verify.
+	// Tamper with the expiry, the role or the nonce: none may verify.
 	parts := strings.Split(tk.Token, ".")
-	later := strings.Join([]string{parts[0], parts[1], "1900000000", parts[3], parts[4]}, ".")
-	promoted := strings.Join([]string{parts[0], "p", parts[2], parts[3], parts[4]}, ".")
+	if len(parts) != 6 || parts[0] != "v3" || len(parts[3]) != 11 || len(parts[5]) != 43 {
+		t.Fatalf("token %q is not v3.<role>.<expiry>.<nonce>.<fingerprint>.<mac>", tk.Token)
+	}
+	with := func(i int, v string) string {
+		f := append([]string(nil), parts...)
+		f[i] = v
+		return strings.Join(f, ".")
+	}
+	later := with(2, "1900000000")
+	promoted := with(1, "p")
+	renonced := with(3, "AAAAAAAAAAA")
+	// The MAC's last character carries 2 bits of padding: other spellings of the same bytes are
+	// malformed, not another token with an id of its own.
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	respelled := with(5, parts[5][:42]+string(alphabet[strings.IndexByte(alphabet, parts[5][42])^1]))
+	v2 := (Parsed{Role: RoleWorker, version: "v2", expiry: parts[2], fingerprint: parts[4]})
+	v2Token := a.token("sess-1", v2)
 	revoked := &Revocations{}
 
 	tests := []struct {
@@ -56,14 +71,18 @@ func TestVerify(t *testing.T) {
 		{"other session", "sess-1", sess2.Token, now, ErrWrongSession},
 		{"tampered mac", "sess-1", string(flip), now, ErrInvalid},
 		{"tampered expiry", "sess-1", later, now, ErrInvalid},
+		{"tampered nonce", "sess-1", renonced, now, ErrInvalid},
+		{"MAC spelled another way", "sess-1", respelled, now, ErrMalformed},
+		{"version 2 token, still accepted", "sess-1", v2Token, now, nil},
+		{"version 2 token with a nonce", "sess-1", "v2" + tk.Token[2:], now, ErrMalformed},
 		{"worker token relabelled provider", "sess-1", promoted, now, ErrInvalid},
 		{"provider token as worker credentials", "sess-1", prov.Token, now, ErrWrongRole},
 		{"revoked session", "sess-r", "", now, ErrRevoked},
 		{"other secret", "sess-1", otherTk.Token, now, ErrInvalid},
 		{"empty", "sess-1", "", now, ErrMalformed},
 		{"garbage", "sess-1", "hello", now, ErrMalformed},
-		{"bad version", "sess-1", "v3" + tk.Token[2:], now, ErrMalformed},
-		{"version 1 token", "sess-1", "v1.1800003600.AAAAAAAA." + parts[4], now, ErrMalformed},
+		{"bad version", "sess-1", "v4" + tk.Token[2:], now, ErrMalformed},
+		{"version 1 token", "sess-1", "v1.1800003600.AAAAAAAA." + parts[5], now, ErrMalformed},
 		{"bad session", "a:b", tk.Token, now, ErrBadSession},
 	}
 	revFile := filepath.Join(t.TempDir(), "revoked")
@@ -86,10 +105,53 @@ func TestVerify(t *testing.T) {
 			if err == nil && !exp.Equal(tk.ExpiresAt) {
 				t.Fatalf("expiry %v, want %v", exp, tk.ExpiresAt)
 			}
-			if err != nil && (strings.Contains(err.Error(), parts[4]) || strings.Contains(err.Error(), tt.session)) {
+			if err != nil && (strings.Contains(err.Error(), parts[5]) || strings.Contains(err.Error(), tt.session)) {
 				t.Fatalf("error %q repeats the MAC or the session id", err)
 			}
 		})
+	}
+}
+
+// TestTicketsIssuedTogether: tickets of one session and role issued in the same second are tokens of
+// their own, so one of them can be revoked by its id and the others keep working.
+func TestTicketsIssuedTogether(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	a := newTestAuthority(t, now)
+	var tks []Ticket
+	ids := map[string]bool{}
+	for range 3 {
+		tk, err := a.Issue("fleet", RoleWorker, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ids[tk.TokenID] {
+			t.Fatalf("token id %s issued twice", tk.TokenID)
+		}
+		ids[tk.TokenID] = true
+		tks = append(tks, tk)
+	}
+	a.Revoked = func(_, id string) bool { return id == tks[0].TokenID }
+	if _, err := a.Verify("fleet", tks[0].Token, RoleWorker); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("revoked ticket: %v", err)
+	}
+	for _, tk := range tks[1:] {
+		if _, err := a.Verify("fleet", tk.Token, RoleWorker); err != nil {
+			t.Fatalf("ticket issued with the revoked one: %v", err)
+		}
+	}
+	// The same for a provider's handshake, where the broker rebuilds the token from its public part.
+	p1, _ := a.Issue("fleet", RoleProvider, time.Hour)
+	p2, _ := a.Issue("fleet", RoleProvider, time.Hour)
+	a.Revoked = func(_, id string) bool { return id == p1.TokenID }
+	for _, c := range []struct {
+		tk   Ticket
+		want error
+	}{{p1, ErrRevoked}, {p2, nil}} {
+		pub, _ := Public(c.tk.Token)
+		_, id, err := a.VerifyProof("fleet", pub, []byte("n"), Proof(c.tk.Token, []byte("n")), RoleProvider)
+		if !errors.Is(err, c.want) || (c.want == nil) != (err == nil) || (err == nil && id != c.tk.TokenID) {
+			t.Fatalf("VerifyProof = %q, %v; want id %q, %v", id, err, c.tk.TokenID, c.want)
+		}
 	}
 }
 
@@ -151,6 +213,7 @@ func TestProof(t *testing.T) {
 		{"other session", "t", pub, nonce, proof, now, ErrWrongSession},
 		{"expired", "s", pub, nonce, proof, now.Add(time.Minute), ErrExpired},
 		{"malformed public", "s", "v2.x", nonce, proof, now, ErrMalformed},
+		{"public part of another ticket", "s", pub[:len(pub)-len("AAAAAAAAAAA.")-8] + "AAAAAAAAAAA" + pub[len(pub)-9:], nonce, proof, now, ErrInvalid},
 		{"short proof", "s", pub, nonce, proof[:5], now, ErrInvalid},
 	}
 	for _, tt := range tests {
@@ -247,8 +310,11 @@ func TestTicketJSON(t *testing.T) {
 func FuzzVerify(f *testing.F) {
 	a, _ := New(testSecret)
 	a.Now = func() time.Time { return time.Unix(1_800_000_000, 0) }
-	tk, _ := a.Issue("s", RoleWorker, time.Hour)
-	for _, s := range []string{tk.Token, "", "v2", "v2....", "v2.w.1.AAAAAAAA.", "v2.x.-1.x.y", "v2.w.01.AAAAAAAA." + strings.Repeat("A", 43), tk.Token + "."} {
+	// A fixed nonce: the fuzzing workers run this setup again, and must know the same token.
+	tk := Ticket{ExpiresAt: time.Unix(1_800_003_600, 0).UTC()}
+	tk.Token = a.token("s", Parsed{Role: RoleWorker, version: tokenVersion, expiry: "1800003600", nonce: "AAAAAAAAAAA", fingerprint: fingerprint("s")})
+	for _, s := range []string{tk.Token, "", "v2", "v2....", "v2.w.1.AAAAAAAA.", "v2.x.-1.x.y", "v2.w.01.AAAAAAAA." + strings.Repeat("A", 43), tk.Token + ".",
+		"v3.w.1.AAAAAAAAAAA.AAAAAAAA." + strings.Repeat("A", 43), "v3.w.1.AAAAAAAAAAB.AAAAAAAA." + strings.Repeat("A", 43)} {
 		f.Add("s", s)
 	}
 	f.Fuzz(func(t *testing.T, session, token string) {

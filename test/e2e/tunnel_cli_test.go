@@ -120,7 +120,7 @@ func TestTicketFilesAndSecrets(t *testing.T) {
 	}
 	var tk map[string]string
 	data, _ := os.ReadFile(out)
-	if err := json.Unmarshal(data, &tk); err != nil || tk["role"] != "provider" || !strings.HasPrefix(tk["token"], "v2.p.") || tk["token_id"] == "" {
+	if err := json.Unmarshal(data, &tk); err != nil || tk["role"] != "provider" || !strings.HasPrefix(tk["token"], "v3.p.") || tk["token_id"] == "" {
 		t.Fatalf("ticket file %s: %v", data, err)
 	}
 	open := WriteFile(t, "open-secret", "e2e-secret-0123456789-0123456789-0123456789\n")

@@ -598,19 +598,25 @@ func TestTunnelForgedTokensNeverReachTheProvider(t *testing.T) {
 	}
 
 	f := strings.Split(tk["token"], ".")
-	if len(f) != 5 || len(f[4]) != 43 {
-		t.Fatalf("token %q is not v2.<role>.<expiry>.<fingerprint>.<mac>", tk["token"])
+	if len(f) != 6 || len(f[3]) != 11 || len(f[5]) != 43 {
+		t.Fatalf("token %q is not v3.<role>.<expiry>.<nonce>.<fingerprint>.<mac>", tk["token"])
 	}
-	// Flip the MAC's first character: it carries six bits of the first byte, whereas the last
-	// character's low bits are padding that a lenient decoder ignores.
-	flipped := map[byte]byte{'A': 'B'}[f[4][0]]
-	if flipped == 0 {
-		flipped = 'A'
+	with := func(i int, v string) string {
+		g := append([]string(nil), f...)
+		g[i] = v
+		return strings.Join(g, ".")
 	}
-	badMAC := strings.Join([]string{f[0], f[1], f[2], f[3], string(flipped) + f[4][1:]}, ".")
+	// other returns a base64url character other than c whose 6-bit value differs from c's in bit.
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	other := func(c byte, bit int) string { return string(alphabet[strings.IndexByte(alphabet, c)^bit]) }
+	// Flip the MAC's first character: it carries six bits of the first byte. The last character's
+	// two low bits are padding, which a lenient decoder ignores: that spelling must be malformed.
+	badMAC := with(5, other(f[5][0], 1)+f[5][1:])
+	respelled := with(5, f[5][:42]+other(f[5][42], 1))
 	exp, _ := strconv.ParseInt(f[2], 10, 64)
-	movedExpiry := strings.Join([]string{f[0], f[1], strconv.FormatInt(exp+3600, 10), f[3], f[4]}, ".")
-	promoted := strings.Join([]string{f[0], "p", f[2], f[3], f[4]}, ".")
+	movedExpiry := with(2, strconv.FormatInt(exp+3600, 10))
+	promoted := with(1, "p")
+	renonced := with(3, other(f[3][0], 1)+f[3][1:])
 	var provTicket struct{ Token string }
 	if data, err := os.ReadFile(b.providerTicket("mine", "1h")); err != nil || json.Unmarshal(data, &provTicket) != nil {
 		t.Fatalf("provider ticket: %v", err)
@@ -634,7 +640,9 @@ func TestTunnelForgedTokensNeverReachTheProvider(t *testing.T) {
 		name, token, reason string
 	}{
 		{"MAC with one character flipped", badMAC, notValid},
+		{"MAC spelled another way", respelled, "malformed token: the MAC is not 32 bytes of base64url"},
 		{"expiry moved", movedExpiry, notValid},
+		{"nonce changed", renonced, notValid},
 		{"issued with another secret", foreign.Token, notValid},
 		{"worker token relabelled as a provider's", promoted, notValid},
 		{"token of another session", theirs["token"], "token was issued for another session"},
