@@ -291,3 +291,22 @@ func TestPolicyGenerateDenied(t *testing.T) {
 		t.Errorf("generate --include-denied: %v\n%s", r.err, r.stdout)
 	}
 }
+
+// TestPolicyExplainNAT64Prefix: explain judges an address under the policy's own NAT64 prefix by
+// the IPv4 address it carries, as the proxy does.
+func TestPolicyExplainNAT64Prefix(t *testing.T) {
+	p, err := policy.Parse("policy.yaml", []byte("mode: discovery\nnat64_prefixes: [\"2a01:4f8:64::/96\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := explain(&b, p, policy.Target{Host: "2a01:4f8:64::a9fe:a9fe", Port: 80}, ownMachine{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	out := strings.Join(strings.Fields(b.String()), " ")
+	for _, w := range []string{"(an IP address: a NAT64 address that carries 169.254.169.254, a cloud metadata address)", "decision deny"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q:\n%s", w, b.String())
+		}
+	}
+}

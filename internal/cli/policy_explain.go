@@ -75,7 +75,7 @@ func explain(w io.Writer, p *policy.Policy, t policy.Target, machine policy.Mach
 	switch {
 	case isIP:
 		// Explained on the machine that runs it: its own addresses are refused like loopback.
-		if phrase = policy.Classify(addr).Phrase(); phrase == "" && machine.Owns(addr) {
+		if phrase = p.Classify(addr).Phrase(); phrase == "" && machine.Owns(addr) {
 			phrase = policy.ThisMachine
 		}
 		what := "an IP address, checked as it is"

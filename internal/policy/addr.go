@@ -15,7 +15,9 @@ import (
 // inside an IPv6 one are refused when the IPv4 address they carry is, because that is where a
 // translator or relay delivers the packets: IPv4-mapped, NAT64 (64:ff9b::/96), 6to4 and Teredo
 // are otherwise judged by that address alone (the table marks them global), while local-use
-// NAT64, IPv4-compatible and IPv4-translated addresses are refused in any case.
+// NAT64, IPv4-compatible and IPv4-translated addresses are refused in any case. A policy adds the
+// NAT64 prefixes of its own network (nat64_prefixes, RFC 6052), and matches its cidr rules against
+// the carried IPv4 address as well as the IPv6 one (Policy.Classify, Policy.Carried).
 
 // embedding says where an IPv6 range carries an IPv4 address.
 type embedding int
@@ -189,6 +191,40 @@ func Classify(addr netip.Addr) Class {
 		return Class{}
 	}
 	return Class{Kind: r.kind}
+}
+
+// Carried returns the IPv4 address that an IPv6 address is delivered to, in the forms of the table
+// that reach the IPv4 internet (NAT64 64:ff9b::/96, 6to4, Teredo), and the form's name; an invalid
+// address and "" for any other address. The forms refused in any case (local-use NAT64,
+// IPv4-compatible, IPv4-translated) are not among them: only a rule for the IPv6 address admits one.
+func Carried(addr netip.Addr) (netip.Addr, string) {
+	if !addr.Is6() || addr.Is4In6() {
+		return netip.Addr{}, ""
+	}
+	if r := longestMatch(addr.WithZone("")); r != nil && r.embed != embedNone && r.global {
+		return embedded(addr, r.embed), r.kind
+	}
+	return netip.Addr{}, ""
+}
+
+// nat64Lengths are the prefix lengths RFC 6052 defines for IPv4-embedded IPv6 addresses.
+var nat64Lengths = []int{32, 40, 48, 56, 64, 96}
+
+// nat64Embedded extracts the IPv4 address that addr carries under a NAT64 prefix of bits bits
+// (one of nat64Lengths), as RFC 6052 section 2.2 lays it out: the 32 bits follow the prefix,
+// skipping bits 64 to 71 (the "u" octet).
+func nat64Embedded(addr netip.Addr, bits int) netip.Addr {
+	b := addr.As16()
+	var v4 [4]byte
+	i := bits / 8
+	for n := range v4 {
+		if i == 8 {
+			i++
+		}
+		v4[n] = b[i]
+		i++
+	}
+	return netip.AddrFrom4(v4)
 }
 
 // SpecialKind says why addr is not a public destination, or returns "" for a public unicast

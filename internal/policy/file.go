@@ -21,6 +21,9 @@ type File struct {
 	Mode    string     `yaml:"mode"`
 	Allow   []RuleSpec `yaml:"allow,omitempty"`
 	Deny    []RuleSpec `yaml:"deny,omitempty"`
+	// NAT64Prefixes are the network's own NAT64 prefixes (RFC 6052: /32, /40, /48, /56, /64 or /96),
+	// beside the well-known 64:ff9b::/96, whose addresses are judged by the IPv4 address they carry.
+	NAT64Prefixes []string `yaml:"nat64_prefixes,omitempty,flow"`
 }
 
 // RuleSpec is one entry of allow or deny: exactly one of Host and CIDR, optionally limited to Ports.
@@ -135,6 +138,14 @@ func Parse(name string, data []byte) (*Policy, error) {
 			}
 		}
 	}
+	for i, s := range f.NAT64Prefixes {
+		n, err := parseNAT64Prefix(s)
+		if err != nil {
+			problem(lines.key["nat64_prefixes"], "nat64_prefixes#%d: %v", i+1, err)
+			continue
+		}
+		p.NAT64 = append(p.NAT64, n)
+	}
 	for _, pr := range p.unboundSecrets() {
 		problem(pr.line, "%s", pr.msg)
 	}
@@ -147,6 +158,22 @@ func Parse(name string, data []byte) (*Policy, error) {
 		return nil, fmt.Errorf("%w:\n%s", ErrInvalid, strings.Join(msgs, "\n"))
 	}
 	return p.prepare(), nil
+}
+
+// parseNAT64Prefix checks one entry of nat64_prefixes.
+func parseNAT64Prefix(s string) (netip.Prefix, error) {
+	n, err := netip.ParsePrefix(s)
+	switch {
+	case err != nil:
+		return netip.Prefix{}, fmt.Errorf("%q is not a prefix such as 2001:db8:64::/96", s)
+	case !n.Addr().Is6() || n.Addr().Is4In6():
+		return netip.Prefix{}, fmt.Errorf("%s is not an IPv6 prefix", s)
+	case !slices.Contains(nat64Lengths, n.Bits()):
+		return netip.Prefix{}, fmt.Errorf("%s: a NAT64 prefix is /32, /40, /48, /56, /64 or /96 (RFC 6052)", s)
+	case n.Masked() != n:
+		return netip.Prefix{}, fmt.Errorf("%s has bits set after the prefix length; did you mean %s?", s, n.Masked())
+	}
+	return n, nil
 }
 
 // problemAt is one validation problem and the line it is on.
@@ -356,7 +383,7 @@ var unknownKeyRE = regexp.MustCompile(`^field (\S+) not found in type policy\.(F
 
 // knownKeys names, for each type of the file format, what it is and the keys it has.
 var knownKeys = map[string]struct{ what, keys string }{
-	"File":       {"policy file", "version, mode, allow, deny"},
+	"File":       {"policy file", "version, mode, allow, deny, nat64_prefixes"},
 	"RuleSpec":   {"rule", "host, cidr, ports, name, comment, http, access, inspect, inject, secrets"},
 	"HTTPSpec":   {"http entry", "methods, paths"},
 	"InjectSpec": {"header injection", "header, value"},

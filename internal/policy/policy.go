@@ -27,10 +27,40 @@ const (
 
 // Policy is a validated, immutable policy.
 type Policy struct {
-	Mode   Mode
-	Allow  []Rule
-	Deny   []Rule
+	Mode  Mode
+	Allow []Rule
+	Deny  []Rule
+	// NAT64 are the prefixes of the network's own NAT64 translators (RFC 6052): an address in one
+	// is judged by the IPv4 address it carries, like one in 64:ff9b::/96.
+	NAT64  []netip.Prefix
 	Source string // file the policy came from, or "" for a built-in policy
+}
+
+// Carried returns the IPv4 address that a is translated or relayed to, when a carries one (a NAT64
+// address under one of the policy's prefixes or the well-known one, 6to4, Teredo, ...), and the
+// form's name; an invalid address otherwise.
+func (p *Policy) Carried(a netip.Addr) (netip.Addr, string) {
+	for _, n := range p.NAT64 {
+		if n.Contains(a) {
+			return nat64Embedded(a, n.Bits()), "NAT64"
+		}
+	}
+	return Carried(a)
+}
+
+// Classify is the package's Classify, with the policy's NAT64 prefixes: an address under one is
+// public or refused as the IPv4 address it carries is.
+func (p *Policy) Classify(a netip.Addr) Class {
+	for _, n := range p.NAT64 {
+		if n.Contains(a) {
+			v4 := nat64Embedded(a, n.Bits())
+			if inner := Classify(v4); inner.Refused() {
+				return Class{Kind: inner.Kind, Via: "NAT64", Embedded: v4}
+			}
+			return Class{}
+		}
+	}
+	return Classify(a)
 }
 
 // Rule is one validated allow or deny entry.
@@ -225,20 +255,31 @@ func (p *Policy) DecideOn(m Machine, t Target, addrs []netip.Addr) Decision {
 }
 
 // decideAddr checks one resolved address; it returns the decision and the allow rule that permits it.
+// A cidr rule matches an address that carries an IPv4 address (NAT64, 6to4, Teredo) when it covers
+// either, because the carried one is where a translator or relay delivers the packets: a deny rule
+// for an IPv4 range holds against the IPv6 forms of its addresses, DNS64 answers included.
 func (p *Policy) decideAddr(m Machine, t Target, a netip.Addr, hostRule *Rule) (Decision, *Rule) {
+	v4, via := p.Carried(a)
+	matches := func(r *Rule) bool {
+		return r.matchesAddr(a, t.Port) || v4.IsValid() && r.matchesAddr(v4, t.Port)
+	}
 	for i := range p.Deny {
-		if r := &p.Deny[i]; r.matchesAddr(a, t.Port) {
-			return p.deny(CodeDeniedByRule, r, t, fmt.Sprintf("%s is denied by rule %s", a, r.Describe(p.Source))), nil
+		if r := &p.Deny[i]; matches(r) {
+			what := a.String()
+			if !r.Prefix.Contains(a) {
+				what = fmt.Sprintf("%s (%s for %s)", a, via, v4)
+			}
+			return p.deny(CodeDeniedByRule, r, t, fmt.Sprintf("%s is denied by rule %s", what, r.Describe(p.Source))), nil
 		}
 	}
 	var cidrRule *Rule
 	for i := range p.Allow {
-		if r := &p.Allow[i]; r.matchesAddr(a, t.Port) {
+		if r := &p.Allow[i]; matches(r) {
 			cidrRule = r
 			break
 		}
 	}
-	phrase := Classify(a).Phrase()
+	phrase := p.Classify(a).Phrase()
 	if phrase == "" && m != nil && m.Owns(a) {
 		phrase = ThisMachine
 	}

@@ -154,7 +154,7 @@ func TestParseErrors(t *testing.T) {
 		{"empty", "", "the file is empty"},
 		{"no mode", "allow: []\n", "p.yaml:1: mode is missing"},
 		{"bad mode", "mode: block\n", "p.yaml:1: mode \"block\" is not valid"},
-		{"unknown key", "mode: enforce\nalow:\n  - host: x\n", `p.yaml:2: unknown key "alow" (a policy file has: version, mode, allow, deny)`},
+		{"unknown key", "mode: enforce\nalow:\n  - host: x\n", `p.yaml:2: unknown key "alow" (a policy file has: version, mode, allow, deny, nat64_prefixes)`},
 		{"bad yaml", "mode: enforce\nallow: [\n", "p.yaml:2: did not find expected node content"},
 		{"wrong type", "mode: enforce\nallow:\n  - host: x\n    ports: 443\n", "p.yaml:4: ports must be a list, e.g. ports: [443]"},
 		{"future version", "version: 2\nmode: enforce\n", "p.yaml:1: version 2 is not supported"},
@@ -379,7 +379,7 @@ func TestParseTypeErrors(t *testing.T) {
 		{"deny not a list", "mode: enforce\ndeny:\n  host: evil.example\n", `p.yaml:3: deny must be a list, e.g. deny: [{host: "*.pastebin.com"}]`},
 		{"inspect not a bool", "mode: enforce\nallow:\n  - host: x\n    inspect: maybe\n", `p.yaml:4: inspect must be true or false, not "maybe"`},
 		{"version not a number", "version: one\nmode: enforce\n", "p.yaml:1: version must be a number, e.g. version: 1"},
-		{"file not a mapping", "- mode: enforce\n", `p.yaml:1: a policy file is a mapping of version, mode, allow and deny, e.g. "mode: enforce"`},
+		{"file not a mapping", "- mode: enforce\n", `p.yaml:1: a policy file is a mapping of version, mode, allow, deny and nat64_prefixes, e.g. "mode: enforce"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -23,6 +23,7 @@ var keyExamples = map[string]string{
 	"http": `[{methods: [GET], paths: ["/repos/**"]}]`, "inject": `[{header: Authorization, value: "Bearer {{secret:NAME}}"}]`,
 	"secrets": "[github]", "methods": "[GET, POST]", "paths": `["/api/**"]`, "header": "Authorization", "value": `"Bearer {{secret:NAME}}"`,
 	"allow": "[{host: api.github.com, ports: [443]}]", "deny": `[{host: "*.pastebin.com"}]`,
+	"nat64_prefixes": `["2001:db8:64::/96"]`,
 }
 
 // typeMessage says what is wrong with the value yaml could not decode at line, given yaml's message
@@ -34,7 +35,7 @@ func typeMessage(doc *yaml.Node, line int, m string) (msg string, ok bool) {
 	}
 	tag, value, goType := sm[1], sm[2], sm[3]
 	if goType == "policy.File" {
-		return `a policy file is a mapping of version, mode, allow and deny, e.g. "mode: enforce"`, true
+		return `a policy file is a mapping of version, mode, allow, deny and nat64_prefixes, e.g. "mode: enforce"`, true
 	}
 	key, node, item := keyAt(doc, line, tag, value)
 	if key == "" {
