@@ -26,9 +26,10 @@ func TestNAT64Embedded(t *testing.T) {
 	}
 }
 
-// TestCidrRulesMatchCarriedAddress: a cidr rule for an IPv4 range holds against the IPv6 forms that
-// deliver to its addresses (NAT64, 6to4, Teredo), for IP literals and for names (DNS64 answers).
-// Before, a deny rule for 8.8.8.0/24 let [64:ff9b::808:808] through in discovery mode.
+// TestCidrRulesMatchCarriedAddress: a deny cidr rule for an IPv4 range holds against the IPv6 forms
+// that deliver to its addresses (NAT64, 6to4, Teredo), for IP literals and for names (DNS64
+// answers). Before, a deny rule for 8.8.8.0/24 let [64:ff9b::808:808] through in discovery mode.
+// An allow cidr rule does not reach through them: the carried address is another machine's view.
 func TestCidrRulesMatchCarriedAddress(t *testing.T) {
 	p := mustParse(t, "mode: discovery\ndeny:\n  - cidr: 8.8.8.0/24\n    name: no-dns\n")
 	for _, host := range []string{"8.8.8.8", "64:ff9b::808:808", "2002:808:808::1", "2001:0:4136:e378:8000:63bf:f7f7:f7f7", "::ffff:8.8.8.8"} {
@@ -45,13 +46,20 @@ func TestCidrRulesMatchCarriedAddress(t *testing.T) {
 		t.Errorf("a NAT64 address outside the rule: %+v", d)
 	}
 
-	// An allow cidr rule for a private IPv4 range admits its NAT64 form, which is otherwise refused.
+	// An allow cidr rule for a private IPv4 range does not admit its NAT64 form, nor does a
+	// provider's --allow-targets loopback admit the forms of 127.0.0.1, which leave the machine.
 	p = mustParse(t, "mode: enforce\nallow:\n  - cidr: 10.20.0.0/16\n    name: db\n")
-	if d := p.Decide(Target{Host: "64:ff9b::a14:304", Port: 5432}, nil); !d.Allow || d.RuleID() != "db" {
-		t.Errorf("NAT64 form of 10.20.3.4: %+v, want allowed by db", d)
+	if d := p.Decide(Target{Host: "64:ff9b::a14:304", Port: 5432}, nil); d.Allow || d.Code != CodeSpecialAddr {
+		t.Errorf("NAT64 form of 10.20.3.4: %+v, want refused as private", d)
 	}
-	if d := p.Decide(Target{Host: "64:ff9b::a15:304", Port: 5432}, nil); d.Allow || d.Code != CodeSpecialAddr {
-		t.Errorf("NAT64 form of 10.21.3.4: %+v, want refused as private", d)
+	loopback, err := ForTargets(TargetsLoopback)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, host := range []string{"64:ff9b::7f00:1", "2002:7f00:1::1", "2001:0:4136:e378:8000:63bf:80ff:fffe"} {
+		if d := loopback.Decide(Target{Host: host, Port: 22}, nil); d.Allow {
+			t.Errorf("--allow-targets loopback admits %s: %+v", host, d)
+		}
 	}
 }
 

@@ -255,16 +255,15 @@ func (p *Policy) DecideOn(m Machine, t Target, addrs []netip.Addr) Decision {
 }
 
 // decideAddr checks one resolved address; it returns the decision and the allow rule that permits it.
-// A cidr rule matches an address that carries an IPv4 address (NAT64, 6to4, Teredo) when it covers
-// either, because the carried one is where a translator or relay delivers the packets: a deny rule
-// for an IPv4 range holds against the IPv6 forms of its addresses, DNS64 answers included.
+// A deny cidr rule matches an address that carries an IPv4 address (NAT64, 6to4, Teredo) when it
+// covers either, because the carried one is where a translator or relay delivers the packets: a
+// deny rule for an IPv4 range holds against the IPv6 forms of its addresses, DNS64 answers included.
+// An allow cidr rule matches only the address itself: the carried address is reached through
+// another machine, whose loopback and private ranges are not the ones the rule names.
 func (p *Policy) decideAddr(m Machine, t Target, a netip.Addr, hostRule *Rule) (Decision, *Rule) {
 	v4, via := p.Carried(a)
-	matches := func(r *Rule) bool {
-		return r.matchesAddr(a, t.Port) || v4.IsValid() && r.matchesAddr(v4, t.Port)
-	}
 	for i := range p.Deny {
-		if r := &p.Deny[i]; matches(r) {
+		if r := &p.Deny[i]; r.matchesAddr(a, t.Port) || v4.IsValid() && r.matchesAddr(v4, t.Port) {
 			what := a.String()
 			if !r.Prefix.Contains(a) {
 				what = fmt.Sprintf("%s (%s for %s)", a, via, v4)
@@ -274,7 +273,7 @@ func (p *Policy) decideAddr(m Machine, t Target, a netip.Addr, hostRule *Rule) (
 	}
 	var cidrRule *Rule
 	for i := range p.Allow {
-		if r := &p.Allow[i]; matches(r) {
+		if r := &p.Allow[i]; r.matchesAddr(a, t.Port) {
 			cidrRule = r
 			break
 		}
