@@ -310,3 +310,22 @@ func TestPolicyExplainNAT64Prefix(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyExplainCarriedDeny: explain lists every deny rule that holds against a NAT64 address
+// through the IPv4 address it carries, not only the one that decided.
+func TestPolicyExplainCarriedDeny(t *testing.T) {
+	p, err := policy.Parse("policy.yaml", []byte("mode: discovery\ndeny:\n  - cidr: 8.8.8.0/24\n    name: first\n  - cidr: 8.8.0.0/16\n    name: second\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := explain(&b, p, policy.Target{Host: "64:ff9b::808:808", Port: 53}, ownMachine{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	out := strings.Join(strings.Fields(b.String()), " ")
+	for _, w := range []string{"decision deny", "rule first (cidr 8.8.8.0/24", "reason 64:ff9b::808:808 (NAT64 for 8.8.8.8) is denied by rule first", "also matches second (cidr 8.8.0.0/16"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q:\n%s", w, b.String())
+		}
+	}
+}

@@ -204,8 +204,12 @@ func otherMatches(p *policy.Policy, t policy.Target, addrs []netip.Addr, decided
 	if addr, isIP := t.Addr(); isIP {
 		addrs = []netip.Addr{addr}
 	}
+	// A deny rule also covers an address through the IPv4 address it carries, as the proxy decides.
 	covers := func(r *policy.Rule) bool {
-		return r.Prefix.IsValid() && slices.ContainsFunc(addrs, r.Prefix.Contains)
+		return r.Prefix.IsValid() && slices.ContainsFunc(addrs, func(a netip.Addr) bool {
+			v4, _ := p.Carried(a)
+			return r.Prefix.Contains(a) || r.List == "deny" && v4.IsValid() && r.Prefix.Contains(v4)
+		})
 	}
 	var out []string
 	for _, rules := range [][]policy.Rule{p.Deny, p.Allow} {
