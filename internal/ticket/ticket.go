@@ -7,8 +7,11 @@
 // proxy credentials) or "p" (provider: tunnel login); everything before the last dot is public (see
 // Public) and the MAC is the secret part. The nonce makes every ticket a token of its own, so that
 // one of several tickets issued together can be revoked. Version 2 tokens (the same without the
-// nonce) are still accepted until they expire, and no longer issued. No error of this package contains a token, a MAC or a session id a
-// client sent: a client may send a token where a session id belongs.
+// nonce) are still accepted until they expire, and no longer issued. Only the canonical base64url
+// spelling of a field parses, so one token has one token id.
+//
+// No error of this package contains a token, a MAC or a session id a client sent: a client may send
+// a token where a session id belongs.
 package ticket
 
 import (
