@@ -16,8 +16,8 @@ import (
 // translator or relay delivers the packets: IPv4-mapped, NAT64 (64:ff9b::/96), 6to4 and Teredo
 // are otherwise judged by that address alone (the table marks them global), while local-use
 // NAT64, IPv4-compatible and IPv4-translated addresses are refused in any case. A policy adds the
-// NAT64 prefixes of its own network (nat64_prefixes, RFC 6052), and matches its cidr rules against
-// the carried IPv4 address as well as the IPv6 one (Policy.Classify, Policy.Carried).
+// NAT64 prefixes of its own network (nat64_prefixes, RFC 6052), and matches its deny cidr rules
+// against the carried IPv4 address as well as the IPv6 one (Policy.Classify, Policy.Carried).
 
 // embedding says where an IPv6 range carries an IPv4 address.
 type embedding int
