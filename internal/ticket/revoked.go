@@ -31,8 +31,10 @@ func (r *Revocations) Len() int {
 	return 0
 }
 
-// Load reads path and puts its entries in force. A line that is neither a session id nor a token id
-// is an error naming its line number; the list in force is then left as it was.
+// Load reads path and puts its entries in force. A line that is a whole token stands for its token
+// id: the list is where an operator pastes the token of a leaked ticket, and a token is never equal
+// to an id, so taken as it is the line would revoke nothing. A line that is none of these is an
+// error naming its line number; the list in force is then left as it was.
 func (r *Revocations) Load(path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -46,10 +48,14 @@ func (r *Revocations) Load(path string) error {
 		if line == "" {
 			continue
 		}
-		if ValidSession(line) != nil {
-			return fmt.Errorf("revocation list %s line %d: not a session id or token id", path, n)
+		switch {
+		case LooksLikeToken(line):
+			m[TokenID(line)] = true
+		case ValidSession(line) != nil:
+			return fmt.Errorf("revocation list %s line %d: not a session id, token id or token", path, n)
+		default:
+			m[line] = true
 		}
-		m[line] = true
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("revocation list %s: %w", path, err)

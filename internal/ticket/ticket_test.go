@@ -173,6 +173,27 @@ func TestTokenAsSessionID(t *testing.T) {
 	}
 }
 
+// TestRevocationsTokenLine: a whole token pasted into the list revokes that token (its id), and not
+// the other tickets of its session.
+func TestRevocationsTokenLine(t *testing.T) {
+	a := newTestAuthority(t, time.Unix(1_800_000_000, 0))
+	leaked, _ := a.Issue("fleet", RoleWorker, time.Hour)
+	other, _ := a.Issue("fleet", RoleWorker, time.Hour)
+	f := filepath.Join(t.TempDir(), "revoked")
+	os.WriteFile(f, []byte(leaked.Token+"  # leaked in a build log\r\n"), 0o600)
+	var r Revocations
+	if err := r.Load(f); err != nil {
+		t.Fatal(err)
+	}
+	a.Revoked = r.Revoked
+	if _, err := a.Verify("fleet", leaked.Token, RoleWorker); !errors.Is(err, ErrRevoked) {
+		t.Errorf("pasted token: %v, want revoked", err)
+	}
+	if _, err := a.Verify("fleet", other.Token, RoleWorker); err != nil {
+		t.Errorf("another ticket of the session: %v", err)
+	}
+}
+
 func TestRevocationsLoad(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad")
