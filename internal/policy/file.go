@@ -139,7 +139,7 @@ func Parse(name string, data []byte) (*Policy, error) {
 		}
 	}
 	for i, s := range f.NAT64Prefixes {
-		n, err := parseNAT64Prefix(s)
+		n, err := ParseNAT64Prefix(s)
 		if err != nil {
 			problem(lines.key["nat64_prefixes"], "nat64_prefixes#%d: %v", i+1, err)
 			continue
@@ -160,8 +160,9 @@ func Parse(name string, data []byte) (*Policy, error) {
 	return p.prepare(), nil
 }
 
-// parseNAT64Prefix checks one entry of nat64_prefixes.
-func parseNAT64Prefix(s string) (netip.Prefix, error) {
+// ParseNAT64Prefix parses one entry of nat64_prefixes: an IPv6 prefix of a length RFC 6052 defines,
+// with no bits set after it.
+func ParseNAT64Prefix(s string) (netip.Prefix, error) {
 	n, err := netip.ParsePrefix(s)
 	switch {
 	case err != nil:

@@ -12,9 +12,10 @@ import (
 // addrCheck is the address stage of the broker's policy for one target name. The broker cannot
 // resolve the name (its provider does, on its own network), so it sends this check in the open
 // header and the provider applies it to every address it resolved, with the same address classifier
-// (policy.SpecialKind) the broker's own Decide uses:
+// the broker's own Decide uses (policy.Policy.Classify, with the broker's NAT64 prefixes):
 //
-//  1. an address in a deny prefix is refused;
+//  1. an address in a deny prefix, or carrying an IPv4 address in one (NAT64, 6to4, Teredo), is
+//     refused;
 //  2. an address in an allow prefix is allowed;
 //  3. an address the classifier calls private, loopback, metadata, ... is refused;
 //  4. any other address is allowed when rest is set (the name was allowed by a host rule, or the
@@ -23,14 +24,14 @@ import (
 // This is the order of policy.Decide for one resolved address, so a name's addresses get the
 // decision they would get on a broker that resolved them itself.
 type addrCheck struct {
-	deny, allow []netip.Prefix
-	rest        bool
+	nat64, deny, allow []netip.Prefix
+	rest               bool
 }
 
 // checkFor builds the check for t, which the broker's policy p admitted at the name stage with
 // decision d.
 func checkFor(p *policy.Policy, t policy.Target, d policy.Decision) addrCheck {
-	c := addrCheck{rest: !d.Pending}
+	c := addrCheck{rest: !d.Pending, nat64: p.NAT64}
 	for i := range p.Deny {
 		if r := &p.Deny[i]; r.Prefix.IsValid() && r.MatchesPort(t.Port) {
 			c.deny = append(c.deny, r.Prefix)
@@ -47,8 +48,10 @@ func checkFor(p *policy.Policy, t policy.Target, d policy.Decision) addrCheck {
 // allows applies the check to one resolved address.
 func (c addrCheck) allows(a netip.Addr) bool {
 	a = a.Unmap()
+	classifier := &policy.Policy{NAT64: c.nat64}
+	v4, _ := classifier.Carried(a)
 	for _, p := range c.deny {
-		if p.Contains(a) {
+		if p.Contains(a) || v4.IsValid() && p.Contains(v4) {
 			return false
 		}
 	}
@@ -57,14 +60,15 @@ func (c addrCheck) allows(a netip.Addr) bool {
 			return true
 		}
 	}
-	if policy.SpecialKind(a) != "" {
+	if classifier.Classify(a).Refused() {
 		return false
 	}
 	return c.rest
 }
 
-// String is the check's field of the open header: "check=" and comma-separated entries, "-prefix"
-// for a deny, "+prefix" for an allow, and a final "*" when rest is set ("check=*" with no rules).
+// String is the check's field of the open header: "check=" and comma-separated entries, "~prefix"
+// for a NAT64 prefix, "-prefix" for a deny, "+prefix" for an allow, in that order, and a final "*"
+// when rest is set ("check=*" with no rules).
 func (c addrCheck) String() string {
 	var b strings.Builder
 	b.WriteString("check=")
@@ -72,7 +76,7 @@ func (c addrCheck) String() string {
 	for _, list := range []struct {
 		sign     string
 		prefixes []netip.Prefix
-	}{{"-", c.deny}, {"+", c.allow}} {
+	}{{"~", c.nat64}, {"-", c.deny}, {"+", c.allow}} {
 		for _, p := range list.prefixes {
 			b.WriteString(sep + list.sign + p.Masked().String())
 			sep = ","
@@ -100,19 +104,28 @@ func parseCheck(s string) (addrCheck, error) {
 		c.rest, f = true, f[:len(f)-1]
 	}
 	for _, e := range f {
-		if len(e) < 2 || (e[0] != '-' && e[0] != '+') {
+		if len(e) < 2 || (e[0] != '-' && e[0] != '+' && e[0] != '~') {
 			return addrCheck{}, fmt.Errorf("%w: entry %q", errBadCheck, short(e))
 		}
 		p, err := netip.ParsePrefix(e[1:])
 		if err != nil || p != p.Masked() {
 			return addrCheck{}, fmt.Errorf("%w: prefix %q", errBadCheck, short(e[1:]))
 		}
-		if e[0] == '-' {
+		switch e[0] {
+		case '~':
+			if len(c.deny) > 0 || len(c.allow) > 0 {
+				return addrCheck{}, fmt.Errorf("%w: NAT64 entries come first", errBadCheck)
+			}
+			if _, err := policy.ParseNAT64Prefix(e[1:]); err != nil {
+				return addrCheck{}, fmt.Errorf("%w: NAT64 prefix %q", errBadCheck, short(e[1:]))
+			}
+			c.nat64 = append(c.nat64, p)
+		case '-':
 			if len(c.allow) > 0 {
 				return addrCheck{}, fmt.Errorf("%w: deny entries come first", errBadCheck)
 			}
 			c.deny = append(c.deny, p)
-		} else {
+		default:
 			c.allow = append(c.allow, p)
 		}
 	}

@@ -30,7 +30,8 @@ func TestBrokerAddressRulesHoldForNames(t *testing.T) {
 	target := echoServer(t) // 127.0.0.1:port
 	// public.test resolves to a public address, which the provider must never dial here: its dialer
 	// refuses everything but loopback and records what it was asked for.
-	names := mapResolver{"denied.test": "127.0.0.2", "fine.test": "127.0.0.1", "public.test": "8.8.8.8"}
+	names := mapResolver{"denied.test": "127.0.0.2", "fine.test": "127.0.0.1", "public.test": "8.8.8.8",
+		"dns64.test": "64:ff9b::808:808", "meta.test": "2a01:4f8:64::a9fe:a9fe"}
 	tests := []struct {
 		name, policy, host string
 		allow              bool
@@ -46,6 +47,12 @@ func TestBrokerAddressRulesHoldForNames(t *testing.T) {
 			"fine.test", true, ""},
 		{"enforce: a name outside every allow cidr rule", "mode: enforce\nallow:\n  - cidr: 127.0.0.0/8\n",
 			"public.test", false, "no allow rule matches public.test"},
+		// A DNS64 answer carries the denied IPv4 address: the deny rule holds through it.
+		{"cidr deny holds for a DNS64 answer", "mode: discovery\ndeny:\n  - cidr: 8.8.8.0/24\n",
+			"dns64.test", false, "64:ff9b::808:808 (NAT64 for 8.8.8.8) is denied by rule deny#1"},
+		// The broker's own NAT64 prefix travels in the check: metadata behind it is refused.
+		{"metadata behind the broker's NAT64 prefix", "mode: discovery\nnat64_prefixes: [\"2a01:4f8:64::/96\"]\n",
+			"meta.test", false, "meta.test resolves to 2a01:4f8:64::a9fe:a9fe, a NAT64 address that carries 169.254.169.254, a cloud metadata address"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,17 +116,21 @@ func TestBrokerAddressRulesHoldForNames(t *testing.T) {
 }
 
 func TestAddrCheckRoundTrip(t *testing.T) {
-	c := addrCheck{deny: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}, allow: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}, rest: true}
+	c := addrCheck{nat64: []netip.Prefix{netip.MustParsePrefix("2a01:4f8:64::/96")}, deny: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")},
+		allow: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}, rest: true}
 	got, err := parseCheck(c.String())
-	if err != nil || got.String() != c.String() || c.String() != "check=-203.0.113.0/24,+10.1.0.0/16,*" {
+	if err != nil || got.String() != c.String() || c.String() != "check=~2a01:4f8:64::/96,-203.0.113.0/24,+10.1.0.0/16,*" {
 		t.Fatalf("%s round-trips as %s, %v", c, got, err)
 	}
-	for addr, want := range map[string]bool{"203.0.113.10": false, "10.1.2.3": true, "10.2.0.1": false, "169.254.169.254": false, "8.8.8.8": true, "::ffff:203.0.113.9": false} {
+	for addr, want := range map[string]bool{"203.0.113.10": false, "10.1.2.3": true, "10.2.0.1": false, "169.254.169.254": false, "8.8.8.8": true, "::ffff:203.0.113.9": false,
+		"64:ff9b::cb00:710a": false, "2002:cb00:710a::1": false, "2a01:4f8:64::cb00:710a": false, // 203.0.113.10 carried
+		"2a01:4f8:64::a9fe:a9fe": false, "2a01:4f8:64::808:808": true, "64:ff9b::a01:203": false} {
 		if c.allows(netip.MustParseAddr(addr)) != want {
 			t.Errorf("allows(%s) = %v, want %v", addr, !want, want)
 		}
 	}
-	for _, bad := range []string{"check", "check=x", "check=+1.2.3.4/8", "check=+10.0.0.0/8,-1.0.0.0/8", "check=-::/129"} {
+	for _, bad := range []string{"check", "check=x", "check=+1.2.3.4/8", "check=+10.0.0.0/8,-1.0.0.0/8", "check=-::/129",
+		"check=-1.0.0.0/8,~2a01:4f8:64::/96", "check=~10.0.0.0/8", "check=~2a01:4f8:64::/95"} {
 		if _, err := parseCheck(bad); err == nil {
 			t.Errorf("parseCheck(%q) accepted", bad)
 		}
