@@ -47,7 +47,9 @@ func (p *Policy) DecideName(host string, addrs []netip.Addr) Decision {
 	var rule *Rule
 	for _, a := range addrs {
 		a = a.Unmap()
-		if r := p.cidrRuleFor(p.Deny, a); r != nil {
+		// A deny rule holds through the IPv4 address a NAT64, 6to4 or Teredo answer carries, as
+		// when the proxy dials it.
+		if v4, _ := p.Carried(a); p.cidrRuleFor(p.Deny, a) != nil || v4.IsValid() && p.cidrRuleFor(p.Deny, v4) != nil {
 			continue
 		}
 		if r := p.cidrRuleFor(p.Allow, a); r != nil {

@@ -63,6 +63,16 @@ func TestCidrRulesMatchCarriedAddress(t *testing.T) {
 	}
 }
 
+// TestDecideNameCarried: the DNS guard leaves out of an answer the NAT64 addresses whose IPv4
+// address a deny rule covers.
+func TestDecideNameCarried(t *testing.T) {
+	p := mustParse(t, "mode: enforce\nallow:\n  - cidr: 64:ff9b::/96\ndeny:\n  - cidr: 8.8.8.0/24\n")
+	d := p.DecideName("dns64.example", addrs("64:ff9b::808:808", "64:ff9b::909:909"))
+	if !d.Allow || len(d.Addrs) != 1 || d.Addrs[0] != netip.MustParseAddr("64:ff9b::909:909") {
+		t.Errorf("DecideName: %+v, want only 64:ff9b::909:909", d)
+	}
+}
+
 // TestNAT64Prefixes: the network's own NAT64 prefix makes its addresses carry an IPv4 address, so
 // metadata and private addresses behind it are refused and cidr rules match them.
 func TestNAT64Prefixes(t *testing.T) {
