@@ -75,7 +75,7 @@ func FuzzParse(f *testing.F) {
 		authMsg{Version: 2, Session: "s1", Public: "v2.p.1800000000.AAAAAAAA", Proof: make([]byte, 32)}.String(),
 		openMsg{ID: "r1", Target: policy.Target{Host: "example.com", Port: 443}}.String(),
 		reply{Status: 200, Kind: "ok", Reason: "connected"}.String(),
-		"", " ", "OPEN - 127.0.0.1 65535", "OPEN r2 example.com 443 check=-203.0.113.0/24,+10.0.0.0/8,*", "OPEN r3 example.com 80 check=", "200 ok", "SWARM-TUNNEL 01 AAAA",
+		"", " ", "OPEN - 127.0.0.1 65535", "OPEN r2 example.com 443 check=-203.0.113.0/24,+10.0.0.0/8,*", "OPEN r3 example.com 80 check=", "OPEN r4 example.com 443 check=~2a01:4f8:64::/96,-8.8.8.0/24,*", "200 ok", "SWARM-TUNNEL 01 AAAA",
 	}
 	for _, s := range seeds {
 		f.Add(s)
