@@ -255,24 +255,31 @@ type ownMachine []netip.Addr
 
 func (m ownMachine) Owns(a netip.Addr) bool { return slices.Contains(m, a) }
 
-// TestPolicyExplainOwnAddress: explain refuses an address of the machine it runs on, as the proxy does.
-func TestPolicyExplainOwnAddress(t *testing.T) {
-	p, err := policy.Parse("policy.yaml", []byte("mode: discovery\n"))
+// explainWants runs explain for target on a machine that owns own, with the policy src, and checks
+// that the output, its white space squeezed, holds every one of wants.
+func explainWants(t *testing.T, src string, target policy.Target, own ownMachine, wants ...string) {
+	t.Helper()
+	p, err := policy.Parse("policy.yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
-	own := ownMachine{netip.MustParseAddr("192.31.196.1")}
 	var b strings.Builder
-	if err := explain(&b, p, policy.Target{Host: "192.31.196.1", Port: 9393}, own, nil); err != nil {
+	if err := explain(&b, p, target, own, nil); err != nil {
 		t.Fatal(err)
 	}
 	out := strings.Join(strings.Fields(b.String()), " ")
-	for _, w := range []string{"(an IP address: an address of this machine)", "decision deny",
-		"reason 192.31.196.1 is an address of this machine, which is refused unless an allow rule with a cidr covers it"} {
+	for _, w := range wants {
 		if !strings.Contains(out, w) {
 			t.Errorf("output lacks %q:\n%s", w, b.String())
 		}
 	}
+}
+
+// TestPolicyExplainOwnAddress: explain refuses an address of the machine it runs on, as the proxy does.
+func TestPolicyExplainOwnAddress(t *testing.T) {
+	explainWants(t, "mode: discovery\n", policy.Target{Host: "192.31.196.1", Port: 9393}, ownMachine{netip.MustParseAddr("192.31.196.1")},
+		"(an IP address: an address of this machine)", "decision deny",
+		"reason 192.31.196.1 is an address of this machine, which is refused unless an allow rule with a cidr covers it")
 }
 
 // TestPolicyGenerateDenied: the documented `policy generate access.log` leaves out what a deny rule
@@ -295,37 +302,15 @@ func TestPolicyGenerateDenied(t *testing.T) {
 // TestPolicyExplainNAT64Prefix: explain judges an address under the policy's own NAT64 prefix by
 // the IPv4 address it carries, as the proxy does.
 func TestPolicyExplainNAT64Prefix(t *testing.T) {
-	p, err := policy.Parse("policy.yaml", []byte("mode: discovery\nnat64_prefixes: [\"2a01:4f8:64::/96\"]\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	if err := explain(&b, p, policy.Target{Host: "2a01:4f8:64::a9fe:a9fe", Port: 80}, ownMachine{}, nil); err != nil {
-		t.Fatal(err)
-	}
-	out := strings.Join(strings.Fields(b.String()), " ")
-	for _, w := range []string{"(an IP address: a NAT64 address that carries 169.254.169.254, a cloud metadata address)", "decision deny"} {
-		if !strings.Contains(out, w) {
-			t.Errorf("output lacks %q:\n%s", w, b.String())
-		}
-	}
+	explainWants(t, "mode: discovery\nnat64_prefixes: [\"2a01:4f8:64::/96\"]\n", policy.Target{Host: "2a01:4f8:64::a9fe:a9fe", Port: 80}, nil,
+		"(an IP address: a NAT64 address that carries 169.254.169.254, a cloud metadata address)", "decision deny")
 }
 
 // TestPolicyExplainCarriedDeny: explain lists every deny rule that holds against a NAT64 address
 // through the IPv4 address it carries, not only the one that decided.
 func TestPolicyExplainCarriedDeny(t *testing.T) {
-	p, err := policy.Parse("policy.yaml", []byte("mode: discovery\ndeny:\n  - cidr: 8.8.8.0/24\n    name: first\n  - cidr: 8.8.0.0/16\n    name: second\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	if err := explain(&b, p, policy.Target{Host: "64:ff9b::808:808", Port: 53}, ownMachine{}, nil); err != nil {
-		t.Fatal(err)
-	}
-	out := strings.Join(strings.Fields(b.String()), " ")
-	for _, w := range []string{"decision deny", "rule first (cidr 8.8.8.0/24", "reason 64:ff9b::808:808 (NAT64 for 8.8.8.8) is denied by rule first", "also matches second (cidr 8.8.0.0/16"} {
-		if !strings.Contains(out, w) {
-			t.Errorf("output lacks %q:\n%s", w, b.String())
-		}
-	}
+	explainWants(t, "mode: discovery\ndeny:\n  - cidr: 8.8.8.0/24\n    name: first\n  - cidr: 8.8.0.0/16\n    name: second\n",
+		policy.Target{Host: "64:ff9b::808:808", Port: 53}, nil,
+		"decision deny", "rule first (cidr 8.8.8.0/24", "reason 64:ff9b::808:808 (NAT64 for 8.8.8.8) is denied by rule first",
+		"also matches second (cidr 8.8.0.0/16")
 }
