@@ -274,7 +274,7 @@ func setRatios(rs []result) {
 
 var metricOrder = []string{mConnP50, mConnP95, mConnP99, mDown, mUp, mParallel, mStormWall, mStormFail,
 	mStormConns, mChurn, mHTTPSmall, mHTTPSmallP50, mHTTPSmallP99, mHTTPBig, mHTTPBigP50, mHTTPBigP99,
-	mIdleRSS, mDownCPU, mDownBenchCPU, mUpCPU, mUpBenchCPU, mHTTPSmallCPU, mHTTPSmallBenchC, mFailures}
+	mIdleRSS, mDownCPU, mDownBenchCPU, mUpCPU, mUpBenchCPU, mHTTPSmallCPU, mHTTPSmallBenchCPU, mFailures}
 
 // writeTable prints one Markdown table: a row per metric, a column per path, each cell the value
 // and its ratio to direct.

@@ -66,12 +66,12 @@ const (
 	mFailures     = "failures"
 	// CPU time per unit of work: the path's processes (with their descendants), and the bench
 	// itself (its clients and upstream servers), which shares the machine's cores with them.
-	mDownCPU         = "1 stream down CPU"
-	mDownBenchCPU    = "1 stream down CPU (bench)"
-	mUpCPU           = "1 stream up CPU"
-	mUpBenchCPU      = "1 stream up CPU (bench)"
-	mHTTPSmallCPU    = "http small CPU"
-	mHTTPSmallBenchC = "http small CPU (bench)"
+	mDownCPU           = "1 stream down CPU"
+	mDownBenchCPU      = "1 stream down CPU (bench)"
+	mUpCPU             = "1 stream up CPU"
+	mUpBenchCPU        = "1 stream up CPU (bench)"
+	mHTTPSmallCPU      = "http small CPU"
+	mHTTPSmallBenchCPU = "http small CPU (bench)"
 )
 
 // result is one figure of one path.
@@ -247,7 +247,7 @@ func (b *bench) summarize() {
 	}{
 		{b.downCPU, mDownCPU, mDownBenchCPU, time.Millisecond, "ms/MiB"},
 		{b.upCPU, mUpCPU, mUpBenchCPU, time.Millisecond, "ms/MiB"},
-		{b.smallCPU, mHTTPSmallCPU, mHTTPSmallBenchC, time.Microsecond, "µs/req"},
+		{b.smallCPU, mHTTPSmallCPU, mHTTPSmallBenchCPU, time.Microsecond, "µs/req"},
 	} {
 		path, self, ok := c.u.perUnit(c.unit)
 		if !ok {
