@@ -64,6 +64,7 @@ const (
 	ErrorTicketRevoked      = "ticket_revoked"        // a tunnel cut because the credentials that opened it were revoked
 	ErrorSecretNotBound     = "secret_not_bound"      // a secret's placeholder in a request whose rule does not list the secret
 	ErrorSecretUnavailable  = "secret_unavailable"    // a secret the rule needs has no value (unset variable, unreadable file)
+	ErrorSecretCleartext    = "secret_cleartext"      // a secret would go over plain http:// to a port its rule does not list
 	ErrorHTTPRuleNotMatched = "http_rule_not_matched" // inspected: no http entry of the rule allows the method and path
 	ErrorAmbiguousPath      = "ambiguous_path"        // inspected: a path a server could read two ways (dot segments, //, %2F...)
 	ErrorUpstreamTLS        = "upstream_tls"          // the target's TLS certificate did not verify (or it spoke no TLS)
@@ -82,7 +83,7 @@ var ErrorKinds = []string{
 	ErrorNoRule, ErrorDeniedByRule, ErrorPrivateAddress, ErrorClientNotAllowed, ErrorAuth,
 	ErrorBadRequest, ErrorCommandNotSupport, ErrorResolve, ErrorRefused, ErrorUnreachable,
 	ErrorTimeout, ErrorNoProvider, ErrorInternal, ErrorUpstream, ErrorClientClosed,
-	ErrorTunnelBroken, ErrorIdleTimeout, ErrorShuttingDown, ErrorTicketRevoked, ErrorSecretNotBound, ErrorSecretUnavailable,
+	ErrorTunnelBroken, ErrorIdleTimeout, ErrorShuttingDown, ErrorTicketRevoked, ErrorSecretNotBound, ErrorSecretUnavailable, ErrorSecretCleartext,
 	ErrorHTTPRuleNotMatched, ErrorAmbiguousPath, ErrorUpstreamTLS, ErrorClientTLS,
 	ErrorSNIMismatch, ErrorNotRedirected,
 	ErrorDNSSuspicious, ErrorDNSBadQuery, ErrorDNSInvalidName, ErrorDNSUpstream,

@@ -113,6 +113,12 @@ func (k secretsHook) mutate(out *http.Request, req *proxy.Request) *proxy.Failur
 			Reason: se.Reason, Fix: fmt.Sprintf("if this host should receive secret %q, add it to the secrets: of the rule that allows the host", se.Secret)}
 	case err != nil:
 		return &proxy.Failure{Status: http.StatusBadGateway, Kind: accesslog.ErrorSecretUnavailable, Rule: d.RuleID(), Reason: err.Error()}
+	case len(used) > 0 && out.URL.Scheme != "https" && !slices.Contains(d.Rule.Ports, req.Target.Port):
+		// A rule for every port would let an agent have the secret sent in clear by asking for
+		// http:// instead of https://: plain HTTP carries a secret only to a port the rule names.
+		return &proxy.Failure{Status: http.StatusForbidden, Kind: accesslog.ErrorSecretCleartext, Denied: true, Rule: d.RuleID(),
+			Reason: fmt.Sprintf("secret %q would cross the network in clear: this request is plain http:// and rule %s does not list port %d", used[0], d.RuleID(), req.Target.Port),
+			Fix:    fmt.Sprintf("send the request over https://; if the service speaks only plain HTTP, list the port on the rule (ports: [%d])", req.Target.Port)}
 	}
 	if len(used) > 0 {
 		// Mutate runs again when the Transport retries the request; the names are merged.

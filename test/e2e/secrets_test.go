@@ -624,3 +624,56 @@ func TestSecretsNotInTransportErrors(t *testing.T) {
 	noValue(t, "the access log", p.Stdout(), gh)
 	noValue(t, "stderr", p.Stderr(), gh)
 }
+
+// TestSecretsNotInCleartext: a rule without ports binds its secret on every port, so an agent could
+// have the secret sent in clear by asking for http:// instead of https://. curl's plain request gets a
+// 403 with code=secret_cleartext and nothing reaches the upstream, while HTTPS on the same rule carries
+// the secret; with the port listed on the rule, the operator's choice, the plain request carries it too.
+func TestSecretsNotInCleartext(t *testing.T) {
+	gh := secretValue(t, "ghp_")
+	up := startRecorder(t)
+	cert, upstreamCA := localhostCert(t)
+	overTLS := newRecorder(t, &cert)
+	secretsFile := filepath.Join(t.TempDir(), "secrets.yaml")
+	writePrivate(t, secretsFile, fmt.Sprintf("github:\n  value: %q\n", gh))
+	rule := `  - host: localhost
+    name: github-api
+%s    inject: [{header: Authorization, value: "Bearer {{secret:github}}"}]
+    secrets: [github]
+`
+	pol := WriteFile(t, "policy.yaml", LoopbackPolicy("enforce", fmt.Sprintf(rule, "")))
+	caFlags, caDir := inspectionCADir(t)
+	p := StartProxy(t, append(caFlags, "--policy", pol, "--secrets", secretsFile, "--upstream-ca", upstreamCA, "--policy-poll", "100ms")...)
+
+	r := Curl(t, "-sS", "-D", "-", "-x", "http://"+p.Addr, up.url()+"/clear")
+	if !strings.Contains(r.Stdout, " 403 ") || !strings.Contains(r.Stdout, "code=secret_cleartext") {
+		t.Fatalf("plain request on a rule for every port: want 403 code=secret_cleartext, got:\n%s%s", r.Stdout, r.Stderr)
+	}
+	noValue(t, "the 403", r.Stdout+r.Stderr, gh)
+	rec := p.WaitRecord(func(r accesslog.Record) bool { return r.Path == "/clear" })
+	if rec.Status != 403 || rec.Error != accesslog.ErrorSecretCleartext || rec.Rule != "github-api" || rec.Decision != accesslog.DecisionDeny {
+		t.Errorf("record %+v", rec)
+	}
+	if got := up.requests(); len(got) != 0 {
+		t.Fatalf("the upstream received %d requests: the secret went out in clear", len(got))
+	}
+
+	// HTTPS, which the rule's secrets make the proxy inspect, carries the secret on any port.
+	r = Curl(t, "-sS", "-D", "-", "--cacert", filepath.Join(caDir, "ca.pem"), "-x", "http://"+p.Addr, overTLS.url()+"/tls")
+	if seen := overTLS.requests(); !strings.Contains(r.Stdout, " 200") || len(seen) != 1 || seen[0].Header.Get("Authorization") != "Bearer "+gh {
+		t.Fatalf("HTTPS on the same rule: %s%s\nupstream saw %+v", r.Stdout, r.Stderr, seen)
+	}
+
+	// Listing the port is the operator's choice: the same request then carries the secret.
+	os.WriteFile(pol, []byte(LoopbackPolicy("enforce", fmt.Sprintf(rule, fmt.Sprintf("    ports: [%d]\n", up.port())))), 0o644)
+	p.WaitStderr("policy reloaded")
+	r = Curl(t, "-sS", "-D", "-", "-x", "http://"+p.Addr, up.url()+"/listed")
+	if !strings.Contains(r.Stdout, " 200 ") {
+		t.Fatalf("plain request on a rule that lists the port: %s%s", r.Stdout, r.Stderr)
+	}
+	got := up.requests()
+	if len(got) != 1 || got[0].Header.Get("Authorization") != "Bearer "+gh {
+		t.Fatalf("upstream saw %+v, want one request with the injected header", got)
+	}
+	noValue(t, "the access log", p.Stdout(), gh)
+}
