@@ -37,6 +37,11 @@ func newPolicyCheckCmd() *cobra.Command {
 				}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (mode %s, %d allow rules, %d deny rules)\n", args[0], p.Mode, len(p.Allow), len(p.Deny))
+			for _, r := range p.Allow {
+				if r.UsesSecrets() && len(r.Ports) == 0 {
+					fmt.Fprintf(cmd.ErrOrStderr(), "note: %s:%d: %s puts secrets in requests on every port; plain http:// requests through it are refused (secret_cleartext): give it ports: [443]\n", p.Source, r.Line, r.ID())
+				}
+			}
 			return nil
 		},
 	}

@@ -143,3 +143,15 @@ func TestWatchSecretsWaitsForTheWholeFile(t *testing.T) {
 		t.Errorf("a reload took the half-written file (one secret):\n%s", logs.String())
 	}
 }
+
+// TestPolicyCheckNotesSecretsOnEveryPort: policy check points at a rule that binds secrets on every
+// port, whose plain-HTTP requests the proxy refuses with secret_cleartext, and not at one with ports.
+func TestPolicyCheckNotesSecretsOnEveryPort(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	os.WriteFile(pol, []byte("mode: enforce\nallow:\n  - host: api.github.com\n    secrets: [github]\n  - host: api.example.com\n    ports: [443]\n    secrets: [example]\n"), 0o644)
+	r := runCLI(t, "", "policy", "check", pol)
+	want := "note: " + pol + ":3: allow#1 puts secrets in requests on every port; plain http:// requests through it are refused (secret_cleartext): give it ports: [443]"
+	if r.err != nil || !strings.Contains(r.stdout, ": ok") || !strings.Contains(r.stderr, want) || strings.Contains(r.stderr, "allow#2") {
+		t.Errorf("policy check: %v\nstdout %q\nstderr %q\nwant %q", r.err, r.stdout, r.stderr, want)
+	}
+}
